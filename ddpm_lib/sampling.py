@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .indexing import check_same_shape, check_t, gather
 from .posterior import mu_from_eps
