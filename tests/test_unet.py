@@ -1,0 +1,98 @@
+"""The U-Net: shapes, the paper's parameter count, time conditioning, attention's cost, bad input."""
+import pytest
+import torch
+
+from ddpm_lib.unet import Attention, LinearAttention, ResBlock, UNet, count_parameters, timestep_embedding
+
+SMALL = dict(base_width=16, width_mult=(1, 2, 2), blocks_per_level=1, attn_res=(8,), linear_attn_res=(16,),
+             heads=2, dropout=0.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_output_shape_equals_input_shape(size, channels):
+    torch.manual_seed(0)
+    model = UNet(image_size=32, in_channels=channels, **SMALL).eval()
+    x = torch.randn(2, channels, size, size)
+    assert model(x, torch.tensor([1, 1000])).shape == x.shape
+
+
+def test_ddpm_cifar10_preset_has_the_papers_parameter_count():
+    # Ho et al. 2020 report 35.7M parameters for CIFAR-10; the reference implementation has 35,746,307.
+    assert count_parameters(UNet.from_preset("ddpm-cifar10")) == 35_746_307
+
+
+def test_mnist_preset_has_a_few_million_parameters():
+    assert 2e6 < count_parameters(UNet.from_preset("mnist")) < 10e6
+
+
+def test_time_input_changes_the_output():
+    torch.manual_seed(0)
+    model = UNet(image_size=32, in_channels=1, **SMALL).eval()
+    x = torch.randn(1, 1, 32, 32)
+    out_early, out_late = model(x, torch.tensor([10])), model(x, torch.tensor([900]))
+    assert (out_early - out_late).abs().mean() > 1e-3 * out_early.abs().mean()
+
+
+@pytest.mark.parametrize("time_cond", ["scale_shift", "add"])
+def test_resblock_uses_time_and_keeps_spatial_size(time_cond):
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, temb_dim=12, time_cond=time_cond)
+    x = torch.randn(2, 8, 6, 6)
+    a, b = block(x, torch.zeros(2, 12)), block(x, torch.ones(2, 12))
+    assert a.shape == (2, 16, 6, 6) and not torch.allclose(a, b)
+
+
+def test_timestep_embedding_matches_its_formula():
+    t = torch.tensor([1, 7, 1000])
+    emb = timestep_embedding(t, 8)
+    freqs = torch.tensor([10_000 ** (-i / 4) for i in range(4)])
+    expected = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)
+    torch.testing.assert_close(emb, expected)
+
+
+def test_attention_matches_a_hand_written_softmax_attention():
+    torch.manual_seed(0)
+    attn = Attention(8, heads=2).eval()
+    x = torch.randn(2, 8, 4, 4)
+    B, C, N = 2, 8, 16
+    q, k, v = attn.qkv(attn.norm(x)).reshape(B, 3, 2, C // 2, N).unbind(1)       # (B, heads, d, N)
+    weights = torch.softmax(q.transpose(-1, -2) @ k / (C // 2) ** 0.5, dim=-1)     # (B, heads, N, N)
+    h = (weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(B, C, 4, 4)
+    torch.testing.assert_close(attn(x), x + attn.out(h), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_attention_normalises_q_over_features_and_k_over_positions():
+    torch.manual_seed(0)
+    attn = LinearAttention(8, heads=2, dim_head=4).eval()
+    x = torch.randn(1, 8, 4, 4)
+    q, k, v = attn.qkv(attn.norm(x)).reshape(1, 3, 2, 4, 16).unbind(1)
+    q, k = q.softmax(dim=-2) * 4 ** -0.5, k.softmax(dim=-1)
+    h = torch.stack([(k[0, i] @ v[0, i].T).T @ q[0, i] for i in range(2)])           # per head: (KVᵀ)ᵀ Q
+    torch.testing.assert_close(attn(x), x + attn.out(h.reshape(1, 8, 4, 4)), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_attention_flops_grow_linearly_full_attention_quadratically():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(module, side):
+        with FlopCounterMode(display=False) as counter:
+            module(torch.randn(1, 32, side, side))
+        return counter.get_total_flops()
+
+    full, linear = Attention(32, heads=1), LinearAttention(32, heads=1, dim_head=32)
+    # quadrupling the positions (side ×2): linear ×4, full ≥ ×12 (its N² term dominates at this size)
+    assert flops(linear, 32) / flops(linear, 16) == pytest.approx(4.0, rel=0.05)
+    assert flops(full, 32) / flops(full, 16) > 12
+
+
+def test_bad_input_gets_a_clear_error():
+    model = UNet(image_size=32, in_channels=1, **SMALL)
+    with pytest.raises(ValueError, match="cannot be halved"):
+        model(torch.randn(1, 1, 30, 30), torch.tensor([5]))
+    with pytest.raises(ValueError, match=r"expected images \(B, 1, H, W\)"):
+        model(torch.randn(1, 3, 32, 32), torch.tensor([5]))
+    with pytest.raises(ValueError, match="unknown U-Net preset"):
+        UNet.from_preset("cifar")
+    with pytest.raises(ValueError, match="cannot be halved"):
+        UNet(image_size=36, width_mult=(1, 2, 2, 2))
