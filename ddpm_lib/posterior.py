@@ -21,11 +21,13 @@ def q_posterior(s: Schedule, x0: torch.Tensor, xt: torch.Tensor, t):
     """
     check_same_shape(x0=x0, xt=xt)
     check_t(s, t, batch=x0.shape[0])
-    alpha_bar_t = gather(s.alpha_bar, t, x0)
     alpha_bar_prev = gather(s.alpha_bar, t - 1, x0)      # ᾱ_{t−1}; ᾱ_0 = 1 needs no special case
     beta_t, alpha_t = gather(s.beta, t, x0), gather(s.alpha, t, x0)
-    coef_x0 = torch.sqrt(alpha_bar_prev) * beta_t / (1.0 - alpha_bar_t)
-    coef_xt = torch.sqrt(alpha_t) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t)
+    # 1 − ᾱ_t = (1 − ᾱ_{t−1}) + ᾱ_{t−1}·β_t: the same number, but free of the rounding in 1 − ᾱ_t
+    # when ᾱ_t ≈ 1, so that at t = 1 (where it is β_1) the mean is x_0 exactly.
+    one_minus_alpha_bar_t = (1.0 - alpha_bar_prev) + alpha_bar_prev * beta_t
+    coef_x0 = torch.sqrt(alpha_bar_prev) * beta_t / one_minus_alpha_bar_t
+    coef_xt = torch.sqrt(alpha_t) * (1.0 - alpha_bar_prev) / one_minus_alpha_bar_t
     return coef_x0 * x0 + coef_xt * xt, gather(s.beta_tilde, t, x0)
 
 

@@ -1,0 +1,77 @@
+"""check_t and gather: index = the paper's t, values broadcast against a batch of shape (B, ...)."""
+import pytest
+import torch
+
+import ddpm_lib as dl
+
+T = 20
+# every entry different, so reading values[t ± 1] instead of values[t] shows
+VALUES = torch.arange(T + 1, dtype=torch.float64) * 10 + 0.25
+
+
+def test_gather_per_sample_t_for_images():
+    like = torch.zeros(4, 3, 8, 8, dtype=torch.float32)
+    t = torch.tensor([1, 2, 19, 20])
+    v = dl.gather(VALUES, t, like)
+    assert v.shape == (4, 1, 1, 1)
+    assert v.dtype == torch.float32 and v.device == like.device
+    assert v.flatten().tolist() == [10.25, 20.25, 190.25, 200.25]
+    assert (like + v).shape == like.shape
+
+
+def test_gather_int_t_broadcasts_over_the_batch():
+    like = torch.zeros(5, 3, 4, 4, dtype=torch.float64)
+    v = dl.gather(VALUES, 7, like)
+    assert v.shape == (1, 1, 1, 1) and v.dtype == torch.float64 and v.item() == 70.25
+    assert dl.gather(VALUES, 0, like).item() == 0.25, "index 0 is the clean-data pad, reachable as t - 1"
+
+
+@pytest.mark.parametrize("like_shape, expected_shape", [((3,), (3,)), ((3, 2), (3, 1)), ((3, 2, 5), (3, 1, 1))])
+def test_gather_matches_the_rank_of_like(like_shape, expected_shape):
+    v = dl.gather(VALUES, torch.tensor([3, 4, 5]), torch.zeros(like_shape))
+    assert v.shape == expected_shape
+    assert v.flatten().tolist() == [30.25, 40.25, 50.25]
+
+
+@pytest.mark.parametrize("t", [torch.tensor([6]), torch.tensor(6), torch.tensor([6], dtype=torch.int32)])
+def test_gather_single_t_tensor(t):
+    v = dl.gather(VALUES, t, torch.zeros(2, 3, 4, 4))
+    assert v.shape == (1, 1, 1, 1) and v.item() == 60.25
+
+
+def test_gather_follows_like_device():
+    like = torch.empty(2, 3, device="meta")          # stands in for a GPU tensor on a CPU-only machine
+    v = dl.gather(VALUES, torch.tensor([1, 2]), like)
+    assert v.device == like.device and v.shape == (2, 1) and v.dtype == like.dtype
+
+
+def test_gather_of_a_schedule_reads_the_paper_t():
+    s = dl.make_schedule("linear", T=1000)
+    v = dl.gather(s.beta, torch.tensor([1, 1000]), torch.zeros(2, 1, dtype=torch.float64))
+    assert v.flatten().tolist() == pytest.approx([1e-4, 0.02], rel=1e-12)
+
+
+@pytest.mark.parametrize("t", [1, T, torch.tensor([1, T, 5]), torch.tensor([3]), torch.tensor(3),
+                               torch.tensor([2, 3, 4], dtype=torch.int32)])
+def test_check_t_accepts_1_to_T(t):
+    assert dl.check_t(dl.make_schedule("cosine", T=T), t, batch=3) is None
+
+
+@pytest.mark.parametrize("t, phrase", [
+    (0, r"t must lie in 1\.\.T = 1\.\.20 \(the paper's t; index 0 is the clean data\), got values from 0 to 0"),
+    (T + 1, r"t must lie in 1\.\.T = 1\.\.20"),
+    (-4, r"t must lie in 1\.\.T = 1\.\.20"),
+    (torch.tensor([3, 0, 5]), r"got values from 0 to 5"),
+    (torch.tensor([3, 21, 5]), r"got values from 3 to 21"),
+    (torch.tensor([1.0, 2.0, 3.0]), r"t must hold integer timesteps 1\.\.20, got a torch.float32 tensor"),
+    (torch.tensor([True, True, True]), r"integer timesteps"),
+    (True, r"t must be an integer timestep"),
+    (2.0, r"t must be an int or a torch tensor of timesteps, got float"),
+    ([1, 2, 3], r"t must be an int or a torch tensor of timesteps, got list"),
+    (torch.tensor([[1, 2, 3]]), r"shape \(B,\), got shape \(1, 3\)"),
+    (torch.tensor([], dtype=torch.long), r"t is empty"),
+    (torch.tensor([1, 2]), r"t has 2 timesteps but the batch has 3 samples"),
+])
+def test_check_t_rejects_with_a_clear_message(t, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        dl.check_t(dl.make_schedule("cosine", T=T), t, batch=3)
