@@ -7,31 +7,16 @@ Small enough to train on a CPU in seconds; the samplers of ``ddpm_lib`` take it 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from .embedding import timestep_embedding
 from .elbo import l_simple, l_simple_weight
 from .forward import q_sample
 from .schedules import Schedule
 
 LOSSES = ("simple", "vlb")
-
-
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer-style embedding of the paper's t (Vaswani et al. 2017; DDPM's Appendix B).
-
-    t: long (B,) with values 1..T; returns (B, dim) float32 = [sin(t·f_k), cos(t·f_k)],
-    with frequencies f_k = max_period^(−k / (dim/2)), k = 0 .. dim/2 − 1.
-    """
-    if dim % 2:
-        raise ValueError(f"the embedding size must be even, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.to(torch.float32).reshape(-1, 1) * freqs[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 class ToyEpsModel(nn.Module):
@@ -57,7 +42,7 @@ class ToyEpsModel(nn.Module):
         if xt.ndim != 2 or t.ndim != 1 or t.shape[0] != xt.shape[0]:
             raise ValueError(f"expected xt (B, D) and t (B,), got {tuple(xt.shape)} and {tuple(t.shape)}")
         x = xt.to(self.inp.weight.dtype)
-        emb = self.time_mlp(sinusoidal_embedding(t, self.emb_dim).to(x.dtype))
+        emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype))
         h = nn.functional.silu(self.inp(x) + emb)
         for layer, proj in zip(self.hidden, self.time_proj):
             h = nn.functional.silu(layer(h) + proj(emb))

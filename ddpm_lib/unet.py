@@ -16,17 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017, §3.5): [sin(t·ω_i), cos(t·ω_i)], ω_i = max_period^(−i/(dim/2)).
-
-    t: (B,) integers or floats; returns (B, dim) float32.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
+from .embedding import timestep_embedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

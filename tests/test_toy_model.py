@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ddpm_lib as dl
-from ddpm_lib.toy_model import ToyEpsModel, sinusoidal_embedding, train_toy, vlb_weights
+from ddpm_lib.embedding import timestep_embedding
+from ddpm_lib.toy_model import ToyEpsModel, train_toy, vlb_weights
 
 
 def small_model(seed=0):
@@ -32,14 +33,14 @@ def test_bad_shapes_raise():
 
 def test_embedding_matches_its_formula():
     t = torch.tensor([1, 3, 100])
-    emb = sinusoidal_embedding(t, 8)
+    emb = timestep_embedding(t, 8)
     k = torch.arange(4, dtype=torch.float64)
     freqs = 10000.0 ** (-k / 4)                                 # f_k = 10000^(−k/(dim/2))
     expected = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)
     torch.testing.assert_close(emb.double(), expected, atol=1e-5, rtol=1e-5)
     assert emb[0, 0].item() == pytest.approx(math.sin(1.0), abs=1e-6)
     with pytest.raises(ValueError):
-        sinusoidal_embedding(t, 7)
+        timestep_embedding(t, 7)
 
 
 def test_time_input_changes_the_output():
