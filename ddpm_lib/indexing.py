@@ -7,7 +7,10 @@ from .schedules import Schedule
 
 
 def check_t(s: Schedule, t, batch: int | None = None) -> None:
-    """Raise ``ValueError`` unless t is an int or integer tensor of shape (B,) with 1 <= t <= T."""
+    """Raise ``ValueError`` unless t is an int or integer tensor of shape (B,) with 1 <= t <= T.
+
+    For a tensor on a GPU the range is checked on the device (a device-side assert), not on the host.
+    """
     if isinstance(t, bool):
         raise ValueError(f"t must be an integer timestep in 1..{s.T}, got {t!r}")
     if isinstance(t, int):
@@ -21,6 +24,9 @@ def check_t(s: Schedule, t, batch: int | None = None) -> None:
             raise ValueError("t is empty")
         if t.ndim == 1 and batch is not None and t.shape[0] not in (1, batch):
             raise ValueError(f"t has {t.shape[0]} timesteps but the batch has {batch} samples")
+        if t.device.type != "cpu":     # check on the device: reading t back would stall the GPU
+            torch._assert_async(((t >= 1) & (t <= s.T)).all(), f"t must lie in 1..T = 1..{s.T}")
+            return
         lo, hi = int(t.min()), int(t.max())
     else:
         raise ValueError(f"t must be an int or a torch tensor of timesteps, got {type(t).__name__}")

@@ -12,7 +12,7 @@ Variable names → paper symbols (Ho et al. 2020):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,6 +34,11 @@ class Schedule:
     def snr(self) -> torch.Tensor:
         """Signal-to-noise ratio SNR_t = ᾱ_t / (1 − ᾱ_t); entry 0 is +inf (clean data)."""
         return self.alpha_bar / (1.0 - self.alpha_bar)
+
+    def to(self, device) -> "Schedule":
+        """The same schedule with its tensors on ``device`` (still float64), for hot loops on a GPU."""
+        return replace(self, **{k: getattr(self, k).to(device)
+                                for k in ("beta", "alpha", "alpha_bar", "beta_tilde")})
 
     def __repr__(self) -> str:
         return (f"Schedule({self.name!r}, T={self.T}, beta[1]={self.beta[1]:.3g}, "

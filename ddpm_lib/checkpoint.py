@@ -1,0 +1,212 @@
+"""Training checkpoints: atomic writes, keep-last-k, safe loading, and rebuilding a model to sample from.
+
+A checkpoint is one file ``ckpt_<step, 8 digits>.pt`` in the run's folder holding a plain dict: the
+weights θ and θ_ema, the optimizer and grad-scaler states, the step, the training config as a dict,
+the model's architecture (``model_spec``) and every random state needed to continue bit for bit.
+
+Writes are atomic: the dict goes to a hidden temporary file in the same folder, is flushed to disk
+(fsync) and only then renamed over the final name with ``os.replace``, so a crash or a full disk
+leaves either the old set of checkpoints or the new one, never a half-written ``ckpt_*.pt``.
+Loading always passes ``weights_only=True``: a checkpoint cannot run code when it is opened.
+``save_training`` / ``resume_training`` checkpoint a ``train.Trainer`` (under DDP too) and continue it;
+``model_spec`` / ``build_model`` describe and rebuild the network; ``load_ema_model`` is for sampling.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .schedules import make_schedule
+from .unet import PRESETS, UNet
+
+FORMAT = "ddpm_lib-checkpoint-1"
+_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")     # temporary files (".ckpt_….tmp-<pid>") never match
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    """``out_dir/ckpt_00001000.pt`` for step 1000."""
+    return Path(out_dir) / f"ckpt_{step:08d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """The complete checkpoints in ``out_dir``, oldest step first (temporary files are ignored)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``out_dir``, or None when there is none."""
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is either untouched or complete.
+
+    Temp file in the same folder → flush → fsync → ``os.replace`` (atomic on one file system).
+    On any error the temporary file is removed and the error is raised again.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
+    """Write ``state`` (which holds ``"step"``) atomically as the next checkpoint; keep the newest ``keep``."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the checkpoint just written), got {keep}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_atomic({"format": FORMAT, **state}, checkpoint_path(out_dir, state["step"]))
+    for old in list_checkpoints(out_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; a damaged file gives a one-line ``RuntimeError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(f"cannot read checkpoint {path}: the file is truncated, damaged or not a "
+                           f"PyTorch checkpoint ({reason})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a ddpm_lib training checkpoint (no format tag {FORMAT!r})")
+    return ckpt
+
+
+def load_model_state(model: nn.Module, state_dict: dict, source: str = "the checkpoint") -> None:
+    """``model.load_state_dict(state_dict)``, or a one-line ``ValueError`` when the architectures differ."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    reshaped = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or reshaped:
+        if reshaped:
+            k = reshaped[0]
+            example = f"{k} is {tuple(state_dict[k].shape)} there but {tuple(own[k].shape)} here"
+        else:
+            example = f"e.g. {(missing or unexpected)[0]!r} is {'missing' if missing else 'unexpected'}"
+        raise ValueError(f"{source} holds a different architecture from this {type(model).__name__}: "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} "
+                         f"differently shaped tensors ({example})")
+    model.load_state_dict(state_dict)
+
+
+def _rng_state(trainer) -> dict:
+    """One process's random streams: torch's CPU (and CUDA) generator and the generator of t and ε."""
+    cuda = trainer.device.type == "cuda"
+    return {"torch_cpu": torch.get_rng_state(), "noise": trainer.noise_generator.get_state(),
+            "torch_cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None}
+
+
+def save_training(trainer, batches, extra: dict, out_dir: str | Path, keep: int, rank: int = 0,
+                  world: int = 1) -> Path:
+    """Checkpoint a run: ``trainer`` (θ, θ_ema, optimizer, scaler, step), the data order ``batches``,
+    the random streams of every rank (gathered to rank 0) and ``extra`` (config, model_spec, …).
+
+    Every rank calls it; rank 0 writes; a barrier lets no rank go on before the file exists.
+    """
+    rng = [_rng_state(trainer)] * world
+    if world > 1:
+        torch.distributed.all_gather_object(rng, rng[0])
+    if rank == 0:
+        save_checkpoint({**trainer.state_dict(), "batches": batches.state_dict(), "rng": rng, **extra}, out_dir, keep)
+    if world > 1:
+        torch.distributed.barrier()
+    return checkpoint_path(out_dir, trainer.step)
+
+
+def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, rank: int = 0, world: int = 1) -> dict:
+    """Load a checkpoint into ``trainer`` and ``batches`` and restore this rank's random streams, so
+    the next step repeats the interrupted run's bit for bit. ``config`` values named in ``fixed`` must
+    equal the checkpoint's (``ValueError`` otherwise). With another number of processes the streams
+    restart from the seed (with a warning). Returns the checkpoint dict.
+    """
+    ckpt = load_checkpoint(path)
+    changed = [f"{k}={ckpt['config'].get(k)!r} there, {config[k]!r} here" for k in fixed
+               if ckpt["config"].get(k) != config[k]]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: it belongs to another run ({'; '.join(changed)})")
+    trainer.load_state_dict(ckpt, source=str(path))
+    batches.load_state_dict(ckpt["batches"])
+    if len(ckpt["rng"]) == world:
+        state = ckpt["rng"][rank]
+        torch.set_rng_state(state["torch_cpu"])
+        trainer.noise_generator.set_state(state["noise"])
+        if trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(state["torch_cuda"], trainer.device)
+    elif rank == 0:
+        print(f"warning: {path} was written by {len(ckpt['rng'])} processes and this run has {world}: "
+              f"t, ε and dropout draw fresh random streams from the seed")
+    return ckpt
+
+
+def model_spec(example_shape: tuple, preset: str) -> dict:
+    """The architecture for examples of ``example_shape``: the toy MLP for points (D,), else the U-Net
+    ``preset`` fitted to images (C, H, W). ``build_model`` turns it into a network."""
+    if len(example_shape) == 1:
+        return {"kind": "toy_mlp", "config": {"dim": example_shape[0]}}
+    channels, size = example_shape[0], example_shape[-1]
+    return {"kind": "unet", "config": {**PRESETS[preset], "in_channels": channels, "image_size": size}}
+
+
+def build_model(spec: dict) -> nn.Module:
+    """The network a ``model_spec`` describes: ``{"kind": "unet" | "toy_mlp", "config": {...}}``."""
+    kind, config = spec.get("kind"), spec.get("config", {})
+    if kind == "unet":
+        return UNet(**config)
+    if kind == "toy_mlp":
+        from .toy_model import ToyEpsModel              # imported when needed: images never load it
+        return ToyEpsModel(**config)
+    raise ValueError(f"unknown model kind {kind!r} in the checkpoint: expected 'unet' or 'toy_mlp'")
+
+
+def load_ema_model(path: str | Path, device="cpu"):
+    """``(ema_model, schedule, ckpt)`` from a checkpoint: θ_ema in eval mode, and the run's schedule.
+
+    ``path`` may be a checkpoint file or a run folder (its latest checkpoint is taken).
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in {path}")
+        path = found
+    ckpt = load_checkpoint(path, map_location=device)
+    model = build_model(ckpt["model_spec"])
+    load_model_state(model, ckpt["ema"], source=str(path))
+    schedule = make_schedule(ckpt["config"]["schedule"], ckpt["config"]["T"])
+    return model.to(device).eval(), schedule, ckpt

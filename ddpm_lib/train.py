@@ -1,0 +1,377 @@
+"""Training a DDPM ε-model: Algorithm 1 of Ho et al. (2020), with what a GPU run needs around it.
+
+    repeat
+        x_0 ~ q(x_0)                       EpochBatches: a seeded permutation of the data per epoch
+        t ~ Uniform({1, …, T}), ε ~ N(0, I)                                     Trainer.train_step
+        gradient step on ∇_θ ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²          (L_simple, eq. 14)
+    until the step budget is spent
+
+Around it: AdamW with linear warm-up, gradient clipping, θ_ema (``ema.py``; samples come from it),
+bf16 autocast on GPUs with native bf16, fp16 autocast + GradScaler on older ones (Colab's T4), fp32 on
+CPU, channels_last and optional torch.compile on CUDA, DDP under torchrun, a tqdm bar, metrics.jsonl,
+sample grids and atomic, resumable checkpoints (``checkpoint.py``). No step waits for the GPU: the loss
+and the first non-finite step stay on the device until a log step or a checkpoint reads them (except
+the fp16 GradScaler, which reads its overflow flag every step by design).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .checkpoint import (build_model, latest_checkpoint, list_checkpoints, load_model_state, model_spec,
+                         resume_training, save_training)
+from .data import IMAGE_SETS, load_images, to_pixel_range
+from .elbo import l_simple
+from .forward import q_sample
+from .ema import ema_decay, make_ema_model, update_ema
+from .sampling import sample_ddpm
+from .schedules import Schedule, make_schedule
+from .toy_data import TOY_SETS, make_toy
+from .unet import PRESETS
+
+RUN_DEFINING = ("data", "toy_n", "preset", "schedule", "T", "batch_size", "seed")  # fixed when resuming
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the command line's flags carry the same names with dashes.
+
+    Seeds: θ's initialisation and the data order use ``seed``; rank r draws t and ε from
+    ``seed + 1000·(r + 1)`` and its dropout masks from ``seed + 1000·(r + 1) + 1``.
+    """
+
+    data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)
+    data_root: str | None = None  # cache folder for the torchvision sets (None: data/cache)
+    toy_n: int = 10_000           # points drawn once for a toy set
+    preset: str = "mnist"         # U-Net preset for images (unet.PRESETS); toy sets use the toy MLP
+    schedule: str = "linear"      # noise schedule (schedules.SCHEDULES)
+    T: int = 1000                 # diffusion steps
+    steps: int = 20_000           # optimizer steps in all, counted from step 0 also when resuming
+    batch_size: int = 128         # global batch, split evenly over the DDP processes
+    lr: float = 2e-4              # AdamW learning rate after warm-up (the paper's for CIFAR-10)
+    warmup: int = 1000            # steps of linear learning-rate warm-up from 0
+    weight_decay: float = 0.0     # AdamW's decoupled weight decay (0: Adam, as in the paper)
+    grad_clip: float = 1.0        # the gradient's global norm is clipped to this
+    ema_decay: float = 0.9999     # θ_ema decay, reached after a warm-up (ema.py)
+    seed: int = 0
+    out_dir: str = "runs/ddpm"    # checkpoints, metrics.jsonl and samples
+    log_every: int = 100          # steps between metrics lines
+    sample_every: int = 1000      # steps between sample grids from θ_ema (0: none)
+    n_samples: int = 64           # samples per grid
+    save_every: int = 1000        # steps between checkpoints (the last step is always saved)
+    keep: int = 3                 # checkpoints kept; older ones are deleted
+    device: str | None = None     # None: "cuda" when available, else "cpu"
+    compile: bool = False         # wrap the network in torch.compile
+    resume: bool = False          # continue from the latest checkpoint in out_dir
+    progress: bool = True         # tqdm bar on rank 0
+
+    def __post_init__(self):
+        if self.data not in IMAGE_SETS + TOY_SETS:
+            raise ValueError(f"unknown data set {self.data!r}: choose one of {', '.join(IMAGE_SETS + TOY_SETS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown U-Net preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        for name in ("toy_n", "T", "steps", "batch_size", "log_every", "n_samples", "save_every", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if min(self.warmup, self.sample_every, self.weight_decay) < 0 or not self.lr > 0 \
+                or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("lr and grad_clip must be positive, warmup, sample_every and weight_decay "
+                             "non-negative, and ema_decay in [0, 1)")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate of optimizer step ``step`` (1, 2, …): linear warm-up to ``config.lr``, then constant."""
+    return config.lr * min(1.0, step / config.warmup) if config.warmup else config.lr
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs with native bf16 (compute capability ≥ 8: A100, H100, RTX 30xx on), fp16 on older
+    GPUs (T4, V100; needs a GradScaler), None (fp32, no autocast) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """L_simple (eq. 14) at x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4): lines 4–5 of Algorithm 1.
+
+    ``s`` lives on x0's device (``Schedule.to``) so that nothing in the step waits for the GPU.
+    """
+    return l_simple(eps, eps_model(q_sample(s, x0, t, eps), t).float())
+
+
+class EpochBatches:
+    """Indices for x_0 ~ q(x_0): a permutation of the N examples per epoch from a seeded CPU generator,
+    cut into global batches (the incomplete rest of an epoch is skipped). With W processes, rank r
+    takes the r-th of W equal slices of each global batch, so the ranks see disjoint examples."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, device="cpu"):
+        if batch_size % world or batch_size > n:
+            raise ValueError(f"batch_size {batch_size} must split evenly over {world} process(es) "
+                             f"and not exceed the {n} examples")
+        self.n, self.batch_size, self.rank, self.world, self.device = n, batch_size, rank, world, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = None, 0
+
+    def next_indices(self) -> torch.Tensor:
+        """This rank's indices of the next batch: batch_size / world longs on the device."""
+        if self.perm is None or self.pos + self.batch_size > self.n:        # a new epoch
+            perm = torch.randperm(self.n, generator=self.generator)
+            self.load_state_dict({"generator": self.generator.get_state(), "perm": perm, "pos": 0})
+        local = self.batch_size // self.world
+        start = self.pos + self.rank * local
+        self.pos += self.batch_size
+        return self._perm_on_device[start:start + local]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], state["pos"]
+        if self.perm is not None:                      # one copy per epoch; pinned, so the GPU need not sync
+            pinned = self.perm.pin_memory() if self.device.type == "cuda" else self.perm
+            self._perm_on_device = pinned.to(self.device, non_blocking=True)
+
+
+class Trainer:
+    """The state Algorithm 1 changes: θ (``model``), θ_ema, AdamW, the grad scaler, the noise generator.
+
+    ``net`` is what a step calls: ``model``, wrapped in DistributedDataParallel when several processes
+    train and in ``torch.compile`` on request. Weights are always saved from ``model`` itself.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
+        self.config, self.device, self.model, self.step = config, device, model, 0
+        self.ema_model = make_ema_model(model)
+        self.schedule = make_schedule(config.schedule, config.T).to(device)
+        self.amp_dtype = autocast_dtype(device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        net = model if world == 1 else DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = torch.compile(net) if config.compile else net
+        self.noise_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1))
+
+    def train_step(self, x0: torch.Tensor) -> torch.Tensor:
+        """One pass of Algorithm 1's loop on the minibatch x0; returns the loss, still on the device."""
+        self.step += 1
+        g, B = self.noise_generator, x0.shape[0]
+        t = torch.randint(1, self.config.T + 1, (B,), generator=g, device=self.device)   # t ~ U{1..T}
+        eps = torch.randn(x0.shape, generator=g, device=self.device)                    # ε ~ N(0, I)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype \
+            else contextlib.nullcontext()
+        with autocast:
+            loss = diffusion_loss(self.net, self.schedule, x0, t, eps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)             # clip the true gradient, not the scaled one
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_ema(self.ema_model, self.model, ema_decay(self.config.ema_decay, self.step))
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, ckpt: dict, source: str) -> None:
+        load_model_state(self.model, ckpt["model"], source)
+        load_model_state(self.ema_model, ckpt["ema"], source)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["grad_scaler"]:       # empty when the saving run had no fp16 scaler: this one starts afresh
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        self.step = ckpt["step"]
+
+
+def load_training_data(config: TrainConfig, device) -> torch.Tensor:
+    """The whole data set as one float32 tensor on ``device``: images (N, C, 32, 32) in [−1, 1]
+    (MNIST padded from 28 to 32) or toy points (N, 2) drawn with ``config.seed``."""
+    if config.data in TOY_SETS:
+        x0, _ = make_toy(config.data, config.toy_n, generator=torch.Generator().manual_seed(config.seed))
+    else:
+        x0, _ = load_images(config.data, root=config.data_root, train=True, pad_to_32=True)
+    return x0.to(device=device, dtype=torch.float32)
+
+
+def write_samples(x0: torch.Tensor, path: str | Path) -> Path:
+    """Save samples: images (B, C, H, W) in [−1, 1] as a PNG grid, or any tensor as ``.pt``."""
+    from torchvision.utils import save_image
+    path = Path(path)
+    if path.suffix == ".pt":
+        torch.save(x0.cpu(), path)
+    elif x0.ndim == 4:
+        save_image(to_pixel_range(x0), path, nrow=math.ceil(math.sqrt(x0.shape[0])))
+    else:
+        raise ValueError(f"samples of shape {tuple(x0.shape)} are points, not images: save them as a .pt file")
+    return path
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
+    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+
+def train(config: TrainConfig) -> Trainer:
+    """Train an ε-model with Algorithm 1 as ``config`` says (see the module docstring); returns the
+    ``Trainer``: ``.model`` is θ, ``.ema_model`` θ_ema (sample with this one), ``.step`` the step reached.
+
+    Under torchrun (WORLD_SIZE > 1): DistributedDataParallel with NCCL on CUDA or gloo on CPU; rank 0
+    logs and saves. Raises ``FloatingPointError`` naming the step when the loss becomes NaN or
+    infinite, and ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C asks it to stop.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world == 1:
+        return _train(config, device, rank=0, world=1)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, device, rank=dist.get_rank(), world=dist.get_world_size())
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> Trainer:
+    main, out_dir = rank == 0, Path(config.out_dir)
+    resume_from = latest_checkpoint(out_dir) if config.resume else None
+    if config.resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
+    if not config.resume and list_checkpoints(out_dir):
+        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
+                              f"or choose another --out-dir")
+
+    def reduce(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if world > 1:
+            dist.all_reduce(x, op=op)
+        return x
+
+    if world > 1 and not main:
+        dist.barrier()                                   # rank 0 downloads and caches the data first
+    x0_data = load_training_data(config, device)
+    if world > 1 and main:
+        dist.barrier()
+    spec = model_spec(tuple(x0_data.shape[1:]), config.preset)
+    torch.manual_seed(config.seed)                       # the same θ at step 0 on every rank
+    model = build_model(spec).to(device)
+    channels_last = device.type == "cuda" and x0_data.ndim == 4
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer = Trainer(model, config, device, rank, world)
+    torch.manual_seed(config.seed + 1000 * (rank + 1) + 1)   # dropout masks: one stream per rank
+    batches = EpochBatches(len(x0_data), config.batch_size, config.seed, rank, world, device)
+    elapsed, last_saved = 0.0, None
+    if resume_from is not None:
+        ckpt = resume_training(resume_from, trainer, batches, asdict(config), RUN_DEFINING, rank, world)
+        elapsed, last_saved = ckpt["elapsed"], resume_from
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _keep_metrics_up_to(metrics_path, trainer.step)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"training {spec['kind']} ({n_params:,} parameters) on {config.data} {tuple(x0_data.shape)}: {device}, "
+              f"autocast {trainer.amp_dtype}, {world} process(es), from step {trainer.step}")
+
+    def save() -> Path:
+        extra = {"config": asdict(config), "model_spec": spec, "example_shape": tuple(x0_data.shape[1:]),
+                 "elapsed": elapsed + time.perf_counter() - start}
+        return save_training(trainer, batches, extra, out_dir, config.keep, rank, world)
+
+    def check_finite() -> None:
+        step = int(reduce(first_bad.clone(), dist.ReduceOp.MIN))
+        if step <= config.steps:
+            raise FloatingPointError(f"the loss became NaN or infinite at step {step}; training stopped. "
+                                     f"Last good checkpoint: {last_saved or 'none was saved yet'}")
+
+    no_bad = config.steps + 1                            # first_bad holds this until a loss is not finite
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), no_bad, dtype=torch.long, device=device)
+    start = mark = time.perf_counter()
+    step_at_mark, paused = trainer.step, 0.0             # paused: seconds spent sampling and saving
+    bar = tqdm(total=config.steps, initial=trainer.step, desc="training", disable=not (config.progress and main))
+    with _StopRequest() as stop, bar:
+        while trainer.step < config.steps:
+            x0 = x0_data[batches.next_indices()]
+            if channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            loss = trainer.train_step(x0)
+            step, last = trainer.step, trainer.step == config.steps
+            loss_sum += loss
+            first_bad = torch.where(torch.isfinite(loss) | (first_bad < no_bad), first_bad, step)
+            bar.update(1)
+            stopping = stop.requested and world == 1     # several ranks agree on a stop at log steps
+            if step % config.log_every == 0 or last:
+                check_finite()
+                if world > 1:
+                    stopping = bool(reduce(torch.tensor(float(stop.requested), device=device), dist.ReduceOp.MAX))
+                now, n = time.perf_counter(), step - step_at_mark
+                record = {"step": step, "loss": float(reduce(loss_sum.clone())) / (world * n),
+                          "lr": learning_rate(config, step), "time": elapsed + now - start,
+                          "img_per_s": config.batch_size * n / (now - mark - paused)}
+                if main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_per_s=f"{record['img_per_s']:.0f}")
+                loss_sum.zero_()
+                mark, step_at_mark, paused = now, step, 0.0
+            side_work = time.perf_counter()
+            if main and config.sample_every and (step % config.sample_every == 0 or last):
+                g = torch.Generator(device).manual_seed(config.seed)   # the same x_T each time: comparable grids
+                samples = sample_ddpm(trainer.ema_model, trainer.schedule,
+                                      (config.n_samples, *x0_data.shape[1:]), generator=g)
+                write_samples(samples, out_dir / f"samples_{step:08d}.{'png' if samples.ndim == 4 else 'pt'}")
+            if step % config.save_every == 0 or last or stopping:
+                check_finite()
+                last_saved = save()
+            if stopping:
+                if main:
+                    tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
+                raise KeyboardInterrupt
+            paused += time.perf_counter() - side_work
+    return trainer

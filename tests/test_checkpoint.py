@@ -1,0 +1,100 @@
+"""Checkpoints: atomic writes survive a failure midway, keep-last-k, and damaged or foreign files fail clearly."""
+import os
+
+import pytest
+import torch
+
+from ddpm_lib import checkpoint
+from ddpm_lib.checkpoint import (build_model, latest_checkpoint, list_checkpoints, load_checkpoint, load_ema_model,
+                                 load_model_state, save_checkpoint)
+from ddpm_lib.unet import UNet
+
+SMALL = dict(image_size=16, in_channels=1, base_width=8, width_mult=(1, 2), blocks_per_level=1, attn_res=(),
+             linear_attn_res=(), heads=1, dropout=0.0)
+
+
+def state(step: int) -> dict:
+    return {"step": step, "weights": torch.full((3,), float(step))}
+
+
+def test_keep_last_k_deletes_the_older_checkpoints(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(state(step), tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 5
+
+
+def test_a_failed_rename_leaves_the_previous_checkpoint_as_the_latest(tmp_path, monkeypatch):
+    save_checkpoint(state(10), tmp_path, keep=1)
+
+    def rename_fails(src, dst):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(state(20), tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000010.pt"]     # no temporary file left
+    assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["weights"], torch.full((3,), 10.0))
+
+
+def test_a_write_cut_off_midway_never_becomes_a_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(state(10), tmp_path, keep=3)
+    real_save = torch.save
+
+    def save_half_then_crash(obj, f):
+        real_save(obj, f)
+        f.seek(f.tell() // 2)
+        f.truncate()
+        raise RuntimeError("killed while writing (simulated)")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_half_then_crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        save_checkpoint(state(20), tmp_path, keep=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_00000010.pt"]
+    # a temporary file left by a process killed outright (no cleanup) is not taken for a checkpoint either
+    (tmp_path / ".ckpt_00000030.pt.tmp-12345").write_bytes(b"PK\x03\x04 half a zip")
+    assert latest_checkpoint(tmp_path).name == "ckpt_00000010.pt"
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 10
+
+
+def test_a_truncated_file_gives_a_one_line_error(tmp_path):
+    path = save_checkpoint(state(1), tmp_path, keep=1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RuntimeError, match="truncated") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
+    torch.save({"step": 1}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a ddpm_lib training checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    torch.save({"format": checkpoint.FORMAT, "object": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint"):   # weights_only=True refuses modules
+        load_checkpoint(tmp_path / "code.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_of_another_architecture_give_a_one_line_error():
+    small, wider = UNet(**SMALL), UNet(**{**SMALL, "base_width": 16})
+    with pytest.raises(ValueError, match="different architecture") as err:
+        load_model_state(small, wider.state_dict(), source="run/ckpt_00000100.pt")
+    assert "\n" not in str(err.value) and "time_mlp.0.weight is (64, 16) there but (32, 8) here" in str(err.value)
+    with_attention = UNet(**{**SMALL, "attn_res": (8,)})           # extra tensors, none reshaped
+    with pytest.raises(ValueError, match=r"[1-9]\d* missing, 0 unexpected and 0 differently shaped"):
+        load_model_state(with_attention, small.state_dict())
+    load_model_state(small, UNet(**SMALL).state_dict())        # the same architecture loads
+
+
+def test_load_ema_model_rebuilds_the_network_with_the_ema_weights(tmp_path):
+    spec = {"kind": "unet", "config": SMALL}
+    model, ema = build_model(spec), build_model(spec)
+    assert not torch.equal(model.conv_in.weight, ema.conv_in.weight)
+    save_checkpoint({"step": 7, "model": model.state_dict(), "ema": ema.state_dict(), "model_spec": spec,
+                     "config": {"schedule": "cosine", "T": 40}}, tmp_path, keep=1)
+    loaded, schedule, ckpt = load_ema_model(tmp_path)                 # a run folder: its latest checkpoint
+    assert torch.equal(loaded.conv_in.weight, ema.conv_in.weight) and not loaded.training
+    assert (schedule.name, schedule.T, ckpt["step"]) == ("cosine", 40, 7)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        build_model({"kind": "transformer", "config": {}})

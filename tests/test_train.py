@@ -1,0 +1,215 @@
+"""The trainer: Algorithm 1's step, warm-up, EMA, batches, overfitting, bit-exact resume, Ctrl-C, NaN."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import ddpm_lib as dl
+from ddpm_lib import train as train_module
+from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
+from ddpm_lib.ema import ema_decay, make_ema_model, update_ema
+from ddpm_lib.train import EpochBatches, Trainer, TrainConfig, diffusion_loss, learning_rate, train
+from ddpm_lib.unet import PRESETS, UNet
+
+# A U-Net small enough for a CPU test (16×16 images, two levels), with dropout so that resuming
+# must also restore torch's CPU random state.
+MICRO = dict(image_size=16, in_channels=1, base_width=8, width_mult=(1, 2), blocks_per_level=1, attn_res=(),
+             linear_attn_res=(), heads=1, dropout=0.1, time_cond="scale_shift", downsample="conv4")
+
+
+@pytest.fixture
+def micro_images(monkeypatch):
+    """Register the "micro" preset and replace the image loader by 32 fixed 1×16×16 pictures."""
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    g = torch.Generator().manual_seed(7)
+    images = torch.where(torch.rand(32, 1, 16, 16, generator=g) > 0.7, 1.0, -1.0)
+    labels = torch.zeros(32, dtype=torch.long)
+    monkeypatch.setattr(train_module, "load_images", lambda *args, **kwargs: (images, labels))
+    return images
+
+
+def toy_config(tmp_path, name="run", **changes) -> TrainConfig:
+    settings = dict(data="two_moons", toy_n=256, T=50, steps=8, batch_size=16, lr=1e-3, warmup=3, log_every=2,
+                    save_every=4, sample_every=0, keep=10, out_dir=str(tmp_path / name), device="cpu", progress=False)
+    return TrainConfig(**{**settings, **changes})
+
+
+def assert_same_training_state(a: Trainer, b: Trainer):
+    assert a.step == b.step
+    for net in ("model", "ema_model"):
+        state_a, state_b = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        assert state_a.keys() == state_b.keys()
+        for name in state_a:
+            assert torch.equal(state_a[name], state_b[name]), (net, name)
+    state_a, state_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state_a[k][key], state_b[k][key]), (k, key)
+
+
+def test_diffusion_loss_noises_like_q_sample_and_returns_the_mean_squared_error(gen):
+    s = dl.make_schedule("linear", T=100)
+    x0, eps = torch.randn(4, 1, 8, 8, generator=gen), torch.randn(4, 1, 8, 8, generator=gen)
+    t = torch.tensor([1, 30, 77, 100])
+    seen = {}
+
+    def model(xt, t_in):
+        seen["xt"], seen["t"] = xt, t_in
+        return 0.5 * xt
+
+    loss = diffusion_loss(model, s, x0, t, eps)
+    assert torch.equal(seen["xt"], dl.q_sample(s, x0, t, eps)) and torch.equal(seen["t"], t)
+    ab = s.alpha_bar[t].reshape(-1, 1, 1, 1)                        # eq. 4 and eq. 14 in float64
+    xt = ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double()
+    assert loss.item() == pytest.approx(((eps.double() - 0.5 * xt) ** 2).mean().item(), rel=1e-5)
+
+
+def test_learning_rate_rises_linearly_then_stays():
+    config = TrainConfig(lr=1e-3, warmup=100)
+    assert [learning_rate(config, k) for k in (1, 50, 100, 5000)] == pytest.approx([1e-5, 5e-4, 1e-3, 1e-3])
+    assert learning_rate(TrainConfig(lr=1e-3, warmup=0), 1) == 1e-3
+
+
+def test_ema_is_a_convex_combination_with_a_ramped_decay(gen):
+    model = torch.nn.Linear(3, 2)
+    ema = make_ema_model(model)
+    before = [p.detach().double().clone() for p in ema.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+    update_ema(ema, model, 0.9)
+    for old, new, target in zip(before, ema.parameters(), model.parameters()):
+        torch.testing.assert_close(new.double(), 0.9 * old + 0.1 * target.double(), rtol=1e-6, atol=1e-7)
+    assert not any(p.requires_grad for p in ema.parameters()) and not ema.training
+    assert ema_decay(0.9999, 1) == pytest.approx(2 / 11) and ema_decay(0.9999, 10**6) == 0.9999
+    # (1 + n)/(10 + n) reaches 0.9999 at n = (10·0.9999 − 1)/(1 − 0.9999) = 89,990
+    assert ema_decay(0.9999, 89_990) == pytest.approx(0.9999, abs=1e-12) and ema_decay(0.9999, 89_989) < 0.9999
+
+
+def test_epoch_batches_visit_each_example_once_per_epoch_with_disjoint_ranks():
+    ranks = [EpochBatches(100, 40, seed=3, rank=r, world=2) for r in range(2)]
+    epochs = []
+    for _ in range(2):                                   # an epoch: 2 global batches = 80 of the 100 examples
+        slices = [[b.next_indices() for b in ranks] for _ in range(2)]
+        assert all(len(s) == 20 for batch in slices for s in batch)
+        epochs.append(torch.cat([s for batch in slices for s in batch]))
+        assert len(set(epochs[-1].tolist())) == 80      # the ranks' slices are disjoint, no example twice
+    assert not torch.equal(epochs[0], epochs[1])         # a fresh permutation each epoch
+    saved = ranks[0].state_dict()
+    following = [ranks[0].next_indices() for _ in range(3)]
+    ranks[0].load_state_dict(saved)
+    assert all(torch.equal(a, ranks[0].next_indices()) for a in following)
+    with pytest.raises(ValueError, match="split evenly"):
+        EpochBatches(10, 5, seed=0, world=2)
+
+
+def test_a_few_steps_overfit_a_fixed_batch():
+    torch.manual_seed(0)
+    x0 = torch.full((8, 1, 16, 16), -1.0)
+    x0[:, :, 4:12, 6:10] = 1.0                                      # eight copies of one bar
+    trainer = Trainer(UNet(**{**MICRO, "dropout": 0.0}), TrainConfig(T=50, lr=3e-3, warmup=0), torch.device("cpu"))
+    losses = [trainer.train_step(x0).item() for _ in range(20)]
+    first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+
+
+def test_resume_continues_bit_for_bit(tmp_path, micro_images):
+    common = dict(data="mnist-5k", preset="micro", T=50, batch_size=8, lr=1e-3, warmup=2, log_every=1,
+                  save_every=3, sample_every=0, keep=5, device="cpu", progress=False)
+    whole = train(TrainConfig(steps=6, out_dir=str(tmp_path / "whole"), **common))
+    split = tmp_path / "split"
+    train(TrainConfig(steps=5, out_dir=str(split), **common))      # saves at 3 and 5 (an epoch is 4 steps)
+    (split / "ckpt_00000005.pt").unlink()                          # as if killed after logging step 5
+    resumed = train(TrainConfig(steps=6, out_dir=str(split), resume=True, **common))    # goes on from 3
+    assert_same_training_state(whole, resumed)
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]                             # steps 4 and 5 logged once, not twice
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    whole = train(toy_config(tmp_path, "whole"))
+    original = Trainer.train_step
+
+    def step_then_ctrl_c(self, x0):
+        loss = original(self, x0)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_config(tmp_path, "split"))
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert_same_training_state(whole, train(toy_config(tmp_path, "split", resume=True)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, monkeypatch, dtype):
+    # The GPU choices, exercised with CPU autocast: fp16 + GradScaler (a T4) and bf16 without one.
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda device: dtype)
+    whole = train(toy_config(tmp_path, "whole"))
+    assert whole.scaler.is_enabled() == (dtype == torch.float16)
+    train(toy_config(tmp_path, "split", steps=4))
+    resumed = train(toy_config(tmp_path, "split", resume=True))
+    assert_same_training_state(whole, resumed)
+    assert resumed.scaler.state_dict() == whole.scaler.state_dict()
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
+@pytest.mark.parametrize("log_every", [3, 100])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, log_every):
+    calls = []
+
+    def nan_from_the_fifth_step(eps, eps_pred):
+        calls.append(1)
+        loss = dl.l_simple(eps, eps_pred)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(train_module, "l_simple", nan_from_the_fifth_step)
+    config = toy_config(tmp_path, steps=20, save_every=2, log_every=log_every)
+    with pytest.raises(FloatingPointError) as err:
+        train(config)
+    message = str(err.value)
+    assert "\n" not in message and "at step 5;" in message and "ckpt_00000004.pt" in message
+    assert [p.name for p in list_checkpoints(config.out_dir)] == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    ckpt = load_checkpoint(list_checkpoints(config.out_dir)[-1])
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_toy_run_learns_and_writes_its_outputs(tmp_path):
+    config = toy_config(tmp_path, toy_n=2000, steps=200, batch_size=64, warmup=10, log_every=50, save_every=100,
+                        sample_every=100, n_samples=32, keep=1)
+    trainer = train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [50, 100, 150, 200]
+    assert set(records[0]) == {"step", "loss", "lr", "img_per_s", "time"} and records[-1]["img_per_s"] > 0
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"], records
+    assert [p.name for p in list_checkpoints(config.out_dir)] == ["ckpt_00000200.pt"]        # keep=1
+    samples = torch.load(tmp_path / "run" / "samples_00000200.pt", weights_only=True)
+    assert samples.shape == (32, 2) and (tmp_path / "run" / "samples_00000100.pt").exists()
+    ckpt = load_checkpoint(config.out_dir + "/ckpt_00000200.pt")
+    assert ckpt["config"]["steps"] == 200 and ckpt["model_spec"]["kind"] == "toy_mlp"
+    assert all(torch.equal(v, ckpt["ema"][k]) for k, v in trainer.ema_model.state_dict().items())
+
+
+def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        train(toy_config(tmp_path, resume=True))
+    train(toy_config(tmp_path, steps=4))
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(toy_config(tmp_path, steps=4))
+    with pytest.raises(ValueError, match="T=50 there, 60 here"):
+        train(toy_config(tmp_path, steps=8, T=60, resume=True))
+
+
+def test_config_rejects_unknown_names_and_bad_numbers():
+    with pytest.raises(ValueError, match="unknown data set"):
+        TrainConfig(data="imagenet")
+    with pytest.raises(ValueError, match="unknown U-Net preset"):
+        TrainConfig(preset="huge")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        TrainConfig(batch_size=0)
