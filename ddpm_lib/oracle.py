@@ -48,7 +48,7 @@ class GaussianMixture:
     def gaussian(cls, mean, std) -> "GaussianMixture":
         """One Gaussian N(mean, std² I); ``mean`` a number (1-D data) or a vector."""
         mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
-        return cls(mean, torch.tensor([float(std)]), torch.ones(1))
+        return cls(mean, torch.tensor([float(std)], dtype=torch.float64), torch.ones(1, dtype=torch.float64))
 
     @property
     def K(self) -> int:

@@ -23,7 +23,7 @@ def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
 def show_images(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = None):
     """Draw a grid of images in [−1, 1] (grey for one channel); returns the axes."""
     ax = ax or plt.gca()
-    grid = image_grid(x, nrow)
+    grid = image_grid(x, nrow).numpy()                  # numpy: matplotlib warns on torch tensors
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
@@ -35,8 +35,8 @@ def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: f
               s: float = 2.0, **kw):
     """Scatter plot of 2-D points (N, 2) with equal axes; ``c`` colours points (e.g. class labels)."""
     ax = ax or plt.gca()
-    x = x.detach().cpu()
-    ax.scatter(x[:, 0], x[:, 1], c=None if c is None else torch.as_tensor(c).cpu(), s=s,
+    x = x.detach().cpu().numpy()
+    ax.scatter(x[:, 0], x[:, 1], c=None if c is None else torch.as_tensor(c).cpu().numpy(), s=s,
                cmap="tab10" if c is not None else None, **kw)
     ax.set_aspect("equal")
     if lim is not None:

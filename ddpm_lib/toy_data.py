@@ -30,7 +30,8 @@ def ring_of_gaussians(k: int = 8, radius: float = 2.0, std: float = 0.1, weights
     """A mixture of k Gaussians on a circle (the "8 Gaussians" set); sample with ``.sample(n, g)``."""
     angle = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
     means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return GaussianMixture(means, torch.full((k,), std), torch.ones(k) if weights is None else weights)
+    return GaussianMixture(means, torch.full((k,), float(std), dtype=torch.float64),
+                           torch.ones(k, dtype=torch.float64) if weights is None else weights)
 
 
 TOY_SETS = ("swiss_roll", "two_moons", "eight_gaussians")

@@ -1,0 +1,100 @@
+"""Tests of ddpm_lib.plots: the image grid (shape, range, where each tile goes) and that the figure
+helpers draw with the non-interactive Agg backend and return their axes.
+
+Each test's docstring names the wrong implementation it catches.
+"""
+import matplotlib
+
+matplotlib.use("Agg")                          # before pyplot is imported by ddpm_lib.plots
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from ddpm_lib import plots  # noqa: E402
+
+
+# matplotlib given a torch tensor warns "__array__ implementation doesn't accept a copy keyword";
+# the helpers hand it numpy arrays, and these tests turn that warning into an error.
+NO_TENSOR_TO_MATPLOTLIB = pytest.mark.filterwarnings("error:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def tile(grid, i, ncol, H, W, pad):
+    """The (H, W, C) block of image i in a grid laid out row by row with ``pad`` pixels around tiles."""
+    r, c = divmod(i, ncol)
+    top, left = pad + r * (H + pad), pad + c * (W + pad)
+    return grid[top:top + H, left:left + W]
+
+
+def test_image_grid_shape_and_range():
+    """B = 5 images of 4×6, nrow = 3, pad = 2 → 2 rows × 3 columns: (2·6 + 2, 3·8 + 2, C) in [0, 1];
+    values outside [−1, 1] are clamped. Catches: a (C, H, W) result (imshow needs channels last),
+    rows and columns swapped, a grid that drops the last partial row, no clamp."""
+    x = 3 * torch.randn(5, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    grid = plots.image_grid(x, nrow=3, pad=2)
+    assert grid.shape == (2 * (4 + 2) + 2, 3 * (6 + 2) + 2, 3)
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
+    assert grid.min() == 0.0 and grid.max() == 1.0            # clamped values reach both ends
+    assert plots.image_grid(x[:2], nrow=8).shape == (4 + 4, 2 * (6 + 2) + 2, 3)   # fewer images than nrow
+
+
+def test_image_grid_places_each_tile():
+    """Image i goes to row i // nrow, column i % nrow, mapped from [−1, 1] to [0, 1], with the colour
+    channels kept in order; one white image among black ones lands exactly in its tile, padding is white.
+    Catches: column-major placement, tiles off by the padding, channels permuted, no (x + 1)/2."""
+    B, C, H, W, pad, nrow = 7, 3, 3, 5, 1, 3
+    x = -torch.ones(B, C, H, W)
+    x[4] = 1.0                                                   # the one white image: row 1, column 1
+    grid = plots.image_grid(x, nrow=nrow, pad=pad)
+    for i in range(B):
+        want = 1.0 if i == 4 else 0.0
+        assert (tile(grid, i, nrow, H, W, pad) == want).all(), i
+    assert int((grid == 0.0).sum()) == (B - 1) * H * W * C        # nothing else is black
+    # distinct grey levels per image and per channel: every tile holds exactly its own image
+    levels = torch.linspace(-1, 1, B * C).reshape(B, C, 1, 1).expand(B, C, H, W)
+    grid = plots.image_grid(levels, nrow=nrow, pad=pad)
+    for i in range(B):
+        torch.testing.assert_close(tile(grid, i, nrow, H, W, pad), ((levels[i] + 1) / 2).permute(1, 2, 0))
+
+
+@NO_TENSOR_TO_MATPLOTLIB
+def test_show_images_draws_grid_and_returns_axes():
+    """show_images draws the grid (single channel squeezed to 2-D, grey, 0..1) on the given axes and
+    returns them, with the title set. Catches: an (H, W, 1) array passed to imshow (an error),
+    a new figure instead of the given axes, the title ignored."""
+    x = torch.linspace(-1, 1, 4 * 8 * 8).reshape(4, 1, 8, 8)
+    fig, ax = plt.subplots()
+    out = plots.show_images(x, nrow=2, ax=ax, title="samples")
+    assert out is ax and isinstance(out, Axes)
+    image = ax.images[0]
+    assert image.get_array().shape == (2 * 10 + 2, 2 * 10 + 2)
+    torch.testing.assert_close(torch.as_tensor(image.get_array()), plots.image_grid(x, 2)[..., 0])
+    assert image.get_clim() == (0, 1)
+    assert ax.get_title() == "samples"
+    fig.canvas.draw()                                            # renders with Agg without error
+    plt.figure()
+    rgb = plots.show_images(torch.zeros(2, 3, 4, 4))             # no ax: the current (new) axes
+    assert isinstance(rgb, Axes) and rgb is not ax and rgb.images[0].get_array().shape == (8, 14, 3)
+
+
+@NO_TENSOR_TO_MATPLOTLIB
+def test_scatter2d_returns_axes_with_points():
+    """scatter2d puts all N points on the axes at their coordinates, equal aspect and the given limits.
+    Catches: x and y swapped, limits not applied, the axes not returned."""
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.25], [-1.5, 1.0]], dtype=torch.float64)
+    fig, ax = plt.subplots()
+    out = plots.scatter2d(x, ax=ax, c=torch.tensor([0, 1, 1]), title="two moons", lim=2.5)
+    assert out is ax
+    offsets = ax.collections[0].get_offsets()
+    torch.testing.assert_close(torch.as_tensor(offsets.data, dtype=torch.float64), x)
+    assert ax.get_xlim() == (-2.5, 2.5) and ax.get_ylim() == (-2.5, 2.5)
+    assert ax.get_aspect() == 1.0 and ax.get_title() == "two moons"
+    fig.canvas.draw()
+    assert isinstance(plots.scatter2d(x, lim=None), Axes)
