@@ -3,9 +3,11 @@
 Index convention: every schedule tensor has length T + 1 and index = the paper's t (DESIGN.md).
 ``plots`` (matplotlib) is not imported here; use ``from ddpm_lib import plots``.
 """
+from .checkpoint import load_ema_model
 from .data import IMAGE_SETS, load_images, to_model_range, to_pixel_range
 from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_prob,
                    l_simple, l_simple_weight, normal_kl, prior_term, reconstruction_term)
+from .embedding import timestep_embedding
 from .forward import q_sample, q_sample_chain, q_step
 from .indexing import check_t, gather
 from .markov import (gaussian_chain_moments, sample_chain, stationary_by_eigenvector,
@@ -15,5 +17,8 @@ from .posterior import mu_from_eps, predict_eps_from_x0, predict_x0_from_eps, q_
 from .sampling import ddpm_step, p_mean_var, reverse_variance, sample_ddpm
 from .schedules import SCHEDULES, Schedule, make_schedule, schedule_from_betas
 from .toy_data import TOY_SETS, make_toy, ring_of_gaussians, swiss_roll, two_moons
+from .toy_model import ToyEpsModel, train_toy
+from .training import TrainConfig, train
+from .unet import PRESETS, UNet, count_parameters
 
 __version__ = "0.1.0"

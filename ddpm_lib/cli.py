@@ -23,7 +23,7 @@ from .data import IMAGE_SETS
 from .sampling import sample_ddpm
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
-from .train import TrainConfig, train, write_samples
+from .training import TrainConfig, train, write_samples
 from .unet import PRESETS
 
 

@@ -32,12 +32,13 @@ def show_images(x: torch.Tensor, nrow: int = 8, ax=None, title: str | None = Non
 
 
 def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: float | None = 3.0,
-              s: float = 2.0, **kw):
-    """Scatter plot of 2-D points (N, 2) with equal axes; ``c`` colours points (e.g. class labels)."""
+              s: float = 2.0, cmap: str = "tab10", **kw):
+    """Scatter plot of 2-D points (N, 2) with equal axes; ``c`` colours points through ``cmap``
+    (class labels with the default "tab10"; a continuous quantity with e.g. "viridis")."""
     ax = ax or plt.gca()
     x = x.detach().cpu().numpy()
     ax.scatter(x[:, 0], x[:, 1], c=None if c is None else torch.as_tensor(c).cpu().numpy(), s=s,
-               cmap="tab10" if c is not None else None, **kw)
+               cmap=cmap if c is not None else None, **kw)
     ax.set_aspect("equal")
     if lim is not None:
         ax.set_xlim(-lim, lim)

@@ -64,8 +64,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, temb=None) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
-        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)      # each (B, heads, N, d), contiguous
+        h = F.scaled_dot_product_attention(q, k, v)                  # fused kernels need contiguous inputs
         return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ddpm_lib.checkpoint import build_model, list_checkpoints, load_checkpoint
-from ddpm_lib.train import TrainConfig, train
+from ddpm_lib.training import TrainConfig, train
 
 WORLD = 2
 TIMEOUT_S = 120
