@@ -75,12 +75,12 @@ def test_linear_attention_normalises_q_over_features_and_k_over_positions():
 def test_linear_attention_flops_grow_linearly_full_attention_quadratically():
     from torch.utils.flop_counter import FlopCounterMode
 
-    def flops(module, side):
+    def flops(module, side):   # on the meta device SDPA takes its math path, which the counter sees
         with FlopCounterMode(display=False) as counter:
-            module(torch.randn(1, 32, side, side))
+            module(torch.randn(1, 32, side, side, device="meta"))
         return counter.get_total_flops()
 
-    full, linear = Attention(32, heads=1), LinearAttention(32, heads=1, dim_head=32)
+    full, linear = Attention(32, heads=1).to("meta"), LinearAttention(32, heads=1, dim_head=32).to("meta")
     # quadrupling the positions (side ×2): linear ×4, full ≥ ×12 (its N² term dominates at this size)
     assert flops(linear, 32) / flops(linear, 16) == pytest.approx(4.0, rel=0.05)
     assert flops(full, 32) / flops(full, 16) > 12
