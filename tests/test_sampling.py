@@ -8,30 +8,12 @@ import math
 
 import pytest
 import torch
+from helpers import hand_schedule
 
 import ddpm_lib as dl
 
 F64 = torch.float64
 BETAS = torch.linspace(0.02, 0.2, 8, dtype=F64)       # T = 8, large β: every coefficient matters
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def hand_schedule(betas):
-    """β, α, ᾱ padded at index 0 (index = the paper's t), computed here, not by the library."""
-    beta = torch.cat([torch.zeros(1, dtype=F64), betas.to(F64)])
-    alpha = 1.0 - beta
-    alpha_bar = torch.ones_like(beta)
-    for t in range(1, len(beta)):
-        alpha_bar[t] = alpha_bar[t - 1] * alpha[t]
-    return beta, alpha, alpha_bar
 
 
 def algorithm_2_step(xt, eps_pred, t_list, noise, var):
