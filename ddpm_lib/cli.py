@@ -1,4 +1,4 @@
-"""The command line: ``python -m ddpm_lib train …`` (Algorithm 1) and ``python -m ddpm_lib sample …`` (Algorithm 2).
+"""The command line: ``train`` (Algorithm 1), ``sample`` (Algorithm 2), ``evaluate`` (FID-MNIST), ``train-classifier``.
 
     python -m ddpm_lib train --data mnist-5k --preset tiny --steps 2000 --out-dir runs/mnist
     python -m ddpm_lib train --out-dir runs/mnist --steps 4000 --resume        # continue that run
@@ -6,6 +6,8 @@
     python -m ddpm_lib sample --checkpoint runs/mnist --n 64 --out grid.png    # EMA weights, PNG grid
     python -m ddpm_lib train --data two_moons --T 100 --steps 3000 --out-dir runs/moons
     python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.pt  # 2-D points as a tensor
+    python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
+    python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features
 
 A user error (bad flag value, missing or damaged checkpoint, data set not available offline, a loss
 that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a checkpoint first (130).
@@ -13,18 +15,27 @@ that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from .checkpoint import load_ema_model
-from .data import IMAGE_SETS
+from .checkpoint import latest_checkpoint, load_ema_model
+from .classifier import DEFAULT_CLASSIFIER, file_sha256, load_classifier, save_classifier, train_classifier
+from .data import IMAGE_SETS, load_images
+from .metrics import frechet_distance, image_statistics
 from .sampling import sample_ddpm
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train, write_samples
 from .unet import PRESETS
+
+METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
+CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +68,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train and sample DDPMs (Ho et al. 2020).")
+    parser = argparse.ArgumentParser(prog="python -m ddpm_lib",
+                                     description="Train, sample and evaluate DDPMs (Ho et al. 2020).")
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train an ε-model (Algorithm 1); torchrun for several GPUs",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -69,7 +81,144 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--out", default="samples.png", help="PNG grid for images; .pt saves the tensor")
     sample_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     sample_parser.add_argument("--device", default=None, help="None: cuda when available")
+    evaluate_parser = commands.add_parser(
+        "evaluate", help=f"FID-MNIST, confidence and class spread of EMA samples: {METRIC}",
+        description=f"Draw --n samples with θ_ema (Algorithm 2) and measure them against held-out real digits "
+                    f"(mnist-5k's 1,000 held-out digits, or the MNIST test set for a model of 'mnist'): {METRIC}. "
+                    f"Also the classifier's mean confidence and the predicted-class histogram with its entropy, "
+                    f"for the samples and for the real digits. Prints a table and writes JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate_parser.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder (latest)")
+    evaluate_parser.add_argument("--n", type=int, default=10_000, help="number of samples (a GPU's job; "
+                                 "on a CPU start with a few hundred)")
+    evaluate_parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
+                                 help="the MNIST classifier whose features FID-MNIST uses")
+    evaluate_parser.add_argument("--batch-size", type=int, default=500, help="samples drawn (and classified) at once")
+    evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
+    evaluate_parser.add_argument("--device", default=None, help="None: cuda when available")
+    evaluate_parser.add_argument("--out", default="results.json", help="JSON file for the results")
+    classifier_parser = commands.add_parser(
+        "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    classifier_parser.add_argument("--data", default="mnist-5k", choices=CLASSIFIER_DATA,
+                                   help="train split for training; held-out/test split for the accuracy")
+    classifier_parser.add_argument("--data-root", default=None, help="cache folder of torchvision's MNIST")
+    classifier_parser.add_argument("--out", default="data/mnist_classifier.pt",
+                                   help="weights file; the JSON card goes beside it (.json)")
+    classifier_parser.add_argument("--epochs", type=int, default=12, help="passes over the training digits")
+    classifier_parser.add_argument("--batch-size", type=int, default=64, help="minibatch size")
+    classifier_parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's peak learning rate")
+    classifier_parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's weight decay")
+    classifier_parser.add_argument("--max-shift", type=int, default=2, help="random shifts of up to this many pixels")
+    classifier_parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and shifts")
+    classifier_parser.add_argument("--device", default="cpu", help="cpu, cuda, …")
+    classifier_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (reproducible timing)")
     return parser
+
+
+def run_train_classifier(args: argparse.Namespace, command: str) -> dict:
+    """Train the FID-MNIST classifier on the train split, measure it on the held-out split, and write the
+    weights and their JSON card (config, accuracy, sha256, ``command``); returns the card."""
+    x_train, y_train = load_images(args.data, root=args.data_root, train=True, pad_to_32=True)
+    x_heldout, y_heldout = load_images(args.data, root=args.data_root, train=False, pad_to_32=True)
+    threads, start = torch.get_num_threads(), time.perf_counter()
+    torch.set_num_threads(args.threads)
+    try:
+        model, accuracy = train_classifier(x_train, y_train, x_heldout, y_heldout, epochs=args.epochs,
+                                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                                           max_shift=args.max_shift, seed=args.seed, device=args.device,
+                                           progress=True)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    card = {"data": args.data, "n_train": len(x_train), "n_heldout": len(x_heldout), "heldout_accuracy": accuracy,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+            "max_shift": args.max_shift, "seed": args.seed,
+            "device": args.device, "threads": args.threads, "train_seconds": round(seconds, 1),
+            "torch": torch.__version__, "command": command}
+    card = save_classifier(model, args.out, card)
+    print(f"held-out accuracy {accuracy:.4f} on {len(x_heldout)} digits after {seconds:.0f} s; "
+          f"wrote {args.out} (sha256 {card['sha256'][:12]}…) and {Path(args.out).with_suffix('.json')}")
+    return card
+
+
+def real_digits(ckpt: dict):
+    """``(held-out digits, training digits)`` of the data a checkpoint was trained on, 32×32 in [−1, 1]
+    (mnist-5k: its 1,000 held-out and 4,000 training digits; mnist: the test and training sets)."""
+    data = ckpt["config"]["data"]
+    if data not in CLASSIFIER_DATA or tuple(ckpt["example_shape"]) != (1, 32, 32):
+        raise ValueError(f"FID-MNIST measures models of MNIST digits (data mnist-5k or mnist); this checkpoint "
+                         f"was trained on {data!r} with examples of shape {tuple(ckpt['example_shape'])}")
+    root = ckpt["config"].get("data_root")
+    heldout, _ = load_images(data, root=root, train=False, pad_to_32=True)
+    train_digits, _ = load_images(data, root=root, train=True, pad_to_32=True)
+    return heldout, train_digits
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    """Sample ``args.n`` digits with θ_ema, compare them with held-out real digits, print and write the results."""
+    if args.n < 2 or args.batch_size < 1:
+        raise ValueError(f"--n must be at least 2 (a covariance needs two samples) and --batch-size at least 1, "
+                         f"got {args.n} and {args.batch_size}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    classifier = load_classifier(args.classifier, device)
+    path = Path(args.checkpoint)
+    path = (latest_checkpoint(path) or path) if path.is_dir() else path
+    ema_model, schedule, ckpt = load_ema_model(path, device)
+    heldout, train_digits = real_digits(ckpt)
+    schedule = schedule.to(device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    start, batches = time.perf_counter(), []
+    for i in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
+        shape = (min(args.batch_size, args.n - i), *ckpt["example_shape"])
+        batches.append(sample_ddpm(ema_model, schedule, shape, generator=generator).clamp(-1, 1).cpu())
+    sampling_seconds = time.perf_counter() - start
+    fake = image_statistics(torch.cat(batches), classifier, args.batch_size)
+    real = image_statistics(heldout, classifier, args.batch_size)
+    # The floor: FID-MNIST of as many real training digits as samples (a random subset; all of them when
+    # there are fewer), which a model drawing exactly the data distribution would score, up to noise.
+    pick = torch.randperm(len(train_digits), generator=torch.Generator().manual_seed(args.seed))[:args.n]
+    floor = image_statistics(train_digits[pick], classifier, args.batch_size)
+
+    def summary(stats: dict) -> dict:
+        return {k: stats[k] for k in ("n", "confidence", "class_counts", "class_entropy")}
+
+    results = {
+        "metric": METRIC,
+        "checkpoint": str(path), "step": ckpt["step"], "data": ckpt["config"]["data"], "T": schedule.T,
+        "sampler": "DDPM ancestral sampling (Algorithm 2) with θ_ema, samples clamped to [-1, 1]",
+        "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 1),
+        "classifier": str(args.classifier), "classifier_sha256": file_sha256(args.classifier),
+        "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",
+                      "n": real["n"]},
+        "samples": {"fid_mnist": frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"]),
+                    **summary(fake)},
+        "real_heldout": {**summary(real),
+                         "fid_mnist_train_vs_heldout": frechet_distance(floor["mu"], floor["sigma"],
+                                                                         real["mu"], real["sigma"]),
+                         "n_train_digits": floor["n"]},
+        "max_class_entropy": fake["max_class_entropy"],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_results(results)
+    print(f"wrote {args.out}")
+    return results
+
+
+def print_results(r: dict) -> None:
+    s, h = r["samples"], r["real_heldout"]
+    ref = r["reference"]
+    print(f"{r['metric']}\n{r['n']} samples (θ_ema after step {r['step']}, T = {r['T']}) "
+          f"vs {ref['n']} held-out {ref['data']} digits")
+    print(f"{'':24}{'samples':>12}{'held-out real':>16}")
+    print(f"{'FID-MNIST':24}{s['fid_mnist']:12.3f}{h['fid_mnist_train_vs_heldout']:16.3f}"
+          f"   (real: {h['n_train_digits']} training digits vs held-out: the floor)")
+    print(f"{'mean confidence':24}{s['confidence']:12.4f}{h['confidence']:16.4f}")
+    print(f"{'class entropy (nats)':24}{s['class_entropy']:12.4f}{h['class_entropy']:16.4f}"
+          f"   (max ln 10 = {r['max_class_entropy']:.4f})")
+    print(f"{'predicted classes 0..9':24}{' '.join(map(str, s['class_counts']))}")
+    print(f"{'':24}{' '.join(map(str, h['class_counts']))}   (held-out real)")
 
 
 def run_sample(args: argparse.Namespace) -> Path:
@@ -89,12 +238,17 @@ def run_sample(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             train(TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
-        else:
+        elif args.command == "sample":
             run_sample(args)
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        else:
+            run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt:
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:

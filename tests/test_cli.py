@@ -1,4 +1,6 @@
-"""``python -m ddpm_lib train`` and ``sample`` end to end, and their one-line errors."""
+"""``python -m ddpm_lib train``, ``sample``, ``evaluate`` and ``train-classifier`` end to end, and their one-line
+errors."""
+import hashlib
 import json
 import os
 import subprocess
@@ -102,3 +104,98 @@ def test_help_lists_both_commands(capsys):
     assert exit_info.value.code == 0 and "train" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["train", "--preset", "enormous"])                     # argparse rejects an unknown choice
+
+
+# ---- evaluate (FID-MNIST) and train-classifier ----
+
+SHIPPED_CLASSIFIER = ROOT / "data" / "mnist_classifier.pt"
+
+
+def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkeypatch):
+    """``python -m ddpm_lib train`` a 3-step model on mnist-5k (T = 2), then ``evaluate --n 64`` (through
+    ``main``, in this process) in uneven batches of 40: a table on
+    stdout naming the metric, a tqdm bar over batches, and JSON with the metric's name, the counts
+    (64 samples, 1,000 held-out digits, 64 training digits for the floor), entropies that match the
+    counts, the shipped classifier's sha256, and an FID-MNIST of the untrained model's samples far
+    above the real digits' floor. Catches: a missing key, a last batch dropped (63 or 80 samples),
+    the reference taken from the training split (not 1,000 digits), an entropy in bits."""
+    ddpm_lib("train", "--data", "mnist-5k", "--preset", "tiny", "--steps", "3", "--batch-size", "8", "--T", "2",
+             "--schedule", "cosine", "--sample-every", "0", "--out-dir", "run", "--device", "cpu", "--no-progress",
+             cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--checkpoint", "run", "--n", "64", "--batch-size", "40", "--seed", "1",
+                 "--device", "cpu", "--out", "out/results.json"]) == 0
+    result = capsys.readouterr()
+    assert "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)" in result.out
+    assert "sampling" in result.err and "2/2" in result.err
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert r["metric"] == "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
+    assert r["n"] == 64 and r["step"] == 3 and r["T"] == 2 and r["data"] == "mnist-5k" and r["seed"] == 1
+    assert r["classifier_sha256"] == hashlib.sha256(SHIPPED_CLASSIFIER.read_bytes()).hexdigest()
+    assert r["reference"]["n"] == 1000 and r["max_class_entropy"] == pytest.approx(np.log(10))
+    samples, real = r["samples"], r["real_heldout"]
+    assert samples["n"] == 64 and sum(samples["class_counts"]) == 64 and len(samples["class_counts"]) == 10
+    assert real["n"] == 1000 and sum(real["class_counts"]) == 1000 and real["n_train_digits"] == 64
+    for stats in (samples, real):
+        p = np.array(stats["class_counts"]) / stats["n"]
+        assert stats["class_entropy"] == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum())
+        assert 0.1 <= stats["confidence"] <= 1.0
+    assert real["confidence"] > 0.95
+    assert np.isfinite(samples["fid_mnist"]) and samples["fid_mnist"] > 2 * real["fid_mnist_train_vs_heldout"] > 0
+
+
+def test_evaluate_errors_end_with_one_line(tmp_path, capsys):
+    """A missing classifier names the command that trains one; a truncated classifier says
+    'truncated'; a checkpoint of 2-D points is refused (FID-MNIST measures digits). Catches: raw
+    tracebacks, sampling thousands of points before finding out."""
+    assert main(["train", "--data", "two_moons", "--toy-n", "100", "--T", "30", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    assert main(["evaluate", "--checkpoint", run, "--classifier", str(tmp_path / "none.pt"), "--device", "cpu"]) == 1
+    assert "no classifier file" in (message := one_error_line(capsys)) and "train-classifier" in message
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(SHIPPED_CLASSIFIER.read_bytes()[:3000])
+    assert main(["evaluate", "--checkpoint", run, "--classifier", str(cut), "--device", "cpu"]) == 1
+    assert "truncated" in one_error_line(capsys)
+    assert main(["evaluate", "--checkpoint", run, "--n", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "r.json")]) == 1
+    assert "measures models of MNIST digits" in one_error_line(capsys)
+    assert main(["evaluate", "--checkpoint", run, "--n", "1"]) == 1
+    assert "--n must be at least 2" in one_error_line(capsys)
+
+
+def test_train_classifier_writes_weights_and_a_card_with_sha256_and_command(tmp_path, capsys, monkeypatch):
+    """``train-classifier`` on 100 training and 50 held-out digits (load_images replaced): the .pt, and a
+    .json card beside it with the sha256 of the .pt, the exact command line, the sizes, and the held-out
+    accuracy that the saved classifier reproduces; torch's thread count is restored afterwards.
+    Catches: a card hashing another file, the command not recorded, the accuracy of the training digits
+    reported as held-out, --threads leaking into the caller."""
+    from ddpm_lib import cli
+    from ddpm_lib.classifier import classifier_accuracy, load_classifier
+    x_train, y_train = cli.load_images("mnist-5k", train=True, pad_to_32=True)
+    x_held, y_held = cli.load_images("mnist-5k", train=False, pad_to_32=True)
+    subsets = {True: (x_train[::40], y_train[::40]), False: (x_held[::20], y_held[::20])}
+    monkeypatch.setattr(cli, "load_images", lambda name, root=None, train=True, pad_to_32=False: subsets[train])
+    threads = torch.get_num_threads()
+    out = tmp_path / "models" / "clf.pt"
+    args = ["train-classifier", "--data", "mnist-5k", "--out", str(out), "--epochs", "2", "--batch-size", "25",
+            "--seed", "3", "--threads", "1"]
+    assert main(args) == 0
+    assert torch.get_num_threads() == threads
+    assert "held-out accuracy" in capsys.readouterr().out
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert card["command"] == "python -m ddpm_lib " + " ".join(args)
+    assert card["n_train"] == 100 and card["n_heldout"] == 50 and card["epochs"] == 2 and card["seed"] == 3
+    assert card["heldout_accuracy"] == classifier_accuracy(load_classifier(out), *subsets[False])
+
+
+def test_help_lists_evaluate_and_train_classifier_and_names_the_metric(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "evaluate" in out and "train-classifier" in out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "not Inception FID" in " ".join(capsys.readouterr().out.split())      # argparse wraps lines

