@@ -8,6 +8,7 @@
     python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.pt  # 2-D points as a tensor
     python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
     python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features
+    python -m ddpm_lib export --checkpoint runs/mnist --out data/ddpm_mnist.pt  # fp16 θ_ema + JSON card
 
 A user error (bad flag value, missing or damaged checkpoint, data set not available offline, a loss
 that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a checkpoint first (130).
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from .checkpoint import latest_checkpoint, load_ema_model
 from .classifier import DEFAULT_CLASSIFIER, file_sha256, load_classifier, save_classifier, train_classifier
 from .data import IMAGE_SETS, load_images
+from .export import export_ema_weights
 from .metrics import frechet_distance, image_statistics
 from .sampling import sample_ddpm
 from .schedules import SCHEDULES
@@ -113,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     classifier_parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and shifts")
     classifier_parser.add_argument("--device", default="cpu", help="cpu, cuda, …")
     classifier_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (reproducible timing)")
+    export_parser = commands.add_parser(
+        "export", help="write θ_ema in half precision with a JSON card (config, sha256, command) for shipping",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export_parser.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder (latest)")
+    export_parser.add_argument("--out", required=True, help="weights file, e.g. data/ddpm_mnist.pt (card: .json)")
+    export_parser.add_argument("--training-command", default=None,
+                               help="the training command to record in the card (default: this export command)")
     return parser
 
 
@@ -247,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             run_sample(args)
         elif args.command == "evaluate":
             run_evaluate(args)
+        elif args.command == "export":
+            card = export_ema_weights(args.checkpoint, args.out, command=args.training_command)
+            print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
+                  f"{Path(args.out).with_suffix('.json')}")
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt:

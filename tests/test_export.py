@@ -47,3 +47,17 @@ def test_a_changed_or_truncated_file_is_refused(run_dir, tmp_path):
         load_pretrained(path, check_sha256=False)
     with pytest.raises(FileNotFoundError):
         load_pretrained(tmp_path / "missing.pt")
+
+
+def test_export_command_line(run_dir, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "toy.pt"
+    r = subprocess.run([sys.executable, "-m", "ddpm_lib", "export", "--checkpoint", str(run_dir), "--out", str(out),
+                        "--training-command", "python -m ddpm_lib train --data two_moons"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["command"] == "python -m ddpm_lib train --data two_moons" and card["sha256"] == sha256_of(out)
+    r = subprocess.run([sys.executable, "-m", "ddpm_lib", "export", "--checkpoint", str(tmp_path / "none"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
