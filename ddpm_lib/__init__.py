@@ -4,12 +4,16 @@ Index convention: every schedule tensor has length T + 1 and index = the paper's
 ``plots`` (matplotlib) is not imported here; use ``from ddpm_lib import plots``.
 """
 from .checkpoint import load_ema_model
-from .data import IMAGE_SETS, load_images, to_model_range, to_pixel_range
+from .classifier import MNISTClassifier, load_classifier, train_classifier
+from .data import IMAGE_SETS, load_images, mnist_5k_split, to_model_range, to_pixel_range
+from .ddim import GRIDS, ddim_invert, ddim_step, sample_ddim, slerp, step_grid
 from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_prob,
                    l_simple, l_simple_weight, normal_kl, prior_term, reconstruction_term)
 from .embedding import timestep_embedding
+from .export import export_ema_weights, load_pretrained
 from .forward import q_sample, q_sample_chain, q_step
 from .indexing import check_t, gather
+from .metrics import classifier_confidence, fid_mnist, frechet_distance, gaussian_stats
 from .markov import (gaussian_chain_moments, sample_chain, stationary_by_eigenvector,
                      stationary_by_power_iteration)
 from .oracle import GaussianMixture, gaussian_model_marginal
