@@ -4,6 +4,7 @@
     python -m ddpm_lib train --out-dir runs/mnist --steps 4000 --resume        # continue that run
     torchrun --nproc_per_node 4 -m ddpm_lib train --data cifar10 --preset ddpm-cifar10 --out-dir runs/c10
     python -m ddpm_lib sample --checkpoint runs/mnist --n 64 --out grid.png    # EMA weights, PNG grid
+    python -m ddpm_lib sample --checkpoint runs/mnist --sampler ddim --steps 50 --eta 0 --out ddim.png
     python -m ddpm_lib train --data two_moons --T 100 --steps 3000 --out-dir runs/moons
     python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.pt  # 2-D points as a tensor
     python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
@@ -30,6 +31,7 @@ from .classifier import DEFAULT_CLASSIFIER, file_sha256, load_classifier, save_c
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights
 from .metrics import frechet_distance, image_statistics
+from .ddim import GRIDS, sample_ddim
 from .sampling import sample_ddpm
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
@@ -69,6 +71,28 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
+def _add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"),
+                   help="ddpm: Algorithm 2 over all T steps; ddim: Song et al. 2021 on a respaced grid")
+    p.add_argument("--steps", type=int, default=50, help="DDIM: network evaluations (1..T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM: η (0 deterministic, 1 DDPM-like noise)")
+    p.add_argument("--grid", default="uniform", choices=GRIDS, help="DDIM: spacing of the respaced steps")
+
+
+def draw_samples(model, schedule, shape, generator, args: argparse.Namespace, progress: bool = False):
+    """x_0 from θ_ema with the sampler the flags choose (``--sampler``, ``--steps``, ``--eta``, ``--grid``)."""
+    if args.sampler == "ddim":
+        return sample_ddim(model, schedule, shape, steps=args.steps, eta=args.eta, grid=args.grid,
+                           generator=generator, progress=progress)
+    return sample_ddpm(model, schedule, shape, generator=generator, progress=progress)
+
+
+def describe_sampler(args: argparse.Namespace, T: int) -> str:
+    if args.sampler == "ddim":
+        return f"DDIM, {args.steps} {args.grid} steps, eta = {args.eta:g}"
+    return f"DDPM ancestral sampling (Algorithm 2), {T} steps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib",
                                      description="Train, sample and evaluate DDPMs (Ho et al. 2020).")
@@ -83,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--out", default="samples.png", help="PNG grid for images; .pt saves the tensor")
     sample_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     sample_parser.add_argument("--device", default=None, help="None: cuda when available")
+    _add_sampler_arguments(sample_parser)
     evaluate_parser = commands.add_parser(
         "evaluate", help=f"FID-MNIST, confidence and class spread of EMA samples: {METRIC}",
         description=f"Draw --n samples with θ_ema (Algorithm 2) and measure them against held-out real digits "
@@ -99,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     evaluate_parser.add_argument("--device", default=None, help="None: cuda when available")
     evaluate_parser.add_argument("--out", default="results.json", help="JSON file for the results")
+    _add_sampler_arguments(evaluate_parser)
     classifier_parser = commands.add_parser(
         "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -180,7 +206,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     start, batches = time.perf_counter(), []
     for i in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
         shape = (min(args.batch_size, args.n - i), *ckpt["example_shape"])
-        batches.append(sample_ddpm(ema_model, schedule, shape, generator=generator).clamp(-1, 1).cpu())
+        batches.append(draw_samples(ema_model, schedule, shape, generator, args).clamp(-1, 1).cpu())
     sampling_seconds = time.perf_counter() - start
     fake = image_statistics(torch.cat(batches), classifier, args.batch_size)
     real = image_statistics(heldout, classifier, args.batch_size)
@@ -195,7 +221,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     results = {
         "metric": METRIC,
         "checkpoint": str(path), "step": ckpt["step"], "data": ckpt["config"]["data"], "T": schedule.T,
-        "sampler": "DDPM ancestral sampling (Algorithm 2) with θ_ema, samples clamped to [-1, 1]",
+        "sampler": f"{describe_sampler(args, schedule.T)}, θ_ema, samples clamped to [-1, 1]",
         "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 1),
         "classifier": str(args.classifier), "classifier_sha256": file_sha256(args.classifier),
         "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",
@@ -240,9 +266,9 @@ def run_sample(args: argparse.Namespace) -> Path:
     if len(example_shape) != 3 and Path(args.out).suffix != ".pt":
         raise ValueError(f"this model draws {example_shape[0]}-D points, not images: pass --out with a .pt name")
     generator = torch.Generator(device).manual_seed(args.seed)
-    x0 = sample_ddpm(ema_model, schedule, (args.n, *example_shape), generator=generator, progress=True)
+    x0 = draw_samples(ema_model, schedule, (args.n, *example_shape), generator, args, progress=True)
     path = write_samples(x0, args.out)
-    print(f"wrote {args.n} samples (θ_ema after step {ckpt['step']}, T = {schedule.T}) to {path}")
+    print(f"wrote {args.n} samples (θ_ema after step {ckpt['step']}; {describe_sampler(args, schedule.T)}) to {path}")
     return path
 
 

@@ -54,6 +54,13 @@ def test_train_then_sample_on_a_toy_set(tmp_path):
              cwd=tmp_path)
     points = torch.load(tmp_path / "points.pt", weights_only=True)
     assert points.shape == (100, 2) and torch.isfinite(points).all()
+    result = ddpm_lib("sample", "--checkpoint", "run", "--n", "100", "--out", "ddim.pt", "--device", "cpu",
+                      "--sampler", "ddim", "--steps", "5", "--eta", "0", "--seed", "3", cwd=tmp_path)
+    assert "DDIM, 5 uniform steps, eta = 0" in result.stdout
+    from ddpm_lib import load_ema_model, sample_ddim
+    model, s, _ = load_ema_model(tmp_path / "run")
+    expected = sample_ddim(model, s, (100, 2), steps=5, eta=0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.load(tmp_path / "ddim.pt", weights_only=True), expected)
 
 
 def one_error_line(capsys) -> str:
