@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 KERNEL := ddpm-course
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test unit notebooks clean
+.PHONY: lab test unit notebooks student clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m notebook
+
+# Student versions of the lectures (solutions replaced by stubs) in build/student; see the README's Homework section.
+student: $(STAMP)
+	$(BIN)/python -m ddpm_lib.student notebooks build/student
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

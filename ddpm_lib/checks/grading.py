@@ -1,0 +1,144 @@
+"""Grading machinery shared by the checks: random inputs, comparison with the reference, verdicts."""
+from __future__ import annotations
+
+import math
+import numbers
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..schedules import make_schedule
+
+f64 = torch.float64
+N_CASES = 5          # random batches per check
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A common wrong answer: ``fn`` takes the answer's arguments and returns the wrong value of
+    output ``part`` (0 for answers with one output); ``hint`` is what the student is told."""
+
+    hint: str
+    fn: Callable
+    part: int = 0
+
+
+def _generator(seed):
+    """A generator seeded with ``seed``, or freshly at random (the default: new inputs every call)."""
+    return torch.Generator().manual_seed(random.SystemRandom().randrange(2 ** 62) if seed is None else seed)
+
+
+def _verdict(name: str, ok: bool, message: str) -> bool:
+    print(f"{'✓' if ok else '✗'} {name}: {message}")
+    return ok
+
+
+def _tensor(value):
+    """``value`` as a float64 tensor, or None when it is not a number or a tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(f64)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=f64)
+    return None
+
+
+def _shape_ok(shape, want, broadcast=False) -> bool:
+    """Same shape; one number where one number is due; or (for ``broadcast`` outputs such as a variance
+    shaped (B, 1, 1, 1)) any shape that broadcasts to the reference's."""
+    if shape == want or (want == () and math.prod(shape) == 1):
+        return True
+    try:
+        return broadcast and torch.broadcast_shapes(shape, want) == want
+    except RuntimeError:
+        return False
+
+
+def _same(value, ref, tol, broadcast=False) -> bool:
+    a, b = _tensor(value), _tensor(ref)
+    if a is None or b is None or not _shape_ok(tuple(a.shape), tuple(b.shape), broadcast) \
+            and not _shape_ok(tuple(b.shape), tuple(a.shape), broadcast):
+        return False
+    a, b = torch.broadcast_tensors(a.reshape(()) if b.ndim == 0 else a, b)
+    return bool(torch.allclose(a, b, rtol=tol[0], atol=tol[1]))
+
+
+def _try(fn, args):
+    try:
+        return fn(*args)
+    except Exception:          # a wrong variant that cannot run on these inputs simply does not match
+        return None
+
+
+def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), properties=(), passed="",
+           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None) -> bool:
+    """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict."""
+    n = len(labels)
+    tol = tol * n if len(tol) == 1 else tol
+    split = lambda v: (v,) if n == 1 else (tuple(v) if isinstance(v, (tuple, list)) and len(v) == n else None)
+    outs = [split(fn(*args)) for args in cases]          # exceptions propagate to the student
+    refs = [split(reference(*args)) for args in cases]
+    if any(o is None for o in outs):
+        return _verdict(name, False, f"return {n} values: {', '.join(labels)}")
+    for o, r in zip(outs, refs):
+        for k in range(n):
+            if _tensor(o[k]) is None:
+                kind = type(o[k]).__name__
+                return _verdict(name, False, f"{labels[k]} is a {kind}; return a tensor or a number")
+            shape, want = tuple(_tensor(o[k]).shape), tuple(_tensor(r[k]).shape)
+            if not _shape_ok(shape, want, k in broadcast):
+                return _verdict(name, False, f"{labels[k]} has shape {shape} but should have shape {want}"
+                                             f"{shape_note}")
+    wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
+    if not wrong:
+        for prop in properties:
+            message = prop(fn)
+            if message:
+                return _verdict(name, False, message)
+        return _verdict(name, True, passed)
+    hints = []
+    for k in wrong:
+        hint = next((m.hint for m in mistakes if m.part == k and all(
+            _same(o[k], _try(m.fn, args), tol[k], k in broadcast) for o, args in zip(outs, cases))), None)
+        if hint is None:
+            hint = next(filter(None, (prop(fn) for prop in properties)), None) \
+                or _where(outs, refs, cases, k, timesteps)
+        hints.append(hint if n == 1 else f"{labels[k]}: {hint}")
+    return _verdict(name, False, "; ".join(hints))
+
+
+def _where(outs, refs, cases, k, timesteps):
+    """Generic message: the largest error, and whether only t = 1 (or only t = T) is wrong."""
+    err, bad_t = 0.0, set()
+    for o, r, args in zip(outs, refs, cases):
+        a, b = _tensor(o[k]), _tensor(r[k])
+        a, b = torch.broadcast_tensors(a.reshape(()) if b.ndim == 0 else a, b)
+        diff = (a - b).abs().nan_to_num(float("inf"))
+        err = max(err, float(diff.max()))
+        if timesteps is not None and diff.ndim >= 1:
+            t, T = timesteps(*args)
+            size = b.abs().reshape(b.shape[0], -1).amax(1)
+            rows = diff.reshape(diff.shape[0], -1).amax(1) > 1e-5 * (1 + size)
+            bad_t |= {"1" if int(v) == 1 else ("T" if int(v) == T else "other") for v in t[rows]}
+    where = {frozenset({"1"}): " only at t = 1", frozenset({"T"}): " only at t = T"}.get(frozenset(bad_t), "")
+    return (f"differs from the library's answer{where} (largest error {err:.3g}); "
+            "compare it with the equation term by term")
+
+
+# --------------------------------------------------------------------------- random inputs
+def _schedules():
+    return [make_schedule("linear", 1000), make_schedule("cosine", 1000)]
+
+
+def _timesteps(g, s, B, low=1):
+    t = torch.randint(low, s.T + 1, (B,), generator=g)
+    t[0], t[-1] = low, s.T                              # both ends of the chain in every batch
+    return t
+
+
+def _images(g, B):
+    C, H, W = (int(v) for v in torch.randint(1, 5, (3,), generator=g))
+    return torch.randn(B, C, H + 1, W + 1, generator=g, dtype=f64)
+
+

@@ -1,0 +1,291 @@
+"""ddpm_lib.checks: every check passes a correct answer and fails plausible wrong ones, naming the mistake.
+
+The wrong answers are written here by hand, the way a student might write them; the checks carry their
+own list of known mistakes, and these tests make sure the two meet (and that an unknown mistake still
+fails with a generic message). Seeds are fixed so that every run draws the same inputs.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ddpm_lib as dl
+from ddpm_lib import checks
+
+SEEDS = (0, 1)
+
+
+def verdict(capsys, check, answer, seed=0):
+    ok = check(answer, seed=seed)
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0, f"a verdict is one line, got:\n{out}"
+    return ok, out
+
+
+def assert_passes(capsys, check, answer):
+    for seed in SEEDS:
+        ok, out = verdict(capsys, check, answer, seed)
+        assert ok is True and out.startswith("✓ "), out
+
+
+def assert_fails(capsys, check, answer, *phrases):
+    ok, out = verdict(capsys, check, answer)
+    assert ok is False and out.startswith("✗ "), out
+    for phrase in phrases:
+        assert phrase in out, f"expected {phrase!r} in the verdict: {out}"
+
+
+# --------------------------------------------------------------------------- notebook 01
+def power_iteration(P, start, tol=1e-12):
+    pi, n = start, 0
+    while True:
+        n += 1
+        nxt = pi @ P
+        if (nxt - pi).abs().max() < tol:
+            return nxt, n
+        pi = nxt
+
+
+def test_power_iteration(capsys):
+    assert_passes(capsys, checks.check_power_iteration, power_iteration)
+
+    def column_update(P, start, tol=1e-12):
+        pi, n = start, 0
+        while True:
+            n += 1
+            nxt = P @ pi
+            if (nxt - pi).abs().max() < tol:
+                return nxt, n
+            pi = nxt
+    assert_fails(capsys, checks.check_power_iteration, column_update, "P @ π", "π ← π @ P")
+
+    def counts_moves_before_the_last(P, start, tol=1e-12):
+        pi, n = start, 0
+        while (pi @ P - pi).abs().max() >= tol:
+            pi, n = pi @ P, n + 1
+        return pi @ P, n
+    assert_fails(capsys, checks.check_power_iteration, counts_moves_before_the_last,
+                 "the number of products", "off by one")
+
+    def sum_rule(P, start, tol=1e-12):
+        pi, n = start, 0
+        while True:
+            n += 1
+            nxt = pi @ P
+            if (nxt - pi).abs().sum() < tol:
+                return nxt, n
+            pi = nxt
+    assert_fails(capsys, checks.check_power_iteration, sum_rule, "a max, not a sum")
+
+
+def test_steps_to_unit_variance(capsys):
+    right = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+    assert_passes(capsys, checks.check_steps_to_unit_variance, right)
+    truncated = lambda beta, var0: int(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+    assert_fails(capsys, checks.check_steps_to_unit_variance, truncated, "off by one", "math.ceil")
+    first_order = lambda beta, var0: math.ceil(-math.log(0.01 / abs(var0 - 1)) / beta)
+    assert_fails(capsys, checks.check_steps_to_unit_variance, first_order, "log(1 − β) by −β")
+    std_rate = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(math.sqrt(1 - beta)))
+    assert_fails(capsys, checks.check_steps_to_unit_variance, std_rate, "a² = 1 − β")
+
+
+# --------------------------------------------------------------------------- notebook 02
+def q_sample_with(values, shift=0, root=True):
+    def answer(s, x0, t, eps):
+        c = getattr(s, values)[t - shift].view(-1, 1, 1, 1)
+        return (c.sqrt() * x0 + (1 - c).sqrt() * eps) if root else (c * x0 + (1 - c) * eps)
+    return answer
+
+
+def test_q_sample(capsys):
+    assert_passes(capsys, checks.check_q_sample, q_sample_with("alpha_bar"))
+    assert_fails(capsys, checks.check_q_sample, q_sample_with("alpha"),
+                 "α_t (s.alpha) where ᾱ_t (s.alpha_bar) is needed")
+    assert_fails(capsys, checks.check_q_sample, q_sample_with("alpha_bar", root=False), "square roots are missing")
+    assert_fails(capsys, checks.check_q_sample, q_sample_with("alpha_bar", shift=1), "off by one in t")
+
+    def clean_at_one(s, x0, t, eps):          # an unknown mistake: a wrong special case at t = 1
+        return torch.where((t == 1).view(-1, 1, 1, 1), x0, q_sample_with("alpha_bar")(s, x0, t, eps))
+    assert_fails(capsys, checks.check_q_sample, clean_at_one, "differs from the library's answer only at t = 1")
+
+    def noise_too_small(s, x0, t, eps):       # unknown, and caught by the moments as well as the reference
+        c = s.alpha_bar[t].view(-1, 1, 1, 1)
+        return c.sqrt() * x0 + 0.5 * (1 - c).sqrt() * eps
+    assert_fails(capsys, checks.check_q_sample, noise_too_small, "variance of x_t")
+
+
+def test_snr_crossing(capsys):
+    right = lambda s: int(torch.nonzero(s.snr[1:] < 1)[0]) + 1
+    assert_passes(capsys, checks.check_snr_crossing, right)
+    index_into_slice = lambda s: int(torch.nonzero(s.alpha_bar[1:] < 0.5)[0])
+    assert_fails(capsys, checks.check_snr_crossing, index_into_slice, "off by one in t")
+    signal_std = lambda s: int(torch.nonzero(s.alpha_bar.sqrt() < 0.5)[0])
+    assert_fails(capsys, checks.check_snr_crossing, signal_std, "no square root")
+
+
+# --------------------------------------------------------------------------- notebook 03
+def posterior(prev_shift=1, var="tilde"):
+    def answer(s, x0, xt, t):
+        at = lambda v, k: v[k].view(-1, 1, 1, 1)
+        ab, ab_prev, beta, alpha = at(s.alpha_bar, t), at(s.alpha_bar, t - prev_shift), at(s.beta, t), at(s.alpha, t)
+        mean = (ab_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - ab_prev) * xt) / (1 - ab)
+        variance = {"tilde": (1 - ab_prev) / (1 - ab) * beta, "beta": beta,
+                    "std": ((1 - ab_prev) / (1 - ab) * beta).sqrt(),
+                    "full": ((1 - ab_prev) / (1 - ab) * beta).expand_as(x0)}[var]
+        return mean, variance
+    return answer
+
+
+def test_q_posterior(capsys):
+    assert_passes(capsys, checks.check_q_posterior, posterior())
+    assert_passes(capsys, checks.check_q_posterior, posterior(var="full"))   # a variance of x0's shape is fine too
+    assert_fails(capsys, checks.check_q_posterior, posterior(prev_shift=0), "the mean: off by one in t")
+    ok, out = verdict(capsys, checks.check_q_posterior, posterior(var="beta"))
+    assert not ok and "the variance: you returned β_t" in out and "the mean" not in out, out
+    assert_fails(capsys, checks.check_q_posterior, posterior(var="std"), "standard deviation")
+
+
+def test_x0_from_posterior_mean(capsys):
+    def answer(s, mean, xt, t, subtract=True, root=True):
+        ab, ab_prev = s.alpha_bar[t, None], s.alpha_bar[t - 1, None]
+        a_t = (ab_prev.sqrt() if root else ab_prev) * s.beta[t, None] / (1 - ab)
+        c_t = s.alpha[t, None].sqrt() * (1 - ab_prev) / (1 - ab)
+        return (mean - c_t * xt) / a_t if subtract else mean / a_t
+    assert_passes(capsys, checks.check_x0_from_posterior_mean, answer)
+    check = checks.check_x0_from_posterior_mean
+    assert_fails(capsys, check, lambda *a: answer(*a, subtract=False), "subtract the x_t part")
+    assert_fails(capsys, check, lambda *a: answer(*a, root=False), "square root is missing")
+
+
+# --------------------------------------------------------------------------- notebook 04
+def test_gaussian_kl(capsys):
+    per_coordinate = lambda m1, v1, m2, v2: 0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
+    assert_passes(capsys, checks.check_gaussian_kl, lambda *a: per_coordinate(*a).sum(1))
+    assert_fails(capsys, checks.check_gaussian_kl, per_coordinate, "should have shape", "sum over the D coordinates")
+    assert_fails(capsys, checks.check_gaussian_kl, lambda m1, v1, m2, v2: per_coordinate(m2, v2, m1, v1).sum(1),
+                 "not symmetric")
+    assert_fails(capsys, checks.check_gaussian_kl, lambda *a: 2 * per_coordinate(*a).sum(1), "factor ½ is missing")
+
+
+def denoising(var="beta", root=True, swap=False):
+    def answer(s, x0, xt, eps_pred, t):
+        beta, alpha, ab, ab_prev = (v[:, None] for v in (s.beta[t], s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1]))
+        mean_q = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+        var_q = ((1 - ab_prev) / (1 - ab) * beta).expand_as(x0)
+        mean_p = (xt - beta / ((1 - ab).sqrt() if root else 1 - ab) * eps_pred) / alpha.sqrt()
+        var_p = (beta if var == "beta" else s.beta_tilde[t][:, None]).expand_as(x0)
+        q, p = (mean_q, var_q), (mean_p, var_p)
+        return (dl.normal_kl(*p, *q) if swap else dl.normal_kl(*q, *p)).sum(1)
+    return answer
+
+
+def test_denoising_term(capsys):
+    assert_passes(capsys, checks.check_denoising_term, denoising())
+    assert_fails(capsys, checks.check_denoising_term, denoising(var="beta_tilde"), "σ_t² = β̃_t")
+    assert_fails(capsys, checks.check_denoising_term, denoising(root=False), "square root is missing")
+    assert_fails(capsys, checks.check_denoising_term, denoising(swap=True), "arguments are swapped")
+
+
+def training_step(zero_grad=True, target="eps", reduce="mean", use_generator=True, t_low=1):
+    def answer(model, opt, s, x0, generator):
+        g = generator if use_generator else None
+        t = torch.randint(t_low, s.T + t_low, (x0.shape[0],), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        ab = s.alpha_bar[t].float()[:, None]
+        err = ((eps if target == "eps" else x0) - model(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t)) ** 2
+        loss = err.mean() if reduce == "mean" else err.sum()
+        if zero_grad:
+            opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return answer
+
+
+def test_training_step(capsys):
+    assert_passes(capsys, checks.check_training_step, training_step())
+    assert_fails(capsys, checks.check_training_step, training_step(zero_grad=False),
+                 "the weights after two steps", "opt.zero_grad()")
+    assert_fails(capsys, checks.check_training_step, training_step(target="x0"), "the target is ε, not x_0")
+    assert_fails(capsys, checks.check_training_step, training_step(reduce="sum"), "not the sum")
+    assert_fails(capsys, checks.check_training_step, training_step(t_low=0), "off by one in t")
+    assert_fails(capsys, checks.check_training_step, training_step(use_generator=False), "generator=generator")
+
+
+# --------------------------------------------------------------------------- notebook 05
+def embedding(layout="interleaved", divide_by="h"):
+    def answer(t, dim):
+        h = dim // 2
+        omega = 10_000.0 ** (-torch.arange(h, dtype=torch.float64) / (h if divide_by == "h" else dim))
+        args = t.double()[:, None] * omega
+        sin, cos = torch.sin(args), torch.cos(args)
+        if layout == "concatenated":
+            return torch.cat([sin, cos], 1)
+        pairs = (sin, cos) if layout == "interleaved" else (cos, sin)
+        return torch.stack(pairs, -1).reshape(len(t), dim)
+    return answer
+
+
+def test_interleaved_embedding(capsys):
+    assert_passes(capsys, checks.check_interleaved_embedding, embedding())
+    assert_fails(capsys, checks.check_interleaved_embedding, embedding(layout="concatenated"), "the library's layout")
+    assert_fails(capsys, checks.check_interleaved_embedding, embedding(layout="cos_first"), "sin and cos are swapped")
+    assert_fails(capsys, checks.check_interleaved_embedding, embedding(divide_by="dim"), "you divided by dim")
+
+
+def resblock(one_plus=True, skip=True, dropout=True, swap=False):
+    def answer(block, x, temb):
+        h = block.conv1(F.silu(block.norm1(x)))
+        proj = block.time_proj(F.silu(temb))[:, :, None, None]
+        if block.time_cond == "scale_shift":
+            scale, shift = proj.chunk(2, dim=1)
+            if swap:
+                scale, shift = shift, scale
+            h = block.norm2(h) * ((1 + scale) if one_plus else scale) + shift
+        else:
+            h = block.norm2(h + proj)
+        h = F.silu(h)
+        h = block.conv2(block.dropout(h) if dropout else h)
+        return h + block.skip(x) if skip else h
+    return answer
+
+
+def test_resblock_forward(capsys):
+    assert_passes(capsys, checks.check_resblock_forward, resblock())
+    assert_fails(capsys, checks.check_resblock_forward, resblock(one_plus=False), "(1 + scale)")
+    assert_fails(capsys, checks.check_resblock_forward, resblock(skip=False), "residual path is missing")
+    assert_fails(capsys, checks.check_resblock_forward, resblock(dropout=False), "dropout is missing")
+    assert_fails(capsys, checks.check_resblock_forward, resblock(swap=True), "first half")
+
+
+# --------------------------------------------------------------------------- behaviour common to all checks
+def test_an_unsolved_exercise_raises_its_own_error():
+    def stub(*args):
+        raise NotImplementedError("Exercise 2.1 (q_sample): write your solution here")
+    with pytest.raises(NotImplementedError, match=r"Exercise 2\.1 \(q_sample\)"):
+        checks.check_q_sample(stub)
+
+
+def test_checks_leave_the_global_random_state_alone(capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_training_step(training_step())
+    checks.check_resblock_forward(resblock())
+    checks.check_q_sample(q_sample_with("alpha_bar"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_without_a_seed_every_call_draws_new_inputs(capsys):
+    seen = []
+    def spy(s, x0, t, eps):
+        seen.append(x0.flatten()[0].item())
+        return q_sample_with("alpha_bar")(s, x0, t, eps)
+    assert checks.check_q_sample(spy) and checks.check_q_sample(spy)
+    first_call = seen[: checks.N_CASES]
+    assert first_call != seen[len(seen) // 2: len(seen) // 2 + checks.N_CASES]
+
+
+def test_a_non_tensor_answer_gets_a_plain_message(capsys):
+    assert_fails(capsys, checks.check_q_sample, lambda s, x0, t, eps: None, "is a NoneType")
