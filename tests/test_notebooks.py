@@ -15,7 +15,7 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-LANDED = ["01_markov_chains", "02_forward_process", "03_posterior", "04_elbo_to_l_simple"]
+LANDED = ["01_markov_chains", "02_forward_process", "03_posterior", "04_elbo_to_l_simple", "05_unet"]
 MACHINE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.-]+/){2,}|\b[A-Z]:\\")
 
 
