@@ -12,10 +12,12 @@ from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_ter
 from .embedding import timestep_embedding
 from .export import export_ema_weights, load_pretrained
 from .forward import q_sample, q_sample_chain, q_step
+from .guidance import ConditionalUNet, cfg_eps_model, classifier_grad_fn, drop_labels, exact_mixture_grad_fn
 from .indexing import check_t, gather
 from .metrics import classifier_confidence, fid_mnist, frechet_distance, gaussian_stats
 from .markov import (gaussian_chain_moments, sample_chain, stationary_by_eigenvector,
                      stationary_by_power_iteration)
+from .noisy_classifier import NoisyClassifier, noisy_classifier_accuracy, train_noisy_classifier
 from .oracle import GaussianMixture, gaussian_model_marginal
 from .posterior import mu_from_eps, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .sampling import ddpm_step, p_mean_var, reverse_variance, sample_ddpm

@@ -11,6 +11,10 @@ step may land on t' = 0 with no special case. One step from t to t' < t (eq. 12)
 η = 1 with t' = t − 1 gives σ² = β̃_t, and the step is DDPM's Algorithm 2; η = 0 is deterministic
 (the "implicit" model, an Euler step of the ODE of Sec. 4.3). Sampling visits a respaced grid
 τ_S > … > τ_1 of S ≤ T timesteps (App. D.2) and ends with one step to t' = 0.
+
+Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2) replaces ε_θ by
+ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t)·g with g = s·∇_{x_t} log p_φ(y | x_t), then takes the same step with ε̂
+(``cond_grad`` of ``ddim_step``, ``cond_fn`` of ``sample_ddim``).
 """
 from __future__ import annotations
 
@@ -96,9 +100,11 @@ def _check_t_prev(t, t_prev, batch: int) -> None:
                          f"got t_prev={bad_p} for t={bad_t}")
 
 
-def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x0):
+def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x0, cond_grad=None):
     """The checked step; returns ``(x_prev, x0_pred)`` (sample_ddim's callback shows both)."""
     check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
+    if cond_grad is not None:
+        check_same_shape(xt=xt, cond_grad=cond_grad)
     check_t(s, t, batch=xt.shape[0])
     _check_t_prev(t, t_prev, xt.shape[0])
     eta = _check_eta(eta)
@@ -116,6 +122,8 @@ def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x
     cast = dict(device=xt.device, dtype=xt.dtype)
     sqrt_alpha_bar_t = torch.sqrt(alpha_bar_t).to(**cast)
     sqrt_one_minus_alpha_bar_t = torch.sqrt(1 - alpha_bar_t).to(**cast)
+    if cond_grad is not None:                                    # guided ε̂ (Dhariwal & Nichol, Alg. 2)
+        eps_pred = eps_pred - sqrt_one_minus_alpha_bar_t * cond_grad
     x0_pred = (xt - sqrt_one_minus_alpha_bar_t * eps_pred) / sqrt_alpha_bar_t
     if clip_x0 is not None:
         # Clip x̂_0 to the data range, then recompute the ε that points from it to x_t (eq. 4 solved
@@ -128,7 +136,8 @@ def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x
 
 
 def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, eta: float,
-              noise: torch.Tensor, clip_x0: float | None = None) -> torch.Tensor:
+              noise: torch.Tensor, clip_x0: float | None = None,
+              cond_grad: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM step x_t → x_{t'} (Song et al. 2021, eq. 12, with σ of eq. 16; DDIM's α_t is our ᾱ_t).
 
         x̂_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t
@@ -139,8 +148,10 @@ def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, 
     int or long tensor (B,) with 0 <= t_prev < t; eta in [0, 1]. With t' = t − 1 and η = 1, σ² = β̃_t
     (DDPM); with t_prev = 0, σ = 0 and the step returns x̂_0 itself. ``clip_x0`` (e.g. 1.0 for
     images) clamps x̂_0 to [−clip_x0, clip_x0] and recomputes ε from the clipped x̂_0.
+    ``cond_grad`` (xt's shape), when given, is g = s·∇_{x_t} log p_φ(y | x_t): the step then uses
+    ε̂ = ε_θ − √(1 − ᾱ_t)·g in place of ε_θ (classifier-guided DDIM, Dhariwal & Nichol 2021, Alg. 2).
     """
-    return _ddim_update(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0)[0]
+    return _ddim_update(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad)[0]
 
 
 def _start(shape, generator, device, dtype, x_T):
@@ -158,7 +169,7 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
                 generator: torch.Generator | None = None, grid: str = "uniform", device=None,
                 dtype: torch.dtype = torch.float32, x_T: torch.Tensor | None = None,
                 clip_x0: float | None = None, callback: Callable | None = None,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, cond_fn: Callable | None = None) -> torch.Tensor:
     """DDIM sampling: draw x_T ~ N(0, I), apply ``ddim_step`` along ``step_grid(T, steps, grid)``
     (τ_S = T, …, τ_1 = 1), then one last step from τ_1 to t' = 0; returns x_0.
 
@@ -167,6 +178,10 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
     step to 0), so with η = 0 the result depends on x_T alone. With steps = T and η = 1 the draws
     and the result are those of ``sample_ddpm`` with its default σ² = β̃. ``callback(t, xt, x0_pred)``
     is called after each step with the step's t, the new x_{t'} and the x̂_0 predicted at t.
+    ``cond_fn(xt, t)``, when given, returns s·∇_{x_t} log p_φ(y | x_t) (xt's shape; e.g. from
+    ``guidance.classifier_grad_fn``) and each step uses ε̂ = ε_θ − √(1 − ᾱ_t)·cond_fn(x_t, t)
+    (Dhariwal & Nichol 2021, Algorithm 2); x̂_0 in the callback is then the guided one. It draws
+    nothing from ``generator``: scale 0 gives the unguided samples draw for draw.
     """
     eta = _check_eta(eta)
     timesteps = step_grid(s.T, steps, grid)
@@ -175,9 +190,10 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps_pred = eps_model(x, t_batch).to(x.dtype)
+        cond_grad = cond_fn(x, t_batch).to(x.dtype) if cond_fn is not None else None
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
             if (eta > 0 and t_prev > 0) else torch.zeros_like(x)
-        x, x0_pred = _ddim_update(s, x, eps_pred, t, t_prev, eta, noise, clip_x0)
+        x, x0_pred = _ddim_update(s, x, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad)
         if callback is not None:
             callback(t, x, x0_pred)
     return x

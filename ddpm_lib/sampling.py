@@ -3,6 +3,11 @@
     x_{t−1} = 1/√α_t · (x_t − β_t / √(1 − ᾱ_t) · ε_θ(x_t, t)) + σ_t z,   z ~ N(0, I) if t > 1 else 0
 
 with σ_t² = β̃_t (default, ``var="beta_tilde"``) or σ_t² = β_t (``var="beta"``).
+
+Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1) moves the mean of every step by σ_t² times
+g = s·∇_{x_t} log p_φ(y | x_t): x_{t−1} ~ N(μ_θ(x_t, t) + σ_t²·g, σ_t² I). Pass g to ``ddpm_step``
+as ``cond_grad``, or a function computing it (``guidance.classifier_grad_fn``) to ``sample_ddpm``
+as ``cond_fn``. With σ_1² = β̃_1 = 0 the last step is neither noised nor guided.
 """
 from __future__ import annotations
 
@@ -33,13 +38,19 @@ def p_mean_var(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, var: st
 
 
 def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: torch.Tensor,
-              var: str = "beta_tilde") -> torch.Tensor:
+              var: str = "beta_tilde", cond_grad: torch.Tensor | None = None) -> torch.Tensor:
     """One step of Algorithm 2: x_{t−1} = μ_θ(x_t, t) + σ_t·z, with no noise added where t = 1.
 
     xt, eps_pred, noise: (B, ...); t: int or long tensor (B,) in 1..T.
+    ``cond_grad`` (xt's shape), when given, is g = s·∇_{x_t} log p_φ(y | x_t) and the mean becomes
+    μ_θ + σ_t²·g (classifier guidance, Dhariwal & Nichol 2021, Algorithm 1). Where σ_t² = β̃_1 = 0
+    (t = 1, default variance) the shift is zero; with ``var="beta"`` it is β_1·g there.
     """
     check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
     mean, sigma_sq = p_mean_var(s, xt, eps_pred, t, var)
+    if cond_grad is not None:
+        check_same_shape(xt=xt, cond_grad=cond_grad)
+        mean = mean + sigma_sq * cond_grad
     if isinstance(t, int):
         nonzero = float(t > 1)
     else:                                                # per-sample "z = 0 if t == 1"
@@ -54,12 +65,16 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Generator | None = None,
                 var: str = "beta_tilde", device=None, dtype: torch.dtype = torch.float32,
                 x_T: torch.Tensor | None = None, callback: Callable | None = None,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, cond_fn: Callable | None = None) -> torch.Tensor:
     """Algorithm 2: draw x_T ~ N(0, I) and apply ``ddpm_step`` for t = T, …, 1; returns x_0.
 
     ``eps_model(xt, t)`` gets t as a long tensor of shape (B,) holding the paper's t.
     ``generator`` fixes every draw; pass ``x_T`` to start from a given latent instead.
     ``callback(t, xt)`` is called after each step with the new x_{t−1} (for trajectories).
+    ``cond_fn(xt, t)``, when given, returns s·∇_{x_t} log p_φ(y | x_t) (xt's shape; e.g. from
+    ``guidance.classifier_grad_fn``) and every step's mean moves by σ_t² times it (classifier-guided
+    sampling, Dhariwal & Nichol 2021, Algorithm 1). It is called once per step, at x_t, and draws
+    nothing from ``generator``: scale 0 gives the unguided samples draw for draw.
     """
     if var not in VARIANCES:
         raise ValueError(f"unknown reverse variance {var!r}: choose one of {', '.join(VARIANCES)}")
@@ -75,9 +90,10 @@ def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Genera
     for t in tqdm(steps, desc="DDPM sampling", disable=not progress, leave=False):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps_pred = eps_model(x, t_batch)
+        cond_grad = cond_fn(x, t_batch).to(x.dtype) if cond_fn is not None else None
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if t > 1 \
             else torch.zeros_like(x)
-        x = ddpm_step(s, x, eps_pred.to(x.dtype), t, noise, var)
+        x = ddpm_step(s, x, eps_pred.to(x.dtype), t, noise, var, cond_grad)
         if callback is not None:
             callback(t, x)
     return x

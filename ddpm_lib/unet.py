@@ -201,6 +201,10 @@ class UNet(nn.Module):
         return cls(**{**PRESETS[name], **overrides})
 
     def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+        return self.forward_with_embedding(xt, self.embed_time(xt, t))
+
+    def embed_time(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """The time embedding (B, 4·base_width) for t (int or (B,)), checking xt's shape first."""
         if xt.ndim != 4 or xt.shape[1] != self.config["in_channels"]:
             raise ValueError(f"expected images (B, {self.config['in_channels']}, H, W), got {tuple(xt.shape)}")
         factor = 2 ** (self.levels - 1)
@@ -208,7 +212,10 @@ class UNet(nn.Module):
             raise ValueError(f"image size {tuple(xt.shape[-2:])} cannot be halved {self.levels - 1} times: "
                              f"height and width must be multiples of {factor} (pad MNIST's 28 to 32)")
         t = torch.as_tensor(t, device=xt.device).reshape(-1).expand(xt.shape[0])
-        temb = self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
+        return self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
+
+    def forward_with_embedding(self, xt: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The U-Net proper, given the conditioning vector ``temb`` that every ResBlock receives."""
         h = self.conv_in(xt)
         skips = [h]
         for block in self.down:

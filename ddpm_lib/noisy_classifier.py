@@ -1,0 +1,145 @@
+"""A noise-aware classifier p_φ(y | x_t, t) for classifier guidance (Dhariwal & Nichol 2021, Sec. 4).
+
+Guidance needs ∇_{x_t} log p_φ(y | x_t) at every noise level, so the classifier sees noised images
+x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4) and the timestep t. A classifier of clean images is no use:
+at large t its inputs look like nothing it was trained on. Like Dhariwal & Nichol's, the network is
+the U-Net's encoder half with a pooled head:
+
+    x_t ─conv_in─▶ [ResBlock (+ attention)] × levels, Downsample between ─▶ middle (Res, Attn, Res)
+        ─▶ GroupNorm ─▶ SiLU ─▶ global average pool ─▶ linear ─▶ logits (B, K)
+
+with t entering every ResBlock through the same sinusoidal embedding and MLP as the ε-model. The
+encoder is built by ``UNet`` itself (same configuration fields, same parameter names ``time_mlp``,
+``conv_in``, ``down``, ``middle``), so it is the U-Net's encoder exactly. Only GroupNorm is used:
+one image's logits never depend on the rest of its batch, which per-sample gradients require.
+
+``train_noisy_classifier`` minimises the cross-entropy on x_t with t ~ Uniform{1..T};
+``noisy_classifier_accuracy`` measures the accuracy at a chosen noise level t.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .embedding import timestep_embedding
+from .forward import q_sample
+from .indexing import check_t
+from .schedules import Schedule
+from .unet import PRESETS, UNet, group_norm
+
+
+class NoisyClassifier(nn.Module):
+    """p_φ(y | x_t, t): (B, C, H, W) and t ∈ 1..T of shape (B,) → logits (B, num_classes).
+
+    ``num_classes`` is K; every other argument is the ``UNet``'s and shapes the encoder the same way.
+    """
+
+    def __init__(self, num_classes: int = 10, **unet_kwargs):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        unet = UNet(**unet_kwargs)                   # build the U-Net, keep its encoder half
+        self.config = {**unet.config, "num_classes": num_classes}
+        self.levels = unet.levels
+        self.time_mlp, self.conv_in, self.down, self.middle = unet.time_mlp, unet.conv_in, unet.down, unet.middle
+        ch = self.config["base_width"] * self.config["width_mult"][-1]
+        self.head = nn.Sequential(group_norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(ch, num_classes))
+
+    @classmethod
+    def from_preset(cls, name: str, num_classes: int = 10, **overrides) -> "NoisyClassifier":
+        """The encoder of a named U-Net configuration ("mnist", "tiny", "ddpm-cifar10"), fields changeable."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(num_classes=num_classes, **{**PRESETS[name], **overrides})
+
+    @property
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+        if xt.ndim != 4 or xt.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"expected images (B, {self.config['in_channels']}, H, W), got {tuple(xt.shape)}")
+        factor = 2 ** (self.levels - 1)
+        if xt.shape[-1] % factor or xt.shape[-2] % factor:
+            raise ValueError(f"image size {tuple(xt.shape[-2:])} cannot be halved {self.levels - 1} times: "
+                             f"height and width must be multiples of {factor} (pad MNIST's 28 to 32)")
+        t = torch.as_tensor(t, device=xt.device).reshape(-1).expand(xt.shape[0])
+        temb = self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
+        h = self.conv_in(xt)
+        for block in self.down:
+            h = block(h, temb)
+        return self.head(self.middle(h, temb))
+
+
+def _check_data(model: nn.Module, x0: torch.Tensor, y: torch.Tensor) -> None:
+    if y.ndim != 1 or y.shape[0] != x0.shape[0] or y.is_floating_point():
+        raise ValueError(f"y must hold one integer label per image: x0 has {x0.shape[0]} images, "
+                         f"y has shape {tuple(y.shape)} ({y.dtype})")
+    K = model.num_classes
+    if int(y.min()) < 0 or int(y.max()) >= K:
+        raise ValueError(f"labels must lie in 0..{K - 1} (the classifier's {K} classes), "
+                         f"got values from {int(y.min())} to {int(y.max())}")
+
+
+def train_noisy_classifier(model: NoisyClassifier, s: Schedule, x0: torch.Tensor, y: torch.Tensor,
+                           steps: int, batch: int, lr: float, generator: torch.Generator,
+                           weight_decay: float = 0.0, log: Callable[[int, float], None] | None = None,
+                           progress: bool = False) -> list[float]:
+    """Fit p_φ(y | x_t, t) by cross-entropy on noised images; returns the loss of every step.
+
+    Each step draws a minibatch of ``batch`` (x_0, y) pairs with replacement, t ~ Uniform{1..T} and
+    ε ~ N(0, I) (all from ``generator``, on its device), forms x_t = ``q_sample(s, x0, t, eps)``
+    (eq. 4) and takes an AdamW step on −log p_φ(y | x_t, t). x0: (N, C, H, W) in [−1, 1]; y: long (N,)
+    in 0..K − 1. The model trains on its own device and is left in eval mode (ready to guide).
+    ``log(step, loss)`` is called after every step.
+    """
+    _check_data(model, x0, y)
+    if steps < 1 or not 1 <= batch <= x0.shape[0] or not lr > 0:
+        raise ValueError(f"need steps >= 1, 1 <= batch <= {x0.shape[0]} (the images) and lr > 0, "
+                         f"got steps={steps}, batch={batch}, lr={lr}")
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    gen_device = generator.device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc="training the noisy classifier", disable=not progress):
+        idx = torch.randint(0, x0.shape[0], (batch,), generator=generator, device=gen_device).to(x0.device)
+        t = torch.randint(1, s.T + 1, (batch,), generator=generator, device=gen_device).to(device)
+        eps = torch.randn((batch, *x0.shape[1:]), generator=generator, device=gen_device, dtype=dtype).to(device)
+        x_batch = x0[idx].to(device=device, dtype=dtype)
+        loss = F.cross_entropy(model(q_sample(s, x_batch, t, eps), t), y[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+        if log is not None:
+            log(step, history[-1])
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def noisy_classifier_accuracy(model: nn.Module, s: Schedule, x0: torch.Tensor, y: torch.Tensor, t: int,
+                              generator: torch.Generator, batch_size: int = 500) -> float:
+    """Fraction of the images, noised to level t (one ε per image from ``generator``), whose arg-max
+    logit is the label: how well p_φ(y | x_t, t) still recognises classes at that noise level.
+    The model is evaluated in eval mode and put back in the mode it was in."""
+    _check_data(model, x0, y)
+    check_t(s, t)
+    was_training = model.training
+    model.eval()
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    correct = 0
+    for i in range(0, x0.shape[0], batch_size):
+        x_batch = x0[i:i + batch_size]
+        eps = torch.randn(x_batch.shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        xt = q_sample(s, x_batch.to(device=device, dtype=dtype), t, eps)
+        t_batch = torch.full((x_batch.shape[0],), t, device=device, dtype=torch.long)
+        correct += int((model(xt, t_batch).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
+    model.train(was_training)
+    return correct / x0.shape[0]
