@@ -23,7 +23,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not notebook"
