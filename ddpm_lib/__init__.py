@@ -6,6 +6,8 @@ Index convention: every schedule tensor has length T + 1 and index = the paper's
 from .checkpoint import load_ema_model
 from .classifier import MNISTClassifier, load_classifier, train_classifier
 from .data import IMAGE_SETS, load_images, mnist_5k_split, to_model_range, to_pixel_range
+from .ddgan import (ToyDiscriminator, ToyGenerator, d_loss, ddgan_schedule, g_loss, posterior_sample,
+                    q_sample_pairs, r1_penalty, sample_ddgan, train_ddgan_toy)
 from .ddim import GRIDS, ddim_invert, ddim_step, sample_ddim, slerp, step_grid
 from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_prob,
                    l_simple, l_simple_weight, normal_kl, prior_term, reconstruction_term)

@@ -13,6 +13,7 @@ Loading always passes ``weights_only=True``: a checkpoint cannot run code when i
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -91,20 +92,38 @@ def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``; a damaged file gives a one-line ``RuntimeError``."""
+def read_tagged_file(path: str | Path, fmt: str, what: str, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` of a dict tagged ``{"format": fmt}``.
+
+    A missing file → ``FileNotFoundError``; a truncated or damaged one → one-line ``RuntimeError``;
+    a readable file of another kind → ``ValueError``. ``what`` names the kind in the messages.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise FileNotFoundError(f"no {what} file at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeError(f"cannot read checkpoint {path}: the file is truncated, damaged or not a "
-                           f"PyTorch checkpoint ({reason})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ddpm_lib training checkpoint (no format tag {FORMAT!r})")
-    return ckpt
+        raise RuntimeError(f"cannot read {what} {path}: the file is truncated, damaged or not a "
+                           f"PyTorch file ({reason})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ValueError(f"{path} is not a ddpm_lib {what} (no format tag {fmt!r})")
+    return blob
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a training checkpoint with ``weights_only=True`` (``read_tagged_file``'s errors)."""
+    return read_tagged_file(path, FORMAT, "checkpoint", map_location)
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "the checkpoint") -> None:

@@ -22,7 +22,6 @@ reads them back with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_model_state, save_atomic
+from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_atomic
 
 FORMAT = "ddpm_lib-mnist-classifier-1"
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "mnist_classifier.pt"
@@ -150,15 +149,6 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_heldout: to
     return model, classifier_accuracy(model, x_heldout, y_heldout)
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_classifier(model: MNISTClassifier, path: str | Path, card: dict | None = None) -> dict:
     """Write the weights (fp32) atomically to ``path`` and a JSON card beside it (``path`` with ``.json``).
 
@@ -183,14 +173,7 @@ def load_classifier(path: str | Path | None = None, device="cpu") -> MNISTClassi
     path = Path(path) if path is not None else DEFAULT_CLASSIFIER
     if not path.is_file():
         raise FileNotFoundError(f"no classifier file at {path}: train one with `{TRAIN_HINT}`")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeError(f"cannot read classifier {path}: the file is truncated, damaged or not a "
-                           f"PyTorch file ({reason})") from exc
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ddpm_lib MNIST classifier (no format tag {FORMAT!r})")
+    saved = read_tagged_file(path, FORMAT, "MNIST classifier")
     model = MNISTClassifier(**saved["config"])
     load_model_state(model, {k: v.float() for k, v in saved["state_dict"].items()}, source=str(path))
     return model.to(device).eval()

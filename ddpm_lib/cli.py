@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import latest_checkpoint, load_ema_model
-from .classifier import DEFAULT_CLASSIFIER, file_sha256, load_classifier, save_classifier, train_classifier
+from .checkpoint import file_sha256
+from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights
 from .metrics import frechet_distance, image_statistics

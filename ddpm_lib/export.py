@@ -7,26 +7,17 @@ The weights file is loaded with ``weights_only=True``; the card ``<name>.json`` 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import build_model, latest_checkpoint, load_checkpoint, load_model_state, save_atomic
+from .checkpoint import (build_model, file_sha256, latest_checkpoint, load_checkpoint, load_model_state,
+                         read_tagged_file, save_atomic)
 from .schedules import make_schedule
 
 FORMAT = "ddpm_lib-weights-1"
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | None = None) -> dict:
@@ -45,7 +36,7 @@ def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | N
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"format": FORMAT, "model_spec": ckpt["model_spec"], "ema": half,
                  "schedule": {"name": config["schedule"], "T": config["T"]}}, out)
-    card = {"file": out.name, "sha256": sha256_of(out), "step": ckpt["step"],
+    card = {"file": out.name, "sha256": file_sha256(out), "step": ckpt["step"],
             "training_seconds": ckpt.get("elapsed"), "config": config, "model_spec": ckpt["model_spec"],
             "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -58,19 +49,12 @@ def load_pretrained(path: str | Path, device="cpu", check_sha256: bool = True):
     With ``check_sha256`` the file must match the sha256 of its JSON card when the card exists.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
     card = path.with_suffix(".json")
-    if check_sha256 and card.is_file():
+    if check_sha256 and path.is_file() and card.is_file():
         expected = json.loads(card.read_text())["sha256"]
-        if sha256_of(path) != expected:
+        if file_sha256(path) != expected:
             raise ValueError(f"{path} does not match the sha256 in {card.name}: the file is damaged or was replaced")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"cannot read {path}: truncated, damaged or not a ddpm_lib weights file") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ddpm_lib weights file (no format tag {FORMAT!r})")
+    blob = read_tagged_file(path, FORMAT, "weights file")
     model = build_model(blob["model_spec"])
     load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in blob["ema"].items()},
                      source=str(path))

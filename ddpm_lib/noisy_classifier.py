@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .embedding import timestep_embedding
 from .forward import q_sample
 from .indexing import check_t
 from .schedules import Schedule
@@ -61,15 +60,10 @@ class NoisyClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.config["num_classes"]
 
+    embed_time = UNet.embed_time                          # the U-Net's own shape checks and time embedding
+
     def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
-        if xt.ndim != 4 or xt.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"expected images (B, {self.config['in_channels']}, H, W), got {tuple(xt.shape)}")
-        factor = 2 ** (self.levels - 1)
-        if xt.shape[-1] % factor or xt.shape[-2] % factor:
-            raise ValueError(f"image size {tuple(xt.shape[-2:])} cannot be halved {self.levels - 1} times: "
-                             f"height and width must be multiples of {factor} (pad MNIST's 28 to 32)")
-        t = torch.as_tensor(t, device=xt.device).reshape(-1).expand(xt.shape[0])
-        temb = self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
+        temb = self.embed_time(xt, t)
         h = self.conv_in(xt)
         for block in self.down:
             h = block(h, temb)

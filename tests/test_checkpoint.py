@@ -67,7 +67,7 @@ def test_a_truncated_file_gives_a_one_line_error(tmp_path):
 
 def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     torch.save({"step": 1}, tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="not a ddpm_lib training checkpoint"):
+    with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
     torch.save({"format": checkpoint.FORMAT, "object": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
     with pytest.raises(RuntimeError, match="cannot read checkpoint"):   # weights_only=True refuses modules

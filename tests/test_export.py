@@ -6,7 +6,8 @@ import torch
 
 import ddpm_lib as dl
 from ddpm_lib.checkpoint import load_checkpoint, latest_checkpoint
-from ddpm_lib.export import export_ema_weights, load_pretrained, sha256_of
+from ddpm_lib.checkpoint import file_sha256
+from ddpm_lib.export import export_ema_weights, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def run_dir(tmp_path_factory):
 def test_export_writes_half_precision_ema_and_a_card_with_its_sha256(run_dir, tmp_path):
     card = export_ema_weights(run_dir, tmp_path / "toy.pt", command="python -m ddpm_lib export ...")
     on_disk = json.loads((tmp_path / "toy.json").read_text())
-    assert on_disk == card and card["sha256"] == sha256_of(tmp_path / "toy.pt") and card["step"] == 3
+    assert on_disk == card and card["sha256"] == file_sha256(tmp_path / "toy.pt") and card["step"] == 3
     blob = torch.load(tmp_path / "toy.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in blob["ema"].values() if v.is_floating_point())
 
@@ -57,7 +58,7 @@ def test_export_command_line(run_dir, tmp_path):
                         "--training-command", "python -m ddpm_lib train --data two_moons"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["command"] == "python -m ddpm_lib train --data two_moons" and card["sha256"] == sha256_of(out)
+    assert card["command"] == "python -m ddpm_lib train --data two_moons" and card["sha256"] == file_sha256(out)
     r = subprocess.run([sys.executable, "-m", "ddpm_lib", "export", "--checkpoint", str(tmp_path / "none"),
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
