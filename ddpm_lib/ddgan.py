@@ -40,9 +40,9 @@ def ddgan_schedule(T: int = 4, beta_min: float = 0.1, beta_max: float = 20.0) ->
 
     The continuous VP SDE of Song et al. (2021) has ᾱ(τ) = exp(−β_min·τ − ½(β_max − β_min)·τ²) for
     τ ∈ [0, 1]. DDGAN evaluates it at τ = t/T and takes β_t = 1 − ᾱ_t / ᾱ_{t−1}, which written out is
-        β_t = 1 − exp(−β_min/T − ½(β_max − β_min)·(2t − 1)/T²),   t = 1..T,
-    Returned as a course
-    ``Schedule`` (length T + 1, index = t), so ᾱ_t is the closed form above exactly up to rounding.
+        β_t = 1 − exp(−β_min/T − ½(β_max − β_min)·(2t − 1)/T²),   t = 1..T.
+    Returned as a course ``Schedule`` (length T + 1, index = t), so ᾱ_t is the closed form above up
+    to rounding.
     """
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a whole number of steps >= 1, got {T!r}")
