@@ -10,6 +10,7 @@
     python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
     python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features
     python -m ddpm_lib export --checkpoint runs/mnist --out data/ddpm_mnist.pt  # fp16 θ_ema + JSON card
+    python -m ddpm_lib bench --preset ddpm-cifar10 --batch-size 128              # images/s, TFLOP/s, memory
 
 A user error (bad flag value, missing or damaged checkpoint, data set not available offline, a loss
 that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a checkpoint first (130).
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import latest_checkpoint, load_ema_model
+from .bench import bench, format_table
 from .checkpoint import file_sha256
 from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
 from .data import IMAGE_SETS, load_images
@@ -149,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--out", required=True, help="weights file, e.g. data/ddpm_mnist.pt (card: .json)")
     export_parser.add_argument("--training-command", default=None,
                                help="the training command to record in the card (default: this export command)")
+    bench_parser = commands.add_parser(
+        "bench", help="training and sampling images/s, TFLOP/s and peak memory of a U-Net preset",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench_parser.add_argument("--preset", default="ddpm-cifar10", choices=list(PRESETS), help="U-Net preset")
+    bench_parser.add_argument("--batch-size", type=int, default=128, help="training batch")
+    bench_parser.add_argument("--sample-batch", type=int, default=256, help="batch of one sampling network evaluation")
+    bench_parser.add_argument("--iters", type=int, default=20, help="timed steps (after --warmup untimed ones)")
+    bench_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")
+    bench_parser.add_argument("--device", default=None, help="None: cuda when available")
+    bench_parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    bench_parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     return parser
 
 
@@ -283,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             run_sample(args)
         elif args.command == "evaluate":
             run_evaluate(args)
+        elif args.command == "bench":
+            figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup,
+                            args.device, args.compile)
+            print(format_table(figures))
+            if args.out:
+                Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
         elif args.command == "export":
             card = export_ema_weights(args.checkpoint, args.out, command=args.training_command)
             print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
