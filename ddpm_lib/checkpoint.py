@@ -42,6 +42,17 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the latest checkpoint of a run folder (``FileNotFoundError`` if none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in {path}")
+    return found
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The checkpoint with the highest step in ``out_dir``, or None when there is none."""
     found = list_checkpoints(out_dir)
@@ -218,12 +229,7 @@ def load_ema_model(path: str | Path, device="cpu"):
 
     ``path`` may be a checkpoint file or a run folder (its latest checkpoint is taken).
     """
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in {path}")
-        path = found
+    path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
     model = build_model(ckpt["model_spec"])
     load_model_state(model, ckpt["ema"], source=str(path))

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import latest_checkpoint, load_ema_model
 from .bench import bench, format_table
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, load_ema_model, resolve_checkpoint
 from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights
@@ -211,8 +210,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
                          f"got {args.n} and {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classifier = load_classifier(args.classifier, device)
-    path = Path(args.checkpoint)
-    path = (latest_checkpoint(path) or path) if path.is_dir() else path
+    path = resolve_checkpoint(args.checkpoint)
     ema_model, schedule, ckpt = load_ema_model(path, device)
     heldout, train_digits = real_digits(ckpt)
     schedule = schedule.to(device)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (build_model, file_sha256, latest_checkpoint, load_checkpoint, load_model_state,
-                         read_tagged_file, save_atomic)
+from .checkpoint import (build_model, file_sha256, load_checkpoint, load_model_state,
+                         read_tagged_file, resolve_checkpoint, save_atomic)
 from .schedules import make_schedule
 
 FORMAT = "ddpm_lib-weights-1"
@@ -23,13 +23,7 @@ FORMAT = "ddpm_lib-weights-1"
 def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | None = None) -> dict:
     """Write θ_ema of a training checkpoint (file or run folder) as fp16 to ``out`` and a card
     ``out.with_suffix('.json')``; returns the card (sha256, step, config, model_spec, command)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        found = latest_checkpoint(checkpoint)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (ckpt_*.pt) in {checkpoint}")
-        checkpoint = found
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     config = ckpt["config"]
     out = Path(out)

@@ -16,15 +16,6 @@ F64 = torch.float64
 BETAS = torch.linspace(0.02, 0.2, 8, dtype=F64)       # T = 8, large β: every coefficient matters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hand_alpha_bar(betas):
     """ᾱ_0 = 1, ᾱ_t = ∏_{s≤t} (1 − β_s) as Python floats, computed here, not by the library."""
     alpha_bar = [1.0]
