@@ -37,3 +37,121 @@ student: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped models and the GPU results that notebooks 06–09 show. A GPU session runs `make results`
+# (or one group: results-ddpm, results-ddim, results-guidance, results-ddgan, results-bench). Each file
+# is made once; a training run stopped by a time limit (SIGTERM saves a checkpoint) resumes on the next
+# call. Small settings for a CPU rehearsal: `make results RESULTS_SCALE=smoke R=/tmp/r RUNS=/tmp/r/runs`.
+R        ?= data
+RUNS     ?= runs
+DL       ?= $(BIN)/python -m ddpm_lib
+RESULTS_SCALE ?= gpu
+ifeq ($(RESULTS_SCALE),smoke)
+PRESET := tiny
+NC_PRESET := tiny
+DDGAN_PRESET := tiny
+T      := 30
+DDPM_STEPS := 6
+CFG_STEPS := 6
+NC_STEPS := 6
+DDGAN_STEPS := 6
+BATCH  := 8
+N_EVAL := 10
+N_TABLE := 10
+N_PER_CLASS := 2
+DDIM_STEPS := 5 30
+EVERY  := 3
+GRID   := 4
+COMPILE :=
+BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1
+BENCH_PRESETS := tiny
+else
+PRESET := mnist
+NC_PRESET := mnist
+DDGAN_PRESET := mnist
+T      := 1000
+DDPM_STEPS := 20000
+CFG_STEPS := 20000
+NC_STEPS := 5000
+DDGAN_STEPS := 20000
+BATCH  := 128
+N_EVAL := 10000
+N_TABLE := 5000
+N_PER_CLASS := 100
+DDIM_STEPS := 10 20 50 100 1000
+EVERY  := 1000
+GRID   := 64
+COMPILE := --compile
+BENCH  := --batch-size 128
+BENCH_PRESETS := ddpm-cifar10 mnist
+endif
+RESUME = $$(ls $(1)/ckpt_*.pt >/dev/null 2>&1 && echo --resume)
+COPY_RUN = mkdir -p $(R)/training/$(1) && cp $(RUNS)/$(1)/metrics.jsonl $(RUNS)/$(1)/samples_*.png $(R)/training/$(1)/
+
+TRAIN_DDPM = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) \
+             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) --out-dir $(RUNS)/ddpm_mnist
+TRAIN_CFG  = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(CFG_STEPS) --batch-size $(BATCH) \
+             --num-classes 10 --p-uncond 0.1 --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) \
+             --out-dir $(RUNS)/ddpm_mnist_cfg
+TRAIN_NC   = $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) \
+             --out $(R)/noisy_classifier_mnist.pt
+TRAIN_DDGAN = $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) \
+             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) --out-dir $(RUNS)/ddgan_mnist
+
+.PHONY: results results-ddpm results-ddim results-guidance results-ddgan results-bench
+results: results-ddpm results-ddim results-guidance results-ddgan results-bench
+
+$(R)/ddpm_mnist.pt:
+	$(TRAIN_DDPM) $(call RESUME,$(RUNS)/ddpm_mnist)
+	$(DL) export --checkpoint $(RUNS)/ddpm_mnist --out $@ --training-command "$(TRAIN_DDPM)"
+	$(call COPY_RUN,ddpm_mnist)
+$(R)/results/ddpm_mnist_eval.json: $(R)/ddpm_mnist.pt
+	$(DL) evaluate --checkpoint $< --n $(N_EVAL) --out $@
+$(R)/results/ddpm_mnist_raw_eval.json: $(R)/ddpm_mnist.pt
+	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) --out $@
+results-ddpm: $(R)/ddpm_mnist.pt $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json
+
+# DDIM's quality against steps (the DDIM paper's Table 1): one JSON per (steps, η).
+define DDIM_RULE
+$(R)/results/ddim/steps$(1)_eta$(2).json: $(R)/ddpm_mnist.pt
+	$(DL) evaluate --checkpoint $$< --sampler ddim --steps $(1) --eta $(2) --n $(N_TABLE) --out $$@
+DDIM_FILES += $(R)/results/ddim/steps$(1)_eta$(2).json
+endef
+$(foreach s,$(DDIM_STEPS),$(foreach e,0 1,$(eval $(call DDIM_RULE,$(s),$(e)))))
+results-ddim: $(DDIM_FILES)
+
+$(R)/noisy_classifier_mnist.pt:
+	$(TRAIN_NC)
+$(R)/ddpm_mnist_cfg.pt:
+	$(TRAIN_CFG) $(call RESUME,$(RUNS)/ddpm_mnist_cfg)
+	$(DL) export --checkpoint $(RUNS)/ddpm_mnist_cfg --out $@ --training-command "$(TRAIN_CFG)"
+	$(call COPY_RUN,ddpm_mnist_cfg)
+$(R)/results/guidance_mnist.json: $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
+	$(DL) evaluate-guidance --checkpoint $< --classifier $(R)/noisy_classifier_mnist.pt --scales 0 1 2 4 8 \
+	    --n-per-class $(N_PER_CLASS) --sampler ddim --steps 50 --out $@
+$(R)/results/cfg_mnist.json: $(R)/ddpm_mnist_cfg.pt
+	$(DL) evaluate-guidance --checkpoint $< --cfg-scales 0 1 2 4 --n-per-class $(N_PER_CLASS) \
+	    --sampler ddim --steps 50 --out $@
+results-guidance: $(R)/results/guidance_mnist.json $(R)/results/cfg_mnist.json
+
+$(R)/ddgan_mnist.pt:
+	$(TRAIN_DDGAN) $(call RESUME,$(RUNS)/ddgan_mnist)
+	$(DL) export-ddgan --checkpoint $(RUNS)/ddgan_mnist --out $@ --training-command "$(TRAIN_DDGAN)"
+	$(call COPY_RUN,ddgan_mnist)
+$(R)/results/trilemma_mnist.json: $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
+	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --n $(N_TABLE) --out $@
+results-ddgan: $(R)/results/trilemma_mnist.json
+
+$(R)/results/bench_%.json:
+	$(DL) bench $(BENCH) --preset $* --out $@
+results-bench: $(foreach p,$(BENCH_PRESETS),$(R)/results/bench_$(p).json)
+
+# Wheels for the GPU machine of the course's device tool (Python 3.12, x86-64, torch already there):
+# the packages `make results` needs that its image lacks. Carry .whl/ and install with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+DEVICE_WHEELS ?= mlxtend==0.25.0 diffusers==0.42.1 importlib_metadata
+wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
+.PHONY: wheels

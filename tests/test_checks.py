@@ -289,3 +289,36 @@ def test_without_a_seed_every_call_draws_new_inputs(capsys):
 
 def test_a_non_tensor_answer_gets_a_plain_message(capsys):
     assert_fails(capsys, checks.check_q_sample, lambda s, x0, t, eps: None, "is a NoneType")
+
+
+# --------------------------------------------------------------------------- notebook 06
+def ema_update(ema, theta, decay):
+    return decay * ema + (1 - decay) * theta
+
+
+def test_check_ema_update_passes_the_rule_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_ema_update, ema_update)
+    assert_passes(capsys, checks.check_ema_update, lambda ema, theta, d: torch.lerp(ema, theta, 1 - d))
+    assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: d * theta + (1 - d) * ema, "swapped")
+    assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: d * ema + theta, "factor (1 − d)")
+    assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: theta, "plain weights")
+    assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: d * ema + (1 - d) * theta + 1e-3,
+                 "average of a constant is the constant")
+
+
+def ancestral_step(s, xt, eps_pred, t, z, coef="alpha_bar", z_at_one=False, var="beta"):
+    def at(v):
+        return v[t].reshape(-1, *([1] * (xt.ndim - 1)))
+    mean = (xt - at(s.beta) / (1 - at(getattr(s, coef))).sqrt() * eps_pred) / at(s.alpha).sqrt()
+    sigma = at(getattr(s, var)).sqrt()
+    keep = torch.ones_like(sigma) if z_at_one else at((torch.arange(s.T + 1) > 1).to(xt.dtype))
+    return mean + keep * sigma * z
+
+
+def test_check_ancestral_step_passes_algorithm_2_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_ancestral_step, ancestral_step)
+    assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, coef="alpha"), "α_t where ᾱ_t")
+    assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, z_at_one=True), "no noise at t = 1")
+    assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, var="beta_tilde"), "β̃_t")
+    assert_fails(capsys, checks.check_ancestral_step, lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) * 1.001,
+                 "differs from the library's answer")

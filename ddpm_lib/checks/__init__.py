@@ -18,8 +18,10 @@ from .chains import check_power_iteration, check_steps_to_unit_variance
 from .forward import check_q_sample, check_snr_crossing
 from .grading import N_CASES, Mistake
 from .posterior import check_q_posterior, check_x0_from_posterior_mean
+from .training import check_ancestral_step, check_ema_update
 from .unet import check_interleaved_embedding, check_resblock_forward
 
 __all__ = ["check_power_iteration", "check_steps_to_unit_variance", "check_q_sample", "check_snr_crossing",
            "check_q_posterior", "check_x0_from_posterior_mean", "check_gaussian_kl", "check_denoising_term",
-           "check_training_step", "check_interleaved_embedding", "check_resblock_forward", "Mistake"]
+           "check_training_step", "check_interleaved_embedding", "check_resblock_forward", "check_ema_update",
+           "check_ancestral_step", "Mistake"]

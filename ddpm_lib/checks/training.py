@@ -1,0 +1,87 @@
+"""Checks for the exercises of notebook 06 (training and sampling with the package)."""
+from __future__ import annotations
+
+import torch
+
+from ..forward import q_sample
+from ..indexing import gather
+from ..sampling import ddpm_step
+from ..schedules import make_schedule
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _same, _timesteps, f64
+
+
+def _ema(ema, theta, decay):
+    return decay * ema + (1 - decay) * theta
+
+
+def check_ema_update(fn, seed=None) -> bool:
+    """Exercise 6.1: ``fn(ema, theta, decay)`` → θ_ema ← d·θ_ema + (1 − d)·θ for one weight tensor
+    (returns the new average; ``ema`` and ``theta`` have the same shape, ``decay`` is a float in [0, 1))."""
+    g = _generator(seed)
+    cases = []
+    for k in range(N_CASES):
+        shape = tuple(int(v) for v in torch.randint(1, 6, (1 + k % 3,), generator=g))
+        decay = (0.9, 0.999, 0.5, 0.0, 0.9999)[k]
+        cases.append((torch.randn(shape, generator=g, dtype=f64), torch.randn(shape, generator=g, dtype=f64), decay))
+    mistakes = [
+        Mistake("the weights are swapped: the decay d multiplies the old average θ_ema, (1 − d) the new θ",
+                lambda ema, theta, d: _ema(theta, ema, d)),
+        Mistake("the new weights enter with factor (1 − d), not 1: θ_ema ← d·θ_ema + (1 − d)·θ",
+                lambda ema, theta, d: d * ema + theta),
+        Mistake("that is the plain weights θ, not their average", lambda ema, theta, d: theta),
+    ]
+
+    def fixed_point(fn):        # an average of a constant is that constant, whatever the decay
+        w = torch.randn(4, 3, generator=g, dtype=f64)
+        if not _same(fn(w.clone(), w.clone(), 0.99), w, (1e-12, 1e-12)):
+            return "averaging θ with itself must return θ (the average of a constant is the constant)"
+
+    def memory(fn):             # after n updates towards a fixed θ the gap shrinks by exactly dⁿ
+        ema, theta, d, n = torch.zeros(5, dtype=f64), torch.ones(5, dtype=f64), 0.9, 20
+        for _ in range(n):
+            ema = fn(ema, theta, d)
+        if not _same(ema, torch.full((5,), 1 - d ** n, dtype=f64), (1e-10, 1e-12)):
+            return f"after {n} updates from 0 towards 1 with d = {d} the average should be 1 − dⁿ = {1 - d ** n:.6f}"
+
+    return _grade("ema_update", fn, cases, _ema, mistakes, ("the new average",), [fixed_point, memory],
+                  f"matches θ_ema ← d·θ_ema + (1 − d)·θ on {N_CASES} cases; a constant θ is a fixed point and "
+                  "the gap to θ shrinks by dⁿ", tol=((1e-12, 1e-12),))
+
+
+def _step(s, xt, eps_pred, t, z, denom="alpha_bar", root=True, sigma="beta", zero_at_1=True, outer="alpha"):
+    at = lambda name: gather(getattr(s, name), t, xt)
+    beta, one_minus = at("beta"), 1 - at(denom)
+    mean = (xt - beta / (one_minus.sqrt() if root else one_minus) * eps_pred) / at(outer).sqrt()
+    noise = at("beta") * z if sigma == "beta_as_std" else at(sigma).sqrt() * z
+    if zero_at_1:
+        noise = noise * (t > 1).to(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
+    return mean + noise
+
+
+def check_ancestral_step(fn, seed=None) -> bool:
+    """Exercise 6.2: ``fn(s, xt, eps_pred, t, z)`` → one step of Algorithm 2 with σ_t² = β_t:
+    x_{t−1} = (x_t − β_t/√(1 − ᾱ_t)·ε_θ)/√α_t + σ_t·z, and no noise where t = 1.
+    xt, eps_pred, z: (B, C, H, W); t: long tensor (B,) in 1..T."""
+    g = _generator(seed)
+    cases = []
+    for k in range(N_CASES):
+        s = make_schedule("linear", 1000) if k % 2 else make_schedule("cosine", 200)
+        x0 = _images(g, 6)
+        t = _timesteps(g, s, 6)
+        xt = q_sample(s, x0, t, torch.randn(x0.shape, generator=g, dtype=f64))
+        cases.append((s, xt, torch.randn(x0.shape, generator=g, dtype=f64), t, torch.randn(x0.shape, generator=g, dtype=f64)))
+    reference = lambda s, xt, eps_pred, t, z: ddpm_step(s, xt, eps_pred, t, z, var="beta")
+    mistakes = [
+        Mistake("looks like α_t where ᾱ_t belongs: the noise coefficient is β_t/√(1 − ᾱ_t)",
+                lambda *a: _step(*a, denom="alpha")),
+        Mistake("the square root over 1 − ᾱ_t is missing: β_t/√(1 − ᾱ_t)", lambda *a: _step(*a, root=False)),
+        Mistake("divide by √α_t (one step), not √ᾱ_t (all steps)", lambda *a: _step(*a, outer="alpha_bar")),
+        Mistake("σ_t is √β_t: β_t is the variance, so the noise is √β_t·z", lambda *a: _step(*a, sigma="beta_as_std")),
+        Mistake("that is σ_t² = β̃_t; this exercise uses σ_t² = β_t (the paper's first choice)",
+                lambda *a: _step(*a, sigma="beta_tilde")),
+        Mistake("Algorithm 2 adds no noise at t = 1 (z = 0 there): the last step returns the mean",
+                lambda *a: _step(*a, zero_at_1=False)),
+    ]
+    return _grade("ancestral_step", fn, cases, reference, mistakes, ("x_{t-1}",), (),
+                  f"matches dl.ddpm_step(…, var='beta') on {N_CASES} random batches, t = 1 and t = T included",
+                  timesteps=lambda s, xt, e, t, z: (t, s.T))

@@ -1,0 +1,102 @@
+"""The generative learning trilemma measured on one data set: quality, mode coverage and speed of DDPM,
+DDIM and DDGAN side by side, in the spirit of Table 1 of Xiao, Kreis & Vahdat (ICLR 2022).
+
+    python -m ddpm_lib trilemma --ddpm data/ddpm_mnist.pt --ddgan data/ddgan_mnist.pt --n 5000 \
+        --out data/results/trilemma_mnist.json
+
+Each row draws ``n`` digits with one sampler and reports
+- FID-MNIST against the held-out digits (quality; ``metrics.py``, not Inception FID),
+- the entropy of the predicted-class histogram (mode coverage; ln 10 ≈ 2.303 when every digit is drawn
+  equally often) and the classifier's mean confidence,
+- the network evaluations per sample, *counted* by wrapping the network (not taken from the sampler's
+  name), and the wall-clock seconds per 1,000 samples (CUDA synchronised before the clock is read).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .ddim import sample_ddim
+from .metrics import frechet_distance, image_statistics
+from .sampling import sample_ddpm
+
+Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
+
+
+class CallCounter(nn.Module):
+    """Wraps a network and counts its forward calls (each call evaluates the whole batch once)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, device, seed: int = 0):
+    """``(samples, seconds, nfe)``: ``n`` samples drawn in batches of ``batch_size`` on ``device``, the
+    wall-clock seconds it took, and the network evaluations per sample (calls per batch, which must be
+    the same for every batch)."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
+    device = torch.device(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    calls, batches = set(), []
+    _synchronize(device)
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        before = counter.calls
+        batches.append(draw(min(batch_size, n - i), generator).clamp(-1, 1))
+        calls.add(counter.calls - before)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    if len(calls) != 1:
+        raise RuntimeError(f"the sampler made a different number of network calls per batch: {sorted(calls)}")
+    return torch.cat(batches).float().cpu(), seconds, calls.pop()
+
+
+def ddpm_draw(eps_model: nn.Module, s, example_shape: tuple) -> Draw:
+    """Algorithm 2 over all T steps (one network evaluation per step)."""
+    return lambda b, g: sample_ddpm(eps_model, s, (b, *example_shape), generator=g)
+
+
+def ddim_draw(eps_model: nn.Module, s, example_shape: tuple, steps: int, eta: float = 0.0) -> Draw:
+    """DDIM on a uniform grid of ``steps`` steps (one network evaluation per step)."""
+    return lambda b, g: sample_ddim(eps_model, s, (b, *example_shape), steps=steps, eta=eta, generator=g)
+
+
+def trilemma_rows(samplers: dict[str, tuple[Draw, CallCounter]], real: torch.Tensor, classifier: nn.Module,
+                  n: int, batch_size: int, device, seed: int = 0) -> list[dict]:
+    """One row per sampler (name → (draw, the counter wrapping its network)): FID-MNIST against
+    ``real``, class entropy, confidence, network evaluations per sample and seconds per 1,000 samples."""
+    ref = image_statistics(real, classifier, batch_size)
+    rows = []
+    for name, (draw, counter) in samplers.items():
+        samples, seconds, nfe = measure_sampler(draw, counter, n, batch_size, device, seed)
+        stats = image_statistics(samples, classifier, batch_size)
+        rows.append({"sampler": name, "nfe": nfe, "n": n,
+                     "fid_mnist": frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
+                     "class_entropy": stats["class_entropy"], "confidence": stats["confidence"],
+                     "seconds_per_1000": 1000 * seconds / n})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The table as text: one line per sampler."""
+    lines = [f"{'sampler':<22}{'NFE':>6}{'FID-MNIST':>11}{'class entropy':>15}{'confidence':>12}{'s / 1000':>10}"]
+    for r in rows:
+        lines.append(f"{r['sampler']:<22}{r['nfe']:>6}{r['fid_mnist']:>11.2f}{r['class_entropy']:>15.3f}"
+                     f"{r['confidence']:>12.3f}{r['seconds_per_1000']:>10.2f}")
+    lines.append(f"(class entropy of a uniform spread over the ten digits: ln 10 = {math.log(10):.3f})")
+    return "\n".join(lines)
