@@ -322,3 +322,36 @@ def test_check_ancestral_step_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, var="beta_tilde"), "β̃_t")
     assert_fails(capsys, checks.check_ancestral_step, lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) * 1.001,
                  "differs from the library's answer")
+
+
+# --------------------------------------------------------------------------- notebook 07
+def ddim_sigma(s, t, t_prev, eta, first_root=True, ratio=True):
+    a, ap = s.alpha_bar[t], s.alpha_bar[t_prev]
+    first = ((1 - ap) / (1 - a)).sqrt() if first_root else (1 - ap) / (1 - a)
+    second = (1 - a / ap) if ratio else (1 - s.alpha[t])
+    return eta * first * second.sqrt()
+
+
+def test_check_ddim_sigma_passes_eq_16_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_ddim_sigma, ddim_sigma)
+    assert_fails(capsys, checks.check_ddim_sigma, lambda *a: ddim_sigma(*a, first_root=False), "ratio of variances")
+    assert_fails(capsys, checks.check_ddim_sigma, lambda *a: ddim_sigma(*a, ratio=False), "1 − ᾱ_t/ᾱ_{t'}")
+    assert_fails(capsys, checks.check_ddim_sigma, lambda s, t, tp, eta: ddim_sigma(s, t, tp, eta) * 1.01,
+                 "σ² must equal β̃_t")
+
+
+def ddim_update(s, xt, eps, t, t_prev, eta, noise, keep_sigma=False):
+    a, ap = s.alpha_bar[t], s.alpha_bar[t_prev]
+    sigma = ddim_sigma(s, t, t_prev, eta)
+    x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
+    direction = (1 - ap - (0 if keep_sigma else sigma ** 2)).clamp(min=0).sqrt() * eps
+    return ap.sqrt() * x0 + direction + sigma * noise
+
+
+def test_check_ddim_update_passes_eq_12_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_ddim_update, ddim_update)
+    assert_fails(capsys, checks.check_ddim_update, lambda *a: ddim_update(*a, keep_sigma=True), "σ² must come off")
+    assert_fails(capsys, checks.check_ddim_update, lambda s, xt, e, t, tp, eta, z: ddim_update(s, xt, e, t, tp, eta, z)
+                 + 0.1 * eta * z, "differs from the library's answer")
+    assert_fails(capsys, checks.check_ddim_update, lambda s, xt, e, t, tp, eta, z: ddim_update(s, xt, e, t, tp, eta, z)
+                 + 1e-3 * z, "must not depend on the noise")

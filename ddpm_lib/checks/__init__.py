@@ -14,6 +14,7 @@ is not caught, so its traceback points at the line to fix (in a student notebook
 NotImplementedError of the unsolved exercise).
 """
 from .bound import check_denoising_term, check_gaussian_kl, check_training_step
+from .ddim import check_ddim_sigma, check_ddim_update
 from .chains import check_power_iteration, check_steps_to_unit_variance
 from .forward import check_q_sample, check_snr_crossing
 from .grading import N_CASES, Mistake
@@ -24,4 +25,4 @@ from .unet import check_interleaved_embedding, check_resblock_forward
 __all__ = ["check_power_iteration", "check_steps_to_unit_variance", "check_q_sample", "check_snr_crossing",
            "check_q_posterior", "check_x0_from_posterior_mean", "check_gaussian_kl", "check_denoising_term",
            "check_training_step", "check_interleaved_embedding", "check_resblock_forward", "check_ema_update",
-           "check_ancestral_step", "Mistake"]
+           "check_ancestral_step", "check_ddim_sigma", "check_ddim_update", "Mistake"]
