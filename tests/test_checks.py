@@ -355,3 +355,23 @@ def test_check_ddim_update_passes_eq_12_and_names_its_mistakes(capsys):
                  + 0.1 * eta * z, "differs from the library's answer")
     assert_fails(capsys, checks.check_ddim_update, lambda s, xt, e, t, tp, eta, z: ddim_update(s, xt, e, t, tp, eta, z)
                  + 1e-3 * z, "must not depend on the noise")
+
+
+# --------------------------------------------------------------------------- notebook 08
+def guided_eps(s, eps_pred, t, grad, scale, sign=-1, root=True):
+    one_minus = (1 - s.alpha_bar[t]).view(-1, *([1] * (eps_pred.ndim - 1)))
+    return eps_pred + sign * (one_minus.sqrt() if root else one_minus) * scale * grad
+
+
+def test_check_guided_eps_passes_algorithm_2_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_guided_eps, guided_eps)
+    assert_fails(capsys, checks.check_guided_eps, lambda *a: guided_eps(*a, sign=1), "the sign")
+    assert_fails(capsys, checks.check_guided_eps, lambda *a: guided_eps(*a, root=False), "not 1 − ᾱ_t")
+    assert_fails(capsys, checks.check_guided_eps, lambda s, e, t, gr, sc: guided_eps(s, e, t, gr, 1.0), "scale s is missing")
+
+
+def test_check_cfg_combine_passes_the_rule_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 - w) * eu + w * ec)
+    assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 + w) * ec - w * eu, "Ho & Salimans")
+    assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: ec + w * (eu - ec), "swapped")
+    assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: eu + w * (ec - eu) + 0.01, "w = 0 must return")

@@ -15,6 +15,7 @@ NotImplementedError of the unsolved exercise).
 """
 from .bound import check_denoising_term, check_gaussian_kl, check_training_step
 from .ddim import check_ddim_sigma, check_ddim_update
+from .guidance import check_cfg_combine, check_guided_eps
 from .chains import check_power_iteration, check_steps_to_unit_variance
 from .forward import check_q_sample, check_snr_crossing
 from .grading import N_CASES, Mistake
@@ -25,4 +26,5 @@ from .unet import check_interleaved_embedding, check_resblock_forward
 __all__ = ["check_power_iteration", "check_steps_to_unit_variance", "check_q_sample", "check_snr_crossing",
            "check_q_posterior", "check_x0_from_posterior_mean", "check_gaussian_kl", "check_denoising_term",
            "check_training_step", "check_interleaved_embedding", "check_resblock_forward", "check_ema_update",
-           "check_ancestral_step", "check_ddim_sigma", "check_ddim_update", "Mistake"]
+           "check_ancestral_step", "check_ddim_sigma", "check_ddim_update", "check_guided_eps",
+           "check_cfg_combine", "Mistake"]
