@@ -375,3 +375,28 @@ def test_check_cfg_combine_passes_the_rule_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 + w) * ec - w * eu, "Ho & Salimans")
     assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: ec + w * (eu - ec), "swapped")
     assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: eu + w * (ec - eu) + 0.01, "w = 0 must return")
+
+
+# --------------------------------------------------------------------------- notebook 09
+def ddgan_step(s, x0_pred, xt, t, noise, var="beta_tilde", scale=1.0):
+    a, ab, ab_prev, b = s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1], s.beta[t]
+    mean = ab_prev.sqrt() * b / (1 - ab) * x0_pred + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+    var_t = (1 - ab_prev) / (1 - ab) * b if var == "beta_tilde" else b
+    return mean + scale * var_t.sqrt() * noise
+
+
+def test_check_ddgan_step_passes_the_posterior_draw_and_names_its_mistakes(capsys):
+    assert_passes(capsys, checks.check_ddgan_step, ddgan_step)
+    assert_fails(capsys, checks.check_ddgan_step, lambda *a: ddgan_step(*a, var="beta"), "not β_t")
+    assert_fails(capsys, checks.check_ddgan_step, lambda s, x0, xt, t, z: ddgan_step(s, x0, xt, t, z) + 1e-3 * xt,
+                 "must be x_0′ itself")
+
+
+def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistakes(capsys):
+    sp = F.softplus
+    assert_passes(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).mean() + sp(f).mean(), sp(-f).mean()))
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).mean() + sp(f).mean(), -sp(f).mean()),
+                 "non-saturating")
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(f).mean(), sp(-f).mean()),
+                 "minus inside")
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).sum() + sp(f).sum(), sp(-f).mean()), "not sums")

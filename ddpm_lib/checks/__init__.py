@@ -16,6 +16,7 @@ NotImplementedError of the unsolved exercise).
 from .bound import check_denoising_term, check_gaussian_kl, check_training_step
 from .ddim import check_ddim_sigma, check_ddim_update
 from .guidance import check_cfg_combine, check_guided_eps
+from .ddgan import check_ddgan_step, check_gan_losses
 from .chains import check_power_iteration, check_steps_to_unit_variance
 from .forward import check_q_sample, check_snr_crossing
 from .grading import N_CASES, Mistake
@@ -27,4 +28,4 @@ __all__ = ["check_power_iteration", "check_steps_to_unit_variance", "check_q_sam
            "check_q_posterior", "check_x0_from_posterior_mean", "check_gaussian_kl", "check_denoising_term",
            "check_training_step", "check_interleaved_embedding", "check_resblock_forward", "check_ema_update",
            "check_ancestral_step", "check_ddim_sigma", "check_ddim_update", "check_guided_eps",
-           "check_cfg_combine", "Mistake"]
+           "check_cfg_combine", "check_ddgan_step", "check_gan_losses", "Mistake"]

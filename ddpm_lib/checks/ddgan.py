@@ -1,0 +1,61 @@
+"""Checks for the exercises of notebook 09 (Denoising Diffusion GANs)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ddgan import d_loss, ddgan_schedule, g_loss, posterior_sample
+from ..schedules import make_schedule
+from .grading import Mistake, N_CASES, _generator, _grade, _images, f64
+
+
+def _step(s, x0_pred, xt, t, noise, var="beta_tilde"):
+    a, ab, ab_prev, b = s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1], s.beta[t]
+    mean = ab_prev.sqrt() * b / (1 - ab) * x0_pred + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+    return mean + ((1 - ab_prev) / (1 - ab) * b if var == "beta_tilde" else b).sqrt() * noise
+
+
+def check_ddgan_step(fn, seed=None) -> bool:
+    """Exercise 9.1: ``fn(s, x0_pred, xt, t, noise)`` → x_{t−1} = μ̃_t(x_t, x_0′) + √β̃_t·noise, a draw from
+    q(x_{t−1} | x_t, x_0′) (DDPM eqs. 6–7); t an int in 1..T; at t = 1, β̃_1 = 0 and the draw is x_0′."""
+    g = _generator(seed)
+    cases = []
+    for k in range(N_CASES):
+        s = ddgan_schedule(4) if k % 2 == 0 else make_schedule("cosine", 50)
+        x = _images(g, 3)
+        for t in (1, 2, s.T):
+            cases.append((s, torch.randn(x.shape, generator=g, dtype=f64), torch.randn(x.shape, generator=g, dtype=f64),
+                          t, torch.randn(x.shape, generator=g, dtype=f64)))
+    mistakes = [
+        Mistake("the variance of the posterior is β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t, not β_t",
+                lambda *a: _step(*a, var="beta")),
+    ]
+
+    def last_step(fn):          # at t = 1 the posterior is a point mass at x_0′
+        s, x0p = ddgan_schedule(4), torch.randn(2, 3, generator=g, dtype=f64)
+        out = fn(s, x0p, torch.randn(2, 3, generator=g, dtype=f64), 1, torch.randn(2, 3, generator=g, dtype=f64))
+        if not torch.allclose(torch.as_tensor(out, dtype=f64), x0p, atol=1e-10):
+            return "at t = 1 the draw must be x_0′ itself (ᾱ_0 = 1 makes μ̃_1 = x_0′ and β̃_1 = 0)"
+
+    return _grade("ddgan_step", fn, cases, posterior_sample, mistakes, ("x_{t-1}",), [last_step],
+                  f"matches dl.posterior_sample on {len(cases)} draws (t = 1, 2 and T; T = 4 and T = 50)")
+
+
+def check_gan_losses(fn, seed=None) -> bool:
+    """Exercise 9.2: ``fn(real_logits, fake_logits)`` → ``(loss_d, loss_g)``: the discriminator's
+    E softplus(−D_real) + E softplus(D_fake) and the non-saturating generator loss E softplus(−D_fake)."""
+    g = _generator(seed)
+    cases = [(3 * torch.randn(int(n), generator=g, dtype=f64), 3 * torch.randn(int(n), generator=g, dtype=f64))
+             for n in torch.randint(2, 40, (N_CASES,), generator=g)]
+    reference = lambda r, f: (d_loss(r, f), g_loss(f))
+    mistakes = [
+        Mistake("the generator's loss is the *non-saturating* E softplus(−D(fake)) = −E log σ(D(fake)), not "
+                "−E softplus(D(fake)) (that one saturates when D wins)", lambda r, f: -F.softplus(f).mean(), 1),
+        Mistake("the discriminator pushes real logits up: E softplus(−D(real)), with a minus inside",
+                lambda r, f: F.softplus(r).mean() + F.softplus(f).mean(), 0),
+        Mistake("the losses are means over the batch, not sums",
+                lambda r, f: F.softplus(-r).sum() + F.softplus(f).sum(), 0),
+        Mistake("the losses are means over the batch, not sums", lambda r, f: F.softplus(-f).sum(), 1),
+    ]
+    return _grade("gan_losses", fn, cases, reference, mistakes, ("loss_d", "loss_g"), (),
+                  f"match the non-saturating losses on {N_CASES} batches of logits")
