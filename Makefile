@@ -63,6 +63,8 @@ N_PER_CLASS := 2
 DDIM_STEPS := 5 30
 EVERY  := 3
 GRID   := 4
+GSTEPS := 10
+N_GRID := 1
 COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1
 BENCH_PRESETS := tiny
@@ -82,6 +84,8 @@ N_PER_CLASS := 100
 DDIM_STEPS := 10 20 50 100 1000
 EVERY  := 1000
 GRID   := 64
+GSTEPS := 50
+N_GRID := 8
 COMPILE := --compile
 BENCH  := --batch-size 128
 BENCH_PRESETS := ddpm-cifar10 mnist
@@ -129,11 +133,17 @@ $(R)/ddpm_mnist_cfg.pt:
 	$(call COPY_RUN,ddpm_mnist_cfg)
 $(R)/results/guidance_mnist.json: $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
 	$(DL) evaluate-guidance --checkpoint $< --classifier $(R)/noisy_classifier_mnist.pt --scales 0 1 2 4 8 \
-	    --n-per-class $(N_PER_CLASS) --sampler ddim --steps 50 --out $@
+	    --n-per-class $(N_PER_CLASS) --sampler ddim --steps $(GSTEPS) --out $@
 $(R)/results/cfg_mnist.json: $(R)/ddpm_mnist_cfg.pt
 	$(DL) evaluate-guidance --checkpoint $< --cfg-scales 0 1 2 4 --n-per-class $(N_PER_CLASS) \
-	    --sampler ddim --steps 50 --out $@
-results-guidance: $(R)/results/guidance_mnist.json $(R)/results/cfg_mnist.json
+	    --sampler ddim --steps $(GSTEPS) --out $@
+$(R)/results/guided_s%.png: $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
+	$(DL) sample --checkpoint $< --classifier $(R)/noisy_classifier_mnist.pt --label all --scale $* --n $(N_GRID) \
+	    --sampler ddim --steps $(GSTEPS) --out $@
+$(R)/results/cfg_w%.png: $(R)/ddpm_mnist_cfg.pt
+	$(DL) sample --checkpoint $< --label all --cfg-scale $* --n $(N_GRID) --sampler ddim --steps $(GSTEPS) --out $@
+results-guidance: $(R)/results/guidance_mnist.json $(R)/results/cfg_mnist.json \
+	$(foreach v,0 1 4,$(R)/results/guided_s$(v).png $(R)/results/cfg_w$(v).png)
 
 $(R)/ddgan_mnist.pt:
 	$(TRAIN_DDGAN) $(call RESUME,$(RUNS)/ddgan_mnist)

@@ -9,13 +9,17 @@ Writes are atomic: the dict goes to a hidden temporary file in the same folder, 
 leaves either the old set of checkpoints or the new one, never a half-written ``ckpt_*.pt``.
 Loading always passes ``weights_only=True``: a checkpoint cannot run code when it is opened.
 ``save_training`` / ``resume_training`` checkpoint a ``train.Trainer`` (under DDP too) and continue it;
-``model_spec`` / ``build_model`` describe and rebuild the network; ``load_ema_model`` is for sampling.
+``StopRequest`` turns Ctrl-C into "save, then stop"; ``model_spec`` / ``build_model`` describe and rebuild the network; ``load_ema_model`` is for sampling
+(``export.load_sampling_model`` also takes exported weights files).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -103,8 +107,9 @@ def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
     return path
 
 
-def read_tagged_file(path: str | Path, fmt: str, what: str, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` of a dict tagged ``{"format": fmt}``.
+def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` of a dict tagged ``{"format": fmt}`` (or one of the tags
+    in a tuple ``fmt``; ``blob["format"]`` says which).
 
     A missing file → ``FileNotFoundError``; a truncated or damaged one → one-line ``RuntimeError``;
     a readable file of another kind → ``ValueError``. ``what`` names the kind in the messages.
@@ -118,8 +123,9 @@ def read_tagged_file(path: str | Path, fmt: str, what: str, map_location="cpu") 
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"cannot read {what} {path}: the file is truncated, damaged or not a "
                            f"PyTorch file ({reason})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != fmt:
-        raise ValueError(f"{path} is not a ddpm_lib {what} (no format tag {fmt!r})")
+    formats = fmt if isinstance(fmt, tuple) else (fmt,)
+    if not isinstance(blob, dict) or blob.get("format") not in formats:
+        raise ValueError(f"{path} is not a ddpm_lib {what} (no format tag {' or '.join(map(repr, formats))})")
     return blob
 
 
@@ -159,6 +165,7 @@ def _rng_state(trainer) -> dict:
     """One process's random streams: torch's CPU (and CUDA) generator and the generator of t and ε."""
     cuda = trainer.device.type == "cuda"
     return {"torch_cpu": torch.get_rng_state(), "noise": trainer.noise_generator.get_state(),
+            "labels": trainer.label_generator.get_state(),
             "torch_cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None}
 
 
@@ -179,15 +186,17 @@ def save_training(trainer, batches, extra: dict, out_dir: str | Path, keep: int,
     return checkpoint_path(out_dir, trainer.step)
 
 
-def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, rank: int = 0, world: int = 1) -> dict:
+def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, rank: int = 0, world: int = 1,
+                    defaults: dict | None = None) -> dict:
     """Load a checkpoint into ``trainer`` and ``batches`` and restore this rank's random streams, so
     the next step repeats the interrupted run's bit for bit. ``config`` values named in ``fixed`` must
-    equal the checkpoint's (``ValueError`` otherwise). With another number of processes the streams
-    restart from the seed (with a warning). Returns the checkpoint dict.
+    equal the checkpoint's (``ValueError`` otherwise); a name missing from an older checkpoint's config
+    counts as its value in ``defaults``. With another number of processes the streams restart from
+    the seed (with a warning). Returns the checkpoint dict.
     """
     ckpt = load_checkpoint(path)
-    changed = [f"{k}={ckpt['config'].get(k)!r} there, {config[k]!r} here" for k in fixed
-               if ckpt["config"].get(k) != config[k]]
+    saved = {**(defaults or {}), **ckpt["config"]}
+    changed = [f"{k}={saved.get(k)!r} there, {config[k]!r} here" for k in fixed if saved.get(k) != config[k]]
     if changed:
         raise ValueError(f"cannot resume from {path}: it belongs to another run ({'; '.join(changed)})")
     trainer.load_state_dict(ckpt, source=str(path))
@@ -196,6 +205,8 @@ def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, ra
         state = ckpt["rng"][rank]
         torch.set_rng_state(state["torch_cpu"])
         trainer.noise_generator.set_state(state["noise"])
+        if "labels" in state:                           # checkpoints from before label dropout lack it
+            trainer.label_generator.set_state(state["labels"])
         if trainer.device.type == "cuda":
             torch.cuda.set_rng_state(state["torch_cuda"], trainer.device)
     elif rank == 0:
@@ -204,24 +215,75 @@ def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, ra
     return ckpt
 
 
-def model_spec(example_shape: tuple, preset: str) -> dict:
+# ----------------------------------------------------------------------------- stopping and resuming
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
+    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+
+def model_spec(example_shape: tuple, preset: str, num_classes: int = 0) -> dict:
     """The architecture for examples of ``example_shape``: the toy MLP for points (D,), else the U-Net
-    ``preset`` fitted to images (C, H, W). ``build_model`` turns it into a network."""
+    ``preset`` fitted to images (C, H, W); with ``num_classes`` K > 0 the class-conditional U-Net of
+    classifier-free guidance (``guidance.ConditionalUNet``, K classes and a null label).
+    ``build_model`` turns it into a network."""
     if len(example_shape) == 1:
+        if num_classes:
+            raise ValueError("the toy MLP has no class input: classifier-free guidance needs image data")
         return {"kind": "toy_mlp", "config": {"dim": example_shape[0]}}
     channels, size = example_shape[0], example_shape[-1]
-    return {"kind": "unet", "config": {**PRESETS[preset], "in_channels": channels, "image_size": size}}
+    config = {**PRESETS[preset], "in_channels": channels, "image_size": size}
+    if num_classes:
+        return {"kind": "conditional_unet", "config": {**config, "num_classes": num_classes}}
+    return {"kind": "unet", "config": config}
 
 
 def build_model(spec: dict) -> nn.Module:
-    """The network a ``model_spec`` describes: ``{"kind": "unet" | "toy_mlp", "config": {...}}``."""
+    """The network a ``model_spec`` describes: ``{"kind": "unet" | "conditional_unet" | "toy_mlp",
+    "config": {...}}``."""
     kind, config = spec.get("kind"), spec.get("config", {})
     if kind == "unet":
         return UNet(**config)
+    if kind == "conditional_unet":
+        from .guidance import ConditionalUNet
+        return ConditionalUNet(**config)
     if kind == "toy_mlp":
         from .toy_model import ToyEpsModel              # imported when needed: images never load it
         return ToyEpsModel(**config)
-    raise ValueError(f"unknown model kind {kind!r} in the checkpoint: expected 'unet' or 'toy_mlp'")
+    raise ValueError(f"unknown model kind {kind!r} in the checkpoint: expected 'unet', 'conditional_unet' "
+                     f"or 'toy_mlp'")
+
+
+def example_shape_of(spec: dict) -> tuple:
+    """The shape of one example, (C, H, W) or (D,), that a ``model_spec``'s network takes."""
+    config = spec.get("config", {})
+    if spec.get("kind") == "toy_mlp":
+        return (config["dim"],)
+    return (config["in_channels"], config["image_size"], config["image_size"])
 
 
 def load_ema_model(path: str | Path, device="cpu"):

@@ -11,6 +11,14 @@
     python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features
     python -m ddpm_lib export --checkpoint runs/mnist --out data/ddpm_mnist.pt  # fp16 θ_ema + JSON card
     python -m ddpm_lib bench --preset ddpm-cifar10 --batch-size 128              # images/s, TFLOP/s, memory
+    python -m ddpm_lib train --num-classes 10 --out-dir runs/cfg                 # class-conditional (CFG) model
+    python -m ddpm_lib sample --checkpoint runs/cfg --label all --cfg-scale 3    # one row per digit
+    python -m ddpm_lib train-noisy-classifier --data mnist-5k --out data/noisy_classifier_mnist.pt
+    python -m ddpm_lib sample --checkpoint runs/mnist --classifier data/noisy_classifier_mnist.pt --label 3 --scale 2
+    python -m ddpm_lib evaluate-guidance --checkpoint runs/mnist --classifier data/noisy_classifier_mnist.pt \
+        --scales 0 1 2 4 8 --n-per-class 100 --sampler ddim --steps 50 --out data/guidance_mnist.json
+    python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --out-dir runs/ddgan   # DDGAN, T = 4
+    python -m ddpm_lib trilemma --ddpm data/ddpm_mnist.pt --ddgan data/ddgan_mnist.pt   # quality, NFE, speed
 
 A user error (bad flag value, missing or damaged checkpoint, data set not available offline, a loss
 that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a checkpoint first (130).
@@ -28,16 +36,20 @@ import torch
 from tqdm import tqdm
 
 from .bench import bench, format_table
-from .checkpoint import file_sha256, load_ema_model, resolve_checkpoint
+from .checkpoint import file_sha256
 from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
+from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .data import IMAGE_SETS, load_images
-from .export import export_ema_weights
+from .export import export_ema_weights, load_sampling_model
+from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_noisy_classifier_parser,
+                            add_sampler_arguments, describe_sampler, draw_samples, guided_model, mnist_digits,
+                            run_evaluate_guidance,
+                            run_sample, run_train_noisy_classifier)
 from .metrics import frechet_distance, image_statistics
-from .ddim import GRIDS, sample_ddim
-from .sampling import sample_ddpm
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
-from .training import TrainConfig, train, write_samples
+from .training import TrainConfig, train
+from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 
 METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
@@ -71,28 +83,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="wrap the network in torch.compile")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-
-
-def _add_sampler_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"),
-                   help="ddpm: Algorithm 2 over all T steps; ddim: Song et al. 2021 on a respaced grid")
-    p.add_argument("--steps", type=int, default=50, help="DDIM: network evaluations (1..T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM: η (0 deterministic, 1 DDPM-like noise)")
-    p.add_argument("--grid", default="uniform", choices=GRIDS, help="DDIM: spacing of the respaced steps")
-
-
-def draw_samples(model, schedule, shape, generator, args: argparse.Namespace, progress: bool = False):
-    """x_0 from θ_ema with the sampler the flags choose (``--sampler``, ``--steps``, ``--eta``, ``--grid``)."""
-    if args.sampler == "ddim":
-        return sample_ddim(model, schedule, shape, steps=args.steps, eta=args.eta, grid=args.grid,
-                           generator=generator, progress=progress)
-    return sample_ddpm(model, schedule, shape, generator=generator, progress=progress)
-
-
-def describe_sampler(args: argparse.Namespace, T: int) -> str:
-    if args.sampler == "ddim":
-        return f"DDIM, {args.steps} {args.grid} steps, eta = {args.eta:g}"
-    return f"DDPM ancestral sampling (Algorithm 2), {T} steps"
+    p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "
+                   "U-Net for classifier-free guidance (10 for MNIST)")
+    p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="CFG: probability of dropping a label")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,22 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train an ε-model (Algorithm 1); torchrun for several GPUs",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_arguments(train_parser)
-    sample_parser = commands.add_parser("sample", help="draw samples with the EMA weights (Algorithm 2)",
+    sample_parser = commands.add_parser("sample", help="draw samples with the EMA weights (Algorithm 2), guided or not",
                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sample_parser.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder (latest)")
-    sample_parser.add_argument("--n", type=int, default=64, help="number of samples")
+    sample_parser.add_argument("--checkpoint", required=True,
+                               help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
+    sample_parser.add_argument("--n", type=int, default=64, help="number of samples (of each class with --label all)")
     sample_parser.add_argument("--out", default="samples.png", help="PNG grid for images; .pt saves the tensor")
     sample_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     sample_parser.add_argument("--device", default=None, help="None: cuda when available")
-    _add_sampler_arguments(sample_parser)
+    add_sampler_arguments(sample_parser)
+    add_guidance_arguments(sample_parser)
     evaluate_parser = commands.add_parser(
         "evaluate", help=f"FID-MNIST, confidence and class spread of EMA samples: {METRIC}",
         description=f"Draw --n samples with θ_ema (Algorithm 2) and measure them against held-out real digits "
                     f"(mnist-5k's 1,000 held-out digits, or the MNIST test set for a model of 'mnist'): {METRIC}. "
                     f"Also the classifier's mean confidence and the predicted-class histogram with its entropy, "
-                    f"for the samples and for the real digits. Prints a table and writes JSON.",
+                    f"for the samples and for the real digits. Prints a table and writes JSON. A class-conditional "
+                    f"model is sampled unconditionally (its null label): evaluate-guidance measures it guided.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    evaluate_parser.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder (latest)")
+    evaluate_parser.add_argument("--checkpoint", required=True,
+                                 help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
     evaluate_parser.add_argument("--n", type=int, default=10_000, help="number of samples (a GPU's job; "
                                  "on a CPU start with a few hundred)")
     evaluate_parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
@@ -126,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     evaluate_parser.add_argument("--device", default=None, help="None: cuda when available")
     evaluate_parser.add_argument("--out", default="results.json", help="JSON file for the results")
-    _add_sampler_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--weights", default="ema", choices=("ema", "raw"),
+                                 help="θ_ema (what the course samples with) or a checkpoint's raw θ, to compare")
+    evaluate_parser.add_argument("--bf16", action="store_true",
+                                 help="run the network in bf16 autocast while sampling (CUDA only; about 2× faster)")
+    add_sampler_arguments(evaluate_parser)
     classifier_parser = commands.add_parser(
         "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -150,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--out", required=True, help="weights file, e.g. data/ddpm_mnist.pt (card: .json)")
     export_parser.add_argument("--training-command", default=None,
                                help="the training command to record in the card (default: this export command)")
+    from .bench import BACKENDS, ROW_KEYS
     bench_parser = commands.add_parser(
-        "bench", help="training and sampling images/s, TFLOP/s and peak memory of a U-Net preset",
+        "bench", help="training and sampling images/s, TFLOP/s and peak memory of a U-Net preset, eager and "
+                      "compiled, side by side with diffusers' UNet2DModel of the same architecture",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench_parser.add_argument("--preset", default="ddpm-cifar10", choices=list(PRESETS), help="U-Net preset")
     bench_parser.add_argument("--batch-size", type=int, default=128, help="training batch")
@@ -159,8 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--iters", type=int, default=20, help="timed steps (after --warmup untimed ones)")
     bench_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, caches)")
     bench_parser.add_argument("--device", default=None, help="None: cuda when available")
-    bench_parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    bench_parser.add_argument("--rows", nargs="+", default=list(ROW_KEYS), choices=list(ROW_KEYS),
+                              help="the rows to measure (diffusers' rows need the diffusers package)")
+    bench_parser.add_argument("--ddim-steps", type=int, default=50, help="steps of the timed whole DDIM sampling")
+    bench_parser.add_argument("--compile-backend", default="inductor", choices=BACKENDS,
+                              help="torch.compile backend of the compiled rows ('eager': trace only, a quick smoke test)")
+    bench_parser.add_argument("--autotune", action="store_true",
+                              help="CUDA-graph sampling rows: Inductor's max-autotune mode (minutes more compiling)")
+    bench_parser.add_argument("--compile", action="store_true",
+                              help="accepted for old command lines: the compiled rows are always measured")
     bench_parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    add_noisy_classifier_parser(commands)
+    add_evaluate_guidance_parser(commands)
+    add_ddgan_commands(commands)
+    add_trilemma_parser(commands)
     return parser
 
 
@@ -190,35 +205,33 @@ def run_train_classifier(args: argparse.Namespace, command: str) -> dict:
     return card
 
 
-def real_digits(ckpt: dict):
-    """``(held-out digits, training digits)`` of the data a checkpoint was trained on, 32×32 in [−1, 1]
+def real_digits(info: dict):
+    """``(held-out digits, training digits)`` of the data a model was trained on, 32×32 in [−1, 1]
     (mnist-5k: its 1,000 held-out and 4,000 training digits; mnist: the test and training sets)."""
-    data = ckpt["config"]["data"]
-    if data not in CLASSIFIER_DATA or tuple(ckpt["example_shape"]) != (1, 32, 32):
-        raise ValueError(f"FID-MNIST measures models of MNIST digits (data mnist-5k or mnist); this checkpoint "
-                         f"was trained on {data!r} with examples of shape {tuple(ckpt['example_shape'])}")
-    root = ckpt["config"].get("data_root")
-    heldout, _ = load_images(data, root=root, train=False, pad_to_32=True)
-    train_digits, _ = load_images(data, root=root, train=True, pad_to_32=True)
-    return heldout, train_digits
+    return mnist_digits(info, train=False)[0], mnist_digits(info, train=True)[0]
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
-    """Sample ``args.n`` digits with θ_ema, compare them with held-out real digits, print and write the results."""
+    """Sample ``args.n`` digits with θ_ema (or θ: ``--weights raw``), compare them with held-out real digits,
+    print and write the results."""
     if args.n < 2 or args.batch_size < 1:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples) and --batch-size at least 1, "
                          f"got {args.n} and {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classifier = load_classifier(args.classifier, device)
-    path = resolve_checkpoint(args.checkpoint)
-    ema_model, schedule, ckpt = load_ema_model(path, device)
+    if args.bf16 and device.type != "cuda":
+        raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")
+    ema_model, schedule, ckpt = load_sampling_model(args.checkpoint, device, weights=args.weights)
+    ema_model = guided_model(ema_model, ckpt, None)[0]     # a class-conditional model: its null label (unconditional)
+    path = ckpt["path"]
     heldout, train_digits = real_digits(ckpt)
     schedule = schedule.to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
     start, batches = time.perf_counter(), []
     for i in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
         shape = (min(args.batch_size, args.n - i), *ckpt["example_shape"])
-        batches.append(draw_samples(ema_model, schedule, shape, generator, args).clamp(-1, 1).cpu())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+            batches.append(draw_samples(ema_model, schedule, shape, generator, args).float().clamp(-1, 1).cpu())
     sampling_seconds = time.perf_counter() - start
     fake = image_statistics(torch.cat(batches), classifier, args.batch_size)
     real = image_statistics(heldout, classifier, args.batch_size)
@@ -233,7 +246,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     results = {
         "metric": METRIC,
         "checkpoint": str(path), "step": ckpt["step"], "data": ckpt["config"]["data"], "T": schedule.T,
-        "sampler": f"{describe_sampler(args, schedule.T)}, θ_ema, samples clamped to [-1, 1]",
+        "sampler": f"{describe_sampler(args, schedule.T)}, {'θ_ema' if args.weights == 'ema' else 'raw θ'}, "
+                   f"samples clamped to [-1, 1]", "weights": args.weights,
+        "precision": "bf16 autocast" if args.bf16 else "float32",
         "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 1),
         "classifier": str(args.classifier), "classifier_sha256": file_sha256(args.classifier),
         "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",
@@ -256,7 +271,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 def print_results(r: dict) -> None:
     s, h = r["samples"], r["real_heldout"]
     ref = r["reference"]
-    print(f"{r['metric']}\n{r['n']} samples (θ_ema after step {r['step']}, T = {r['T']}) "
+    weights = "θ_ema" if r.get("weights", "ema") == "ema" else "raw θ"
+    print(f"{r['metric']}\n{r['n']} samples ({weights} after step {r['step']}, T = {r['T']}) "
           f"vs {ref['n']} held-out {ref['data']} digits")
     print(f"{'':24}{'samples':>12}{'held-out real':>16}")
     print(f"{'FID-MNIST':24}{s['fid_mnist']:12.3f}{h['fid_mnist_train_vs_heldout']:16.3f}"
@@ -268,35 +284,23 @@ def print_results(r: dict) -> None:
     print(f"{'':24}{' '.join(map(str, h['class_counts']))}   (held-out real)")
 
 
-def run_sample(args: argparse.Namespace) -> Path:
-    """Algorithm 2 with θ_ema from a checkpoint; writes ``args.out`` and returns its path."""
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ema_model, schedule, ckpt = load_ema_model(args.checkpoint, device)
-    example_shape = tuple(ckpt["example_shape"])
-    if len(example_shape) != 3 and Path(args.out).suffix != ".pt":
-        raise ValueError(f"this model draws {example_shape[0]}-D points, not images: pass --out with a .pt name")
-    generator = torch.Generator(device).manual_seed(args.seed)
-    x0 = draw_samples(ema_model, schedule, (args.n, *example_shape), generator, args, progress=True)
-    path = write_samples(x0, args.out)
-    print(f"wrote {args.n} samples (θ_ema after step {ckpt['step']}; {describe_sampler(args, schedule.T)}) to {path}")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command in DDGAN_COMMANDS:
+            run_ddgan_command(args, argv)
+        elif args.command == "train":
             train(TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
         elif args.command == "sample":
             run_sample(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "bench":
-            figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup,
-                            args.device, args.compile)
+            from .bench import ROW_KEYS
+            figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup, args.device,
+                            rows=[ROW_KEYS[key] for key in args.rows], ddim_steps=args.ddim_steps,
+                            compile_backend=args.compile_backend, autotune=args.autotune)
             print(format_table(figures))
             if args.out:
                 Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
@@ -304,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             card = export_ema_weights(args.checkpoint, args.out, command=args.training_command)
             print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
                   f"{Path(args.out).with_suffix('.json')}")
+        elif args.command == "train-noisy-classifier":
+            run_train_noisy_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
+        elif args.command == "trilemma":
+            run_trilemma(args)
+        elif args.command == "evaluate-guidance":
+            run_evaluate_guidance(args)
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt:

@@ -15,6 +15,9 @@ trained with the non-saturating GAN loss and an R1 penalty on the real pairs (Al
                                      r1_gamma=0.05, ema_decay=0.999, generator=g)
     x0 = sample_ddgan(G_ema, s, (1000, 2), z_dim=G.z_dim, generator=g)    # exactly T calls of G
 
+Images: ``ddgan_nets.py`` (a U-Net generator with z-adaptive normalisation, a convolutional
+discriminator), ``ddgan_train.py`` (the trainer with checkpoints), ``python -m ddpm_lib train-ddgan``.
+
 Index = the paper's t everywhere: the schedule has length T + 1 and t runs over 1..T.
 """
 from __future__ import annotations
@@ -242,16 +245,23 @@ def sample_ddgan(G: nn.Module, s: Schedule, shape, z_dim: int | None = None,
     """DDGAN sampling: x_T ~ N(0, I); for t = T..1, x_0′ = G(x_t, z, t) with fresh z and
     x_{t−1} ~ q(x_{t−1} | x_t, x_0′). Exactly T generator calls; the last step adds no noise.
 
-    shape: (B, D); z_dim defaults to ``G.z_dim``. Returns x_0 of ``shape`` in G's dtype.
+    shape: (B, D) for points or (B, C, H, W) for images; z_dim defaults to ``G.z_dim``. The noise is
+    drawn on the generator's device (CPU when none is given) and moved to G's. Returns x_0 of
+    ``shape`` in G's dtype, on G's device.
     """
     z_dim = G.z_dim if z_dim is None else z_dim
+    shape = tuple(shape)
     param = next(G.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+
+    def randn(*size):
+        return torch.randn(size, generator=generator, dtype=dtype, device=draw_on).to(device)
+
+    x = randn(*shape)
     for t in range(s.T, 0, -1):
-        z = torch.randn(shape[0], z_dim, generator=generator, dtype=dtype).to(device)
-        noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+        z, noise = randn(shape[0], z_dim), randn(*shape)
         x0_pred = G(x, z, torch.full((shape[0],), t, dtype=torch.long, device=device))
         x = posterior_sample(s, x0_pred, x, t, noise)
     return x

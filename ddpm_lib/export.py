@@ -4,6 +4,8 @@
     model, s = dl.load_pretrained("data/ddpm_mnist.pt")      # float32, eval mode, with its schedule
 
 The weights file is loaded with ``weights_only=True``; the card ``<name>.json`` records what made it.
+``load_sampling_model`` opens either kind of file (a training checkpoint or run folder, or an exported
+weights file), telling them apart by the format tag inside: ``sample`` and ``evaluate`` use it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (build_model, file_sha256, load_checkpoint, load_model_state,
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import (build_model, example_shape_of, file_sha256, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, save_atomic)
 from .schedules import make_schedule
 
@@ -22,19 +25,45 @@ FORMAT = "ddpm_lib-weights-1"
 
 def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | None = None) -> dict:
     """Write θ_ema of a training checkpoint (file or run folder) as fp16 to ``out`` and a card
-    ``out.with_suffix('.json')``; returns the card (sha256, step, config, model_spec, command)."""
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    ``out.with_suffix('.json')``; returns the card (sha256, step, config, model_spec, command).
+    Any model kind (U-Net, class-conditional U-Net, toy MLP) is exported the same way."""
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    if "ema" not in ckpt:
+        kind = ckpt.get("model_spec", {}).get("kind")
+        raise ValueError(f"{path} is not a diffusion training checkpoint (model kind {kind!r})"
+                         + (": export a DDGAN run with export-ddgan" if kind == "ddgan" else ""))
     half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     config = ckpt["config"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"format": FORMAT, "model_spec": ckpt["model_spec"], "ema": half,
-                 "schedule": {"name": config["schedule"], "T": config["T"]}}, out)
+                 "schedule": {"name": config["schedule"], "T": config["T"]},
+                 "step": ckpt["step"], "example_shape": list(ckpt["example_shape"]), "config": config}, out)
     card = {"file": out.name, "sha256": file_sha256(out), "step": ckpt["step"],
             "training_seconds": ckpt.get("elapsed"), "config": config, "model_spec": ckpt["model_spec"],
             "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _check_card(path: Path) -> dict | None:
+    """The JSON card beside ``path`` (None when there is none); ``ValueError`` when the file's sha256
+    differs from the card's."""
+    card_path = path.with_suffix(".json")
+    if not (path.is_file() and card_path.is_file()):
+        return None
+    card = json.loads(card_path.read_text())
+    if file_sha256(path) != card.get("sha256"):
+        raise ValueError(f"{path} does not match the sha256 in {card_path.name}: the file is damaged or was replaced")
+    return card
+
+
+def _model_from_weights(blob: dict, source: str):
+    model = build_model(blob["model_spec"])
+    load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in blob["ema"].items()},
+                     source=source)
+    return model
 
 
 def load_pretrained(path: str | Path, device="cpu", check_sha256: bool = True):
@@ -43,13 +72,43 @@ def load_pretrained(path: str | Path, device="cpu", check_sha256: bool = True):
     With ``check_sha256`` the file must match the sha256 of its JSON card when the card exists.
     """
     path = Path(path)
-    card = path.with_suffix(".json")
-    if check_sha256 and path.is_file() and card.is_file():
-        expected = json.loads(card.read_text())["sha256"]
-        if file_sha256(path) != expected:
-            raise ValueError(f"{path} does not match the sha256 in {card.name}: the file is damaged or was replaced")
+    if check_sha256:
+        _check_card(path)
     blob = read_tagged_file(path, FORMAT, "weights file")
-    model = build_model(blob["model_spec"])
-    load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in blob["ema"].items()},
-                     source=str(path))
+    model = _model_from_weights(blob, str(path))
     return model.to(device).eval(), make_schedule(blob["schedule"]["name"], blob["schedule"]["T"])
+
+
+def load_sampling_model(path: str | Path, device="cpu", weights: str = "ema"):
+    """``(model, schedule, info)`` to sample from, whichever file ``path`` is: a training checkpoint
+    (its θ_ema), a run folder (its latest checkpoint) or an exported weights file (``export_ema_weights``;
+    its sha256 is checked against the card when there is one). The file's format tag decides.
+    ``weights="raw"`` takes a checkpoint's raw θ instead of θ_ema (to compare the two; an exported file
+    holds θ_ema only).
+
+    model: float32, eval mode, on ``device``; info: ``{"path", "source": "checkpoint" | "weights",
+    "step", "example_shape", "config", "model_spec"}`` (for weights exported before these were stored,
+    step and config come from the card, and the example shape from the architecture).
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' (θ_ema) or 'raw' (θ), got {weights!r}")
+    path = resolve_checkpoint(path)
+    card = _check_card(path)
+    blob = read_tagged_file(path, (CHECKPOINT_FORMAT, FORMAT), "checkpoint or exported weights file")
+    if weights == "raw" and blob["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is an exported weights file, which holds θ_ema only: pass a training "
+                         f"checkpoint or run folder for --weights raw")
+    if blob["format"] == CHECKPOINT_FORMAT:
+        model = build_model(blob["model_spec"])
+        load_model_state(model, blob["ema" if weights == "ema" else "model"], source=str(path))
+        config, source = blob["config"], "checkpoint"
+    else:
+        model = _model_from_weights(blob, str(path))
+        config, source = blob.get("config") or (card or {}).get("config") or {}, "weights"
+    schedule = (make_schedule(blob["schedule"]["name"], blob["schedule"]["T"]) if source == "weights"
+                else make_schedule(config["schedule"], config["T"]))
+    step = blob.get("step", (card or {}).get("step"))
+    example_shape = tuple(blob.get("example_shape") or example_shape_of(blob["model_spec"]))
+    info = {"path": str(path), "source": source, "weights": weights, "step": step, "example_shape": example_shape,
+            "config": config, "model_spec": blob["model_spec"]}
+    return model.to(device).eval(), schedule, info

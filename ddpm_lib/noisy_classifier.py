@@ -14,10 +14,14 @@ encoder is built by ``UNet`` itself (same configuration fields, same parameter n
 one image's logits never depend on the rest of its batch, which per-sample gradients require.
 
 ``train_noisy_classifier`` minimises the cross-entropy on x_t with t ~ Uniform{1..T};
-``noisy_classifier_accuracy`` measures the accuracy at a chosen noise level t.
+``noisy_classifier_accuracy`` measures the accuracy at a chosen noise level t;
+``save_noisy_classifier`` / ``load_noisy_classifier`` write and read the weights with the schedule they
+were trained for and a JSON card (``python -m ddpm_lib train-noisy-classifier`` makes one).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,10 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_atomic
 from .forward import q_sample
 from .indexing import check_t
-from .schedules import Schedule
+from .schedules import Schedule, make_schedule
 from .unet import PRESETS, UNet, group_norm
+
+FORMAT = "ddpm_lib-noisy-classifier-1"
 
 
 class NoisyClassifier(nn.Module):
@@ -137,3 +144,41 @@ def noisy_classifier_accuracy(model: nn.Module, s: Schedule, x0: torch.Tensor, y
         correct += int((model(xt, t_batch).argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
     model.train(was_training)
     return correct / x0.shape[0]
+
+
+def save_noisy_classifier(model: NoisyClassifier, s: Schedule, path: str | Path, card: dict | None = None) -> dict:
+    """Write the weights (fp32, on the CPU) and the schedule they were trained for atomically to ``path``,
+    and a JSON card beside it (``path`` with ``.json``): ``card`` plus the format, the model's config,
+    the schedule, the file name and the sha256 of the written file. Returns the card."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    schedule = {"name": s.name, "T": s.T}
+    save_atomic({"format": FORMAT, "config": model.config, "schedule": schedule, "state_dict": state}, path)
+    card = {**(card or {}), "format": FORMAT, "config": model.config, "schedule": schedule, "file": path.name,
+            "sha256": file_sha256(path)}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def load_noisy_classifier(path: str | Path, device="cpu", check_sha256: bool = True):
+    """``(classifier, schedule)``: a saved ``NoisyClassifier`` in eval mode on ``device`` (ready for
+    ``guidance.classifier_grad_fn``) and the noise schedule it was trained for.
+
+    Read with ``weights_only=True``. With ``check_sha256`` the card ``path.with_suffix('.json')`` must
+    exist and hold the file's sha256 (``ValueError`` otherwise); a missing file → ``FileNotFoundError``,
+    a truncated one → ``RuntimeError``, a file of another kind → ``ValueError``.
+    """
+    path = Path(path)
+    if check_sha256 and path.is_file():
+        card_path = path.with_suffix(".json")
+        if not card_path.is_file():
+            raise ValueError(f"{path} has no card {card_path.name} to check its sha256 against")
+        if file_sha256(path) != json.loads(card_path.read_text()).get("sha256"):
+            raise ValueError(f"{path} does not match the sha256 in {card_path.name}: the file is damaged or "
+                             f"was replaced")
+    saved = read_tagged_file(path, FORMAT, "noisy classifier")
+    config = dict(saved["config"])
+    model = NoisyClassifier(num_classes=config.pop("num_classes"), **config)
+    load_model_state(model, {k: v.float() for k, v in saved["state_dict"].items()}, source=str(path))
+    return model.to(device).eval(), make_schedule(saved["schedule"]["name"], saved["schedule"]["T"])

@@ -12,6 +12,11 @@ CPU, channels_last and optional torch.compile on CUDA, DDP under torchrun, a tqd
 sample grids and atomic, resumable checkpoints (``checkpoint.py``). No step waits for the GPU: the loss
 and the first non-finite step stay on the device until a log step or a checkpoint reads them (except
 the fp16 GradScaler, which reads its overflow flag every step by design).
+
+With ``num_classes`` K > 0 the same loop trains the class-conditional ε_θ(x_t, t, y) of classifier-free
+guidance (Ho & Salimans 2021, Algorithm 1): the labels come with the images, each is replaced by the
+null label K with probability ``p_uncond`` (``guidance.drop_labels``, its own checkpointed generator)
+and the network is ``guidance.ConditionalUNet``. Sample grids then show classes 0..K−1 in rows (w = 1).
 """
 from __future__ import annotations
 
@@ -19,8 +24,6 @@ import contextlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,18 +34,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import (build_model, latest_checkpoint, list_checkpoints, load_model_state, model_spec,
-                         resume_training, save_training)
+from .checkpoint import (StopRequest, build_model, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
+                         load_model_state, model_spec, resume_training, save_training)
 from .data import IMAGE_SETS, load_images, to_pixel_range
 from .elbo import l_simple
 from .forward import q_sample
+from .guidance import drop_labels
 from .ema import ema_decay, make_ema_model, update_ema
 from .sampling import sample_ddpm
 from .schedules import Schedule, make_schedule
 from .toy_data import TOY_SETS, make_toy
 from .unet import PRESETS
 
-RUN_DEFINING = ("data", "toy_n", "preset", "schedule", "T", "batch_size", "seed")  # fixed when resuming
+RUN_DEFINING = ("data", "toy_n", "preset", "schedule", "T", "batch_size", "seed",   # fixed when resuming
+                "num_classes", "p_uncond")
 
 
 @dataclass
@@ -50,7 +55,8 @@ class TrainConfig:
     """Every setting of a training run; the command line's flags carry the same names with dashes.
 
     Seeds: θ's initialisation and the data order use ``seed``; rank r draws t and ε from
-    ``seed + 1000·(r + 1)`` and its dropout masks from ``seed + 1000·(r + 1) + 1``.
+    ``seed + 1000·(r + 1)``, its dropout masks from ``seed + 1000·(r + 1) + 1`` and (classifier-free
+    guidance) its dropped labels from ``seed + 1000·(r + 1) + 2``.
     """
 
     data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)
@@ -77,6 +83,8 @@ class TrainConfig:
     compile: bool = False         # wrap the network in torch.compile
     resume: bool = False          # continue from the latest checkpoint in out_dir
     progress: bool = True         # tqdm bar on rank 0
+    num_classes: int = 0          # 0: an unconditional ε-model; K > 0: ConditionalUNet with K classes (CFG)
+    p_uncond: float = 0.1         # classifier-free guidance: probability of replacing a label by the null label
 
     def __post_init__(self):
         if self.data not in IMAGE_SETS + TOY_SETS:
@@ -90,6 +98,15 @@ class TrainConfig:
                 or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr and grad_clip must be positive, warmup, sample_every and weight_decay "
                              "non-negative, and ema_decay in [0, 1)")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or a positive number of classes, "
+                             f"got {self.num_classes!r}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond (the probability of dropping a label) must lie in [0, 1), got {self.p_uncond}")
+        if self.num_classes and self.data in TOY_SETS:
+            raise ValueError(f"num_classes > 0 (classifier-free guidance) trains the class-conditional U-Net on "
+                             f"an image set; the toy set {self.data!r} is trained by the toy MLP, which takes no "
+                             f"labels: use --num-classes 0")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -105,12 +122,16 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
-def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   y: torch.Tensor | None = None) -> torch.Tensor:
     """L_simple (eq. 14) at x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4): lines 4–5 of Algorithm 1.
 
     ``s`` lives on x0's device (``Schedule.to``) so that nothing in the step waits for the GPU.
+    With labels y (B,) the network is class-conditional and is called as ``eps_model(xt, t, y)``.
     """
-    return l_simple(eps, eps_model(q_sample(s, x0, t, eps), t).float())
+    xt = q_sample(s, x0, t, eps)
+    eps_pred = eps_model(xt, t) if y is None else eps_model(xt, t, y)
+    return l_simple(eps, eps_pred.float())
 
 
 class EpochBatches:
@@ -166,17 +187,27 @@ class Trainer:
             model, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = torch.compile(net) if config.compile else net
         self.noise_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1))
+        self.label_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1) + 2)
 
-    def train_step(self, x0: torch.Tensor) -> torch.Tensor:
-        """One pass of Algorithm 1's loop on the minibatch x0; returns the loss, still on the device."""
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass of Algorithm 1's loop on the minibatch x0; returns the loss, still on the device.
+
+        With labels y (B,) (a class-conditional model, ``config.num_classes`` > 0) each label becomes
+        the null label ``num_classes`` with probability ``config.p_uncond`` first (classifier-free guidance).
+        """
+        if (y is None) != (self.config.num_classes == 0):
+            raise ValueError(f"train_step needs labels y exactly when the model is class-conditional "
+                             f"(num_classes = {self.config.num_classes}), got y={'None' if y is None else 'labels'}")
         self.step += 1
         g, B = self.noise_generator, x0.shape[0]
         t = torch.randint(1, self.config.T + 1, (B,), generator=g, device=self.device)   # t ~ U{1..T}
         eps = torch.randn(x0.shape, generator=g, device=self.device)                    # ε ~ N(0, I)
+        if y is not None:
+            y = drop_labels(y, self.config.p_uncond, self.config.num_classes, self.label_generator)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype \
             else contextlib.nullcontext()
         with autocast:
-            loss = diffusion_loss(self.net, self.schedule, x0, t, eps)
+            loss = diffusion_loss(self.net, self.schedule, x0, t, eps, y)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
         self.scaler.scale(loss).backward()
@@ -201,56 +232,54 @@ class Trainer:
         self.step = ckpt["step"]
 
 
-def load_training_data(config: TrainConfig, device) -> torch.Tensor:
-    """The whole data set as one float32 tensor on ``device``: images (N, C, 32, 32) in [−1, 1]
-    (MNIST padded from 28 to 32) or toy points (N, 2) drawn with ``config.seed``."""
+def load_training_data(config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x0, y)``: the whole data set as one float32 tensor on ``device``, images (N, C, 32, 32) in
+    [−1, 1] (MNIST padded from 28 to 32) or toy points (N, 2) drawn with ``config.seed``; and, for a
+    class-conditional run (``config.num_classes`` > 0), the labels as a long tensor (N,) on ``device``
+    (else None). Labels outside 0..num_classes − 1 raise ``ValueError``."""
     if config.data in TOY_SETS:
-        x0, _ = make_toy(config.data, config.toy_n, generator=torch.Generator().manual_seed(config.seed))
+        x0, y = make_toy(config.data, config.toy_n, generator=torch.Generator().manual_seed(config.seed))
     else:
-        x0, _ = load_images(config.data, root=config.data_root, train=True, pad_to_32=True)
-    return x0.to(device=device, dtype=torch.float32)
+        x0, y = load_images(config.data, root=config.data_root, train=True, pad_to_32=True)
+    if not config.num_classes:
+        return x0.to(device=device, dtype=torch.float32), None
+    if y is None or int(y.min()) < 0 or int(y.max()) >= config.num_classes:
+        found = "no labels" if y is None else f"labels {int(y.min())}..{int(y.max())}"
+        raise ValueError(f"num_classes={config.num_classes} but {config.data!r} has {found}: pass --num-classes "
+                         f"{int(y.max()) + 1 if y is not None else 0}")
+    return x0.to(device=device, dtype=torch.float32), y.to(device=device, dtype=torch.long)
 
 
-def write_samples(x0: torch.Tensor, path: str | Path) -> Path:
-    """Save samples: images (B, C, H, W) in [−1, 1] as a PNG grid, or any tensor as ``.pt``."""
+def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save samples: images (B, C, H, W) in [−1, 1] as a PNG grid of ``nrow`` images per row (default:
+    about a square), or any tensor as ``.pt``."""
     from torchvision.utils import save_image
     path = Path(path)
     if path.suffix == ".pt":
         torch.save(x0.cpu(), path)
     elif x0.ndim == 4:
-        save_image(to_pixel_range(x0), path, nrow=math.ceil(math.sqrt(x0.shape[0])))
+        save_image(to_pixel_range(x0), path, nrow=nrow or math.ceil(math.sqrt(x0.shape[0])))
     else:
         raise ValueError(f"samples of shape {tuple(x0.shape)} are points, not images: save them as a .pt file")
     return path
 
 
-class _StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
-    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
+@torch.no_grad()
+def training_samples(trainer: Trainer, config: TrainConfig, example_shape: tuple, device):
+    """``(samples, nrow)`` for a grid during training: ``n_samples`` draws of θ_ema (Algorithm 2) from
+    the same x_T each time (seed ``config.seed``). A class-conditional model draws
+    max(1, n_samples // K) samples of each class 0..K−1 at w = 1 (ε_θ(x_t, t, y)), one class per row."""
+    g = torch.Generator(device).manual_seed(config.seed)     # the same x_T each time: comparable grids
+    K = config.num_classes
+    if not K:
+        return sample_ddpm(trainer.ema_model, trainer.schedule, (config.n_samples, *example_shape), generator=g), None
+    per_class = max(1, config.n_samples // K)
+    labels = torch.arange(K, device=device).repeat_interleave(per_class)      # row k: class k
 
-    def __init__(self):
-        self.requested, self._previous = False, {}
+    def eps_model(xt, t):
+        return trainer.ema_model(xt, t, labels)
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
-        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+    return sample_ddpm(eps_model, trainer.schedule, (K * per_class, *example_shape), generator=g), per_class
 
 
 def train(config: TrainConfig) -> Trainer:
@@ -294,10 +323,10 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
 
     if world > 1 and not main:
         dist.barrier()                                   # rank 0 downloads and caches the data first
-    x0_data = load_training_data(config, device)
+    x0_data, y_data = load_training_data(config, device)
     if world > 1 and main:
         dist.barrier()
-    spec = model_spec(tuple(x0_data.shape[1:]), config.preset)
+    spec = model_spec(tuple(x0_data.shape[1:]), config.preset, config.num_classes)
     torch.manual_seed(config.seed)                       # the same θ at step 0 on every rank
     model = build_model(spec).to(device)
     channels_last = device.type == "cuda" and x0_data.ndim == 4
@@ -308,12 +337,13 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
     batches = EpochBatches(len(x0_data), config.batch_size, config.seed, rank, world, device)
     elapsed, last_saved = 0.0, None
     if resume_from is not None:
-        ckpt = resume_training(resume_from, trainer, batches, asdict(config), RUN_DEFINING, rank, world)
+        ckpt = resume_training(resume_from, trainer, batches, asdict(config), RUN_DEFINING, rank, world,
+                               defaults={"num_classes": 0, "p_uncond": TrainConfig.p_uncond})
         elapsed, last_saved = ckpt["elapsed"], resume_from
     metrics_path = out_dir / "metrics.jsonl"
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _keep_metrics_up_to(metrics_path, trainer.step)
+        keep_metrics_up_to(metrics_path, trainer.step)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"training {spec['kind']} ({n_params:,} parameters) on {config.data} {tuple(x0_data.shape)}: {device}, "
               f"autocast {trainer.amp_dtype}, {world} process(es), from step {trainer.step}")
@@ -335,12 +365,13 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
     start = mark = time.perf_counter()
     step_at_mark, paused = trainer.step, 0.0             # paused: seconds spent sampling and saving
     bar = tqdm(total=config.steps, initial=trainer.step, desc="training", disable=not (config.progress and main))
-    with _StopRequest() as stop, bar:
+    with StopRequest() as stop, bar:
         while trainer.step < config.steps:
-            x0 = x0_data[batches.next_indices()]
+            indices = batches.next_indices()
+            x0 = x0_data[indices]
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            loss = trainer.train_step(x0)
+            loss = trainer.train_step(x0, None if y_data is None else y_data[indices])
             step, last = trainer.step, trainer.step == config.steps
             loss_sum += loss
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < no_bad), first_bad, step)
@@ -362,10 +393,8 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 mark, step_at_mark, paused = now, step, 0.0
             side_work = time.perf_counter()
             if main and config.sample_every and (step % config.sample_every == 0 or last):
-                g = torch.Generator(device).manual_seed(config.seed)   # the same x_T each time: comparable grids
-                samples = sample_ddpm(trainer.ema_model, trainer.schedule,
-                                      (config.n_samples, *x0_data.shape[1:]), generator=g)
-                write_samples(samples, out_dir / f"samples_{step:08d}.{'png' if samples.ndim == 4 else 'pt'}")
+                samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device)
+                write_samples(samples, out_dir / f"samples_{step:08d}.{'png' if samples.ndim == 4 else 'pt'}", nrow)
             if step % config.save_every == 0 or last or stopping:
                 check_finite()
                 last_saved = save()

@@ -100,3 +100,60 @@ def format_rows(rows: list[dict]) -> str:
                      f"{r['confidence']:>12.3f}{r['seconds_per_1000']:>10.2f}")
     lines.append(f"(class entropy of a uniform spread over the ten digits: ln 10 = {math.log(10):.3f})")
     return "\n".join(lines)
+
+
+def add_trilemma_parser(commands) -> None:
+    """The ``trilemma`` subcommand of ``python -m ddpm_lib``."""
+    from .classifier import DEFAULT_CLASSIFIER
+    p = commands.add_parser("trilemma", help="FID-MNIST, NFE and seconds per 1,000 samples of DDPM, DDIM and DDGAN",
+                            description=__doc__.split("\n\n")[0])
+    p.add_argument("--ddpm", required=True, help="the ε-model: exported weights, checkpoint or run folder")
+    p.add_argument("--ddgan", required=True, help="the DDGAN generator: exported file, checkpoint or run folder")
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=[50, 4], help="DDIM rows (η = 0)")
+    p.add_argument("--n", type=int, default=5000, help="samples per row")
+    p.add_argument("--batch-size", type=int, default=500, help="samples drawn at once")
+    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="the classifier behind FID-MNIST")
+    p.add_argument("--seed", type=int, default=0, help="seed of every row's draws")
+    p.add_argument("--device", default=None, help="None: cuda when available")
+    p.add_argument("--out", default="trilemma.json", help="JSON file for the table")
+
+
+def run_trilemma(args) -> dict:
+    """Measure the rows and write the JSON table (the command's work)."""
+    import json
+    from pathlib import Path
+
+    from .classifier import load_classifier
+    from .data import load_images
+    from .ddgan import sample_ddgan
+    from .ddgan_train import load_ddgan_generator
+    from .export import load_sampling_model
+
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2 (a covariance needs two samples), got {args.n}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eps_model, s, info = load_sampling_model(args.ddpm, device)
+    G, s_gan, gan_info = load_ddgan_generator(args.ddgan, device)
+    shape = tuple(info["example_shape"])
+    if tuple(gan_info["example_shape"]) != shape:
+        raise ValueError(f"the DDPM draws {shape} images and the DDGAN {tuple(gan_info['example_shape'])}: "
+                         f"compare models of the same data")
+    eps_counter, g_counter = CallCounter(eps_model), CallCounter(G)
+    s = s.to(device)
+    samplers = {f"DDPM ({s.T} steps)": (ddpm_draw(eps_counter, s, shape), eps_counter)}
+    for steps in args.ddim_steps:
+        samplers[f"DDIM ({steps} steps, η = 0)"] = (ddim_draw(eps_counter, s, shape, steps), eps_counter)
+    samplers[f"DDGAN ({s_gan.T} steps)"] = (
+        lambda b, g: sample_ddgan(g_counter, s_gan, (b, *shape), z_dim=G.z_dim, generator=g), g_counter)
+    real, _ = load_images(info["config"].get("data", "mnist-5k"), train=False, pad_to_32=True)
+    rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
+                         device, args.seed)
+    from .cli import METRIC
+    table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+             else "cpu", "ddpm": str(args.ddpm), "ddgan": str(args.ddgan), "reference": {"n": len(real),
+             "split": "held-out"}, "seed": args.seed, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
+    print(format_rows(rows))
+    print(f"wrote {args.out}")
+    return table

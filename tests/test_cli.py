@@ -206,3 +206,52 @@ def test_help_lists_evaluate_and_train_classifier_and_names_the_metric(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "not Inception FID" in " ".join(capsys.readouterr().out.split())      # argparse wraps lines
+
+
+def test_sample_and_evaluate_accept_an_exported_weights_file(tmp_path, capsys, monkeypatch):
+    """``sample`` and ``evaluate`` take the file ``export`` writes as well as a run folder (one loader that
+    reads the format tag): sampling it equals DDIM with ``load_pretrained``'s model, and evaluate
+    reports the step and data stored with the weights. Catches: a loader for checkpoints only."""
+    import ddpm_lib as dl
+    from ddpm_lib.export import export_ema_weights, load_pretrained
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=2, steps=2, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(tmp_path / "run"), progress=False, device="cpu"))
+    export_ema_weights(tmp_path / "run", tmp_path / "w.pt", command="test")
+    assert main(["sample", "--checkpoint", str(tmp_path / "w.pt"), "--n", "3", "--sampler", "ddim", "--steps", "2",
+                 "--seed", "5", "--out", str(tmp_path / "x.pt"), "--device", "cpu"]) == 0
+    model, s = load_pretrained(tmp_path / "w.pt")
+    expected = dl.sample_ddim(model, s, (3, 1, 32, 32), steps=2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True), expected)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--checkpoint", "w.pt", "--n", "8", "--device", "cpu", "--out", "r.json"]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["checkpoint"] == "w.pt" and r["step"] == 2 and r["data"] == "mnist-5k" and r["samples"]["n"] == 8
+
+
+def test_evaluate_can_measure_the_raw_weights_of_a_checkpoint(tmp_path, capsys):
+    """``--weights raw`` samples with θ, not θ_ema: the loader returns the checkpoint's "model" tensors, the
+    JSON says which weights were measured, an exported file (θ_ema only) is refused, and ``--bf16`` on a CPU
+    is refused in one line. Catches: raw silently falling back to θ_ema."""
+    import ddpm_lib as dl
+    from ddpm_lib.checkpoint import latest_checkpoint, load_checkpoint
+    from ddpm_lib.export import export_ema_weights, load_sampling_model
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=2, steps=3, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(tmp_path / "run"), progress=False, device="cpu"))
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    raw, _, info = load_sampling_model(tmp_path / "run", weights="raw")
+    ema, _, _ = load_sampling_model(tmp_path / "run")
+    assert info["weights"] == "raw"
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in raw.state_dict().items())
+    assert any(not torch.equal(v, raw.state_dict()[k]) for k, v in ema.state_dict().items())
+    out = tmp_path / "raw.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--weights", "raw", "--n", "4",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["weights"] == "raw" and "raw θ" in r["sampler"] and r["precision"] == "float32"
+    capsys.readouterr()
+    export_ema_weights(tmp_path / "run", tmp_path / "w.pt", command="test")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "w.pt"), "--weights", "raw", "--n", "4",
+                 "--device", "cpu", "--out", str(out)]) == 1
+    assert "θ_ema only" in one_error_line(capsys)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--bf16", "--n", "4", "--device", "cpu"]) == 1
+    assert "needs a CUDA device" in one_error_line(capsys)

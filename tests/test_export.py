@@ -62,3 +62,56 @@ def test_export_command_line(run_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddpm_lib", "export", "--checkpoint", str(tmp_path / "none"),
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- the class-conditional model, and one loader for checkpoints and weights files ----
+
+@pytest.fixture(scope="module")
+def cfg_run(tmp_path_factory):
+    """A class-conditional (CFG) tiny U-Net after 2 steps on mnist-5k (T = 10, cosine)."""
+    out = tmp_path_factory.mktemp("cfg")
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=10, steps=2, batch_size=8, warmup=1,
+                            sample_every=0, log_every=1, out_dir=str(out), progress=False, device="cpu",
+                            num_classes=10))
+    return out
+
+
+def test_conditional_model_exports_and_loads_with_its_null_label(cfg_run, tmp_path):
+    from ddpm_lib.export import load_sampling_model
+    card = export_ema_weights(cfg_run, tmp_path / "cfg.pt", command="test")
+    assert card["model_spec"]["kind"] == "conditional_unet" and card["config"]["num_classes"] == 10
+    model, s = load_pretrained(tmp_path / "cfg.pt")
+    assert isinstance(model, dl.ConditionalUNet) and model.null_label == 10 and (s.name, s.T) == ("cosine", 10)
+    ema = load_checkpoint(latest_checkpoint(cfg_run))["ema"]
+    assert all(torch.equal(v, ema[k].half().float()) for k, v in model.state_dict().items())
+    from_file, s_file, info_file = load_sampling_model(tmp_path / "cfg.pt")
+    from_run, s_run, info_run = load_sampling_model(cfg_run)
+    assert (info_file["source"], info_run["source"]) == ("weights", "checkpoint")
+    for key in ("step", "example_shape", "config", "model_spec"):
+        assert info_file[key] == info_run[key], key
+    assert info_file["example_shape"] == (1, 32, 32) and info_file["step"] == 2
+    assert all(torch.equal(v, from_run.state_dict()[k].half().float()) for k, v in from_file.state_dict().items())
+    xt, t, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 9]), torch.tensor([4, 10])
+    torch.testing.assert_close(from_file(xt, t, y), from_run(xt, t, y), rtol=0.05, atol=0.05)   # fp16 weights
+
+
+def test_sampling_loader_reads_weights_exported_before_step_and_shape_were_stored(run_dir, tmp_path):
+    """An older weights file (format, model_spec, ema, schedule only): the step and config come from its
+    card, the example shape from the architecture; a file of another kind is refused in one line."""
+    from ddpm_lib.checkpoint import save_atomic
+    from ddpm_lib.classifier import DEFAULT_CLASSIFIER
+    from ddpm_lib.export import load_sampling_model
+    path = tmp_path / "old.pt"
+    export_ema_weights(run_dir, path)
+    blob = torch.load(path, weights_only=True)
+    save_atomic({k: blob[k] for k in ("format", "model_spec", "ema", "schedule")}, path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**card, "sha256": file_sha256(path)}))
+    model, s, info = load_sampling_model(path)
+    assert info["step"] == 3 and info["example_shape"] == (2,) and info["config"]["data"] == "two_moons"
+    assert s.T == 30 and info["source"] == "weights"
+    with pytest.raises(ValueError, match="is not a ddpm_lib checkpoint or exported weights file"):
+        load_sampling_model(DEFAULT_CLASSIFIER)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        load_sampling_model(path)

@@ -133,8 +133,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
     whole = train(toy_config(tmp_path, "whole"))
     original = Trainer.train_step
 
-    def step_then_ctrl_c(self, x0):
-        loss = original(self, x0)
+    def step_then_ctrl_c(self, x0, y=None):
+        loss = original(self, x0, y)
         if self.step == 5:
             os.kill(os.getpid(), signal.SIGINT)
         return loss
@@ -213,3 +213,106 @@ def test_config_rejects_unknown_names_and_bad_numbers():
         TrainConfig(preset="huge")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         TrainConfig(batch_size=0)
+
+
+# ---- classifier-free guidance: a class-conditional U-Net trained with label dropout ----
+
+@pytest.fixture
+def micro_labelled(monkeypatch):
+    """The "micro" preset and 40 fixed 1×16×16 pictures with labels 0..9 (four of each)."""
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    g = torch.Generator().manual_seed(8)
+    images = torch.where(torch.rand(40, 1, 16, 16, generator=g) > 0.7, 1.0, -1.0)
+    labels = torch.arange(40) % 10
+    monkeypatch.setattr(train_module, "load_images", lambda *args, **kwargs: (images, labels))
+    return images, labels
+
+
+CFG_RUN = dict(data="mnist-5k", preset="micro", T=50, batch_size=8, lr=1e-3, warmup=2, log_every=1, save_every=3,
+               sample_every=0, keep=5, device="cpu", progress=False, num_classes=10, p_uncond=0.3)
+
+
+def test_cfg_training_resumes_bit_for_bit(tmp_path, micro_labelled):
+    """A ConditionalUNet run of 6 steps equals 5 steps, the step-5 checkpoint deleted, and a resume from
+    step 3: the label-dropout generator is checkpointed too. Catches: dropped labels drawn from a stream
+    that restarts at the seed on resume (the resumed run drops other labels from step 4 on)."""
+    whole = train(TrainConfig(steps=6, out_dir=str(tmp_path / "whole"), **CFG_RUN))
+    assert isinstance(whole.model, dl.ConditionalUNet) and whole.model.null_label == 10
+    split = tmp_path / "split"
+    train(TrainConfig(steps=5, out_dir=str(split), **CFG_RUN))
+    (split / "ckpt_00000005.pt").unlink()
+    resumed = train(TrainConfig(steps=6, out_dir=str(split), resume=True, **CFG_RUN))
+    assert_same_training_state(whole, resumed)
+    assert torch.equal(whole.label_generator.get_state(), resumed.label_generator.get_state())
+    ckpt = load_checkpoint(list_checkpoints(split)[-1])
+    assert ckpt["model_spec"]["kind"] == "conditional_unet" and ckpt["model_spec"]["config"]["num_classes"] == 10
+    with pytest.raises(ValueError, match="p_uncond=0.3 there, 0.5 here"):
+        train(TrainConfig(**{**CFG_RUN, "p_uncond": 0.5}, steps=8, out_dir=str(split), resume=True))
+
+
+def test_cfg_step_feeds_the_labels_dropped_with_its_own_generator(micro_labelled):
+    """train_step passes the network the batch's labels with each replaced by the null label 10 where a
+    uniform draw of the label generator (seed + 1000 + 2, re-drawn here by hand) falls below p_uncond,
+    and draws t and ε as the unconditional step does. Catches: labels not dropped, dropped with the
+    noise generator (shifting t and ε), dropped to label 0."""
+    config = TrainConfig(**{**CFG_RUN, "p_uncond": 0.5, "seed": 4})
+    torch.manual_seed(0)
+    trainer = Trainer(dl.ConditionalUNet(num_classes=10, **MICRO), config, torch.device("cpu"))
+    seen = []
+    trainer.model.register_forward_hook(lambda module, args, out: seen.append(args))
+    x0, y = micro_labelled[0][:8], micro_labelled[1][:8]
+    trainer.train_step(x0, y)
+    trainer.train_step(x0, y)
+    drops = torch.Generator().manual_seed(4 + 1000 + 2)
+    noise = torch.Generator().manual_seed(4 + 1000)
+    for xt, t, labels in seen:
+        expected = torch.where(torch.rand(8, generator=drops) < 0.5, torch.tensor(10), y)
+        assert torch.equal(labels, expected)
+        assert torch.equal(t, torch.randint(1, 51, (8,), generator=noise))
+        torch.randn(x0.shape, generator=noise)                           # ε of that step
+    assert any((labels == 10).any() and (labels != 10).any() for _, _, labels in seen)
+    with pytest.raises(ValueError, match="needs labels y exactly when"):
+        trainer.train_step(x0)
+
+
+def test_cfg_sample_grid_has_one_class_per_row(tmp_path, micro_labelled):
+    """With 10 classes and n_samples 25, the grid during training holds 2 samples of each class 0..9, class
+    k in row k (θ_ema called with labels 0,0,1,1,…), as a PNG of 10 rows and 2 columns."""
+    from PIL import Image
+    trainer = train(TrainConfig(**{**CFG_RUN, "sample_every": 2, "n_samples": 25}, steps=2, out_dir=str(tmp_path / "r")))
+    assert Image.open(tmp_path / "r" / "samples_00000002.png").size == (2 * 18 + 2, 10 * 18 + 2)
+    seen = []
+    trainer.ema_model.register_forward_hook(lambda module, args, out: seen.append(args[2]))
+    samples, nrow = train_module.training_samples(trainer, trainer.config, (1, 16, 16), torch.device("cpu"))
+    assert samples.shape == (20, 1, 16, 16) and nrow == 2 and len(seen) == 50        # one call per step, T = 50
+    assert all(torch.equal(labels, torch.arange(10).repeat_interleave(2)) for labels in seen)
+
+
+def test_cfg_config_and_data_errors(tmp_path, micro_labelled, capsys):
+    from ddpm_lib.cli import main
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"p_uncond .* must lie in \[0, 1\)"):
+            TrainConfig(p_uncond=bad)
+    with pytest.raises(ValueError, match="num_classes must be 0"):
+        TrainConfig(num_classes=-1)
+    for toy in ("swiss_roll", "two_moons"):
+        with pytest.raises(ValueError, match="takes no labels"):
+            TrainConfig(data=toy, num_classes=2)
+    with pytest.raises(ValueError, match=r"num_classes=5 but 'mnist-5k' has labels 0..9: pass --num-classes 10"):
+        train(TrainConfig(**{**CFG_RUN, "num_classes": 5}, steps=1, out_dir=str(tmp_path / "r")))
+    assert main(["train", "--data", "two_moons", "--p-uncond", "1", "--out-dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: p_uncond") and "\n" not in err
+
+
+def test_checkpoints_from_before_cfg_still_resume(tmp_path):
+    """A checkpoint whose config lacks num_classes and p_uncond and whose random states lack the label
+    generator (written before classifier-free guidance existed) resumes as an unconditional run."""
+    train(toy_config(tmp_path, steps=4))
+    path = list_checkpoints(tmp_path / "run")[-1]
+    ckpt = load_checkpoint(path)
+    for key in ("num_classes", "p_uncond"):
+        del ckpt["config"][key]
+    del ckpt["rng"][0]["labels"]
+    torch.save(ckpt, path)
+    assert train(toy_config(tmp_path, resume=True)).step == 8

@@ -67,3 +67,32 @@ def test_rows_rank_real_digits_above_noise():
     assert by["noise"]["fid_mnist"] > 100 and by["noise"]["confidence"] < by["replay"]["confidence"]
     table = format_rows(rows)
     assert "replay" in table and "noise" in table and "FID-MNIST" in table
+
+
+def test_trilemma_command_end_to_end(tmp_path, capsys):
+    """A 2-step DDPM (T = 6) and a 2-step DDGAN (T = 4) on mnist-5k through ``python -m ddpm_lib trilemma``:
+    four rows with the counted NFE (T, each DDIM step count, the DDGAN's T), positive timings, a JSON file;
+    models of different image shapes are refused in one line. Catches: a row's NFE taken from its name
+    rather than counted, the DDGAN sampled with the DDPM's schedule."""
+    import json
+
+    import ddpm_lib as dl
+    from ddpm_lib.cli import main
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=2, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(tmp_path / "ddpm"), progress=False, device="cpu"))
+    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    out = tmp_path / "t.json"
+    assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--ddim-steps", "3", "2",
+                 "--n", "6", "--batch-size", "4", "--device", "cpu", "--out", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert [r["nfe"] for r in table["rows"]] == [6, 3, 2, 4]
+    assert table["n"] == 6 and all(r["seconds_per_1000"] > 0 and r["n"] == 6 for r in table["rows"])
+    assert "DDGAN" in capsys.readouterr().out
+    dl.train(dl.TrainConfig(data="two_moons", toy_n=64, T=30, steps=1, batch_size=8, sample_every=0,
+                            out_dir=str(tmp_path / "moons"), device="cpu", progress=False))
+    capsys.readouterr()
+    assert main(["trilemma", "--ddpm", str(tmp_path / "moons"), "--ddgan", str(tmp_path / "gan"), "--n", "4",
+                 "--device", "cpu", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "same data" in err

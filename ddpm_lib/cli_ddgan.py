@@ -1,0 +1,104 @@
+"""The DDGAN subcommands of ``python -m ddpm_lib`` (registered by ``cli.build_parser``, run by ``cli.main``).
+
+    python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --out-dir runs/ddgan
+    python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue that run
+    python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --steps 3000 --out-dir runs/gan8
+    python -m ddpm_lib sample-ddgan --checkpoint runs/ddgan --n 64 --out ddgan.png   # T calls of G_ema
+    python -m ddpm_lib sample-ddgan --checkpoint runs/gan8 --n 1000 --out points.pt # 2-D points as a tensor
+    python -m ddpm_lib export-ddgan --checkpoint runs/ddgan --out data/ddgan_mnist.pt --training-command "…"
+
+Errors are raised as ValueError / OSError / RuntimeError / FloatingPointError, which ``cli.main`` turns
+into one line and exit status 1 (an unknown preset or data set included, so they are not argparse choices).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+import torch
+
+from .data import IMAGE_SETS
+from .ddgan import sample_ddgan
+from .ddgan_nets import DDGAN_PRESETS
+from .ddgan_train import CONFIG_FIELDS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .toy_data import TOY_SETS
+from .training import write_samples
+
+DDGAN_COMMANDS = ("train-ddgan", "sample-ddgan", "export-ddgan")
+
+
+def add_ddgan_commands(subparsers) -> None:
+    """Add ``train-ddgan``, ``sample-ddgan`` and ``export-ddgan`` to the ``add_subparsers()`` object."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    d = DDGANConfig()
+    p = subparsers.add_parser("train-ddgan", formatter_class=fmt,
+                              help="train a Denoising Diffusion GAN (Xiao et al. 2022): T = 4 GAN-learned steps")
+    p.add_argument("--data", default=d.data, help=f"one of {', '.join(IMAGE_SETS + TOY_SETS)}")
+    p.add_argument("--data-root", default=d.data_root, help="cache folder of the torchvision sets (None: data/cache)")
+    p.add_argument("--toy-n", type=int, default=d.toy_n, help="points drawn for a toy set")
+    p.add_argument("--preset", default=d.preset, help=f"networks: one of {', '.join(DDGAN_PRESETS)}")
+    p.add_argument("--T", type=int, default=d.T, help="denoising steps")
+    p.add_argument("--beta-min", type=float, default=d.beta_min, help="β_min of the VP SDE schedule")
+    p.add_argument("--beta-max", type=float, default=d.beta_max, help="β_max of the VP SDE schedule")
+    p.add_argument("--steps", type=int, default=d.steps, help="steps (one D and one G update each) in all")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
+    p.add_argument("--lr-g", type=float, default=d.lr_g, help="Adam's learning rate for G")
+    p.add_argument("--lr-d", type=float, default=d.lr_d, help="Adam's learning rate for D")
+    p.add_argument("--betas", type=float, nargs=2, default=d.betas, metavar=("BETA1", "BETA2"), help="Adam's betas")
+    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma, help="R1 weight γ (penalty (γ/2)·R1; 0: none)")
+    p.add_argument("--lazy-r1", type=int, default=d.lazy_r1, help="R1 every k-th step with weight k·γ/2")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of G's weight average G_ema")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, data order and noise")
+    p.add_argument("--out-dir", default=d.out_dir, help="folder for checkpoints, metrics.jsonl and samples")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
+    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per grid")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
+    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
+    p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    s = subparsers.add_parser("sample-ddgan", formatter_class=fmt,
+                              help="draw samples with G_ema of a DDGAN run or exported file (T generator calls)")
+    s.add_argument("--checkpoint", required=True, help="a DDGAN run folder (latest), ckpt_*.pt or exported file")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--out", default="ddgan.png", help="PNG grid for images; .pt saves the tensor")
+    s.add_argument("--seed", type=int, default=0, help="seed of x_T, z and the posterior noise")
+    s.add_argument("--device", default=None, help="None: cuda when available")
+    e = subparsers.add_parser("export-ddgan", formatter_class=fmt,
+                              help="write G_ema in half precision with a JSON card (config, sha256, command)")
+    e.add_argument("--checkpoint", required=True, help="a DDGAN run folder (latest) or ckpt_*.pt file")
+    e.add_argument("--out", required=True, help="weights file, e.g. data/ddgan_mnist.pt (card: .json)")
+    e.add_argument("--training-command", default=None,
+                   help="the training command to record in the card (default: this export command)")
+
+
+def run_sample_ddgan(args: argparse.Namespace) -> Path:
+    """Sample ``args.n`` examples with G_ema and write them to ``args.out``; returns the path."""
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    G, schedule, info = load_ddgan_generator(args.checkpoint, device)
+    shape = info["example_shape"]
+    if len(shape) != 3 and Path(args.out).suffix != ".pt":
+        raise ValueError(f"this model draws {shape[0]}-D points, not images: pass --out with a .pt name")
+    x0 = sample_ddgan(G, schedule, (args.n, *shape), generator=torch.Generator(device).manual_seed(args.seed))
+    path = write_samples(x0, args.out)
+    print(f"wrote {args.n} samples (G_ema after step {info['step']}, {schedule.T} generator calls) to {path}")
+    return path
+
+
+def run_ddgan_command(args: argparse.Namespace, argv: list[str]) -> None:
+    """Run one of ``DDGAN_COMMANDS``; ``argv`` is the command line (recorded by export-ddgan)."""
+    if args.command == "train-ddgan":
+        train_ddgan(DDGANConfig(**{k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}))
+    elif args.command == "sample-ddgan":
+        run_sample_ddgan(args)
+    elif args.command == "export-ddgan":
+        command = args.training_command or shlex.join(["python", "-m", "ddpm_lib", *argv])
+        card = export_ddgan(args.checkpoint, args.out, command=command)
+        print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
+              f"{Path(args.out).with_suffix('.json')}")
+    else:
+        raise ValueError(f"not a DDGAN command: {args.command!r}")

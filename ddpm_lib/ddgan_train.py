@@ -1,0 +1,361 @@
+"""Training Denoising Diffusion GANs on images or toy points: Algorithm 1 of Xiao, Kreis & Vahdat (2022).
+
+    repeat
+        x_0 ~ q(x_0)                                    EpochBatches: a seeded permutation per epoch
+        t ~ U{1..T}; (x_{t−1}, x_t) ~ q                 q_sample_pairs
+        x_{t−1}′ ~ q(x_{t−1} | x_t, G(x_t, z, t))       posterior_sample, z ~ N(0, I)
+        D step: softplus(−D(x_{t−1}, x_t, t)) + softplus(D(x_{t−1}′, x_t, t)) + (γ/2)·R1
+        G step: on the same x_0, a fresh t, pair and z: softplus(−D(x_{t−1}′, x_t, t))
+        θ_ema ← EMA of G's weights
+    until the step budget is spent
+
+Adam with (β1, β2) = (0.5, 0.9) for both networks (the paper's). R1 may be lazy: with ``lazy_r1 = k``
+it is computed every k-th step only, with weight k·γ/2, so its average pull on D is unchanged
+(StyleGAN2's lazy regularisation). Training is in float32: a GAN's losses and R1's double backward
+are sensitive to rounding, and the networks here are small, so mixed precision is not worth its risk.
+
+Around it, as the diffusion trainer (``training.py``) does: automatic device, a tqdm bar with the
+losses and images/s, metrics.jsonl, sample grids from G_ema, atomic keep-last-k checkpoints that
+continue bit for bit with ``resume``, Ctrl-C / SIGTERM save-then-stop, and a stop naming the step
+when a loss becomes NaN. ``load_ddgan_generator`` and ``export_ddgan`` are for sampling and shipping.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import (StopRequest, file_sha256, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
+                         load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_atomic,
+                         save_checkpoint)
+from .data import IMAGE_SETS, load_images
+from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
+from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
+from .ema import ema_decay, make_ema_model, update_ema
+from .toy_data import TOY_SETS, make_toy
+from .training import EpochBatches, write_samples
+
+WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
+RUN_DEFINING = ("data", "toy_n", "preset", "T", "beta_min", "beta_max", "batch_size", "seed")  # fixed on resume
+
+
+@dataclass
+class DDGANConfig:
+    """Every setting of a DDGAN run; the command line's flags carry the same names with dashes.
+
+    Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z and the
+    posterior noise come from one generator seeded with ``seed + 1000``. Defaults are the paper's
+    CIFAR-10 settings where they apply (T = 4, β range, learning rates, Adam's betas, γ).
+    """
+
+    data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)
+    data_root: str | None = None  # cache folder for the torchvision sets (None: data/cache)
+    toy_n: int = 10_000           # points drawn once for a toy set
+    preset: str = "mnist"         # networks (ddgan_nets.DDGAN_PRESETS); toy sets use the preset's MLPs
+    T: int = 4                    # denoising steps
+    beta_min: float = 0.1         # the VP SDE's β range (ddgan_schedule)
+    beta_max: float = 20.0
+    steps: int = 10_000           # steps (one D and one G update each), counted from 0 also when resuming
+    batch_size: int = 64
+    lr_g: float = 1.6e-4          # Adam's learning rate for G
+    lr_d: float = 1.25e-4         # and for D
+    betas: tuple = (0.5, 0.9)     # Adam's (β1, β2) for both
+    r1_gamma: float = 0.02        # R1 weight γ (the penalty is (γ/2)·R1)
+    lazy_r1: int = 1              # compute R1 every k-th step with weight k·γ/2 (1: every step)
+    ema_decay: float = 0.999      # G_ema's decay, reached after a warm-up (ema.py)
+    seed: int = 0
+    out_dir: str = "runs/ddgan"   # checkpoints, metrics.jsonl and samples
+    log_every: int = 100          # steps between metrics lines
+    sample_every: int = 1000      # steps between sample grids from G_ema (0: none)
+    n_samples: int = 64           # samples per grid
+    save_every: int = 1000        # steps between checkpoints (the last step is always saved)
+    keep: int = 3                 # checkpoints kept; older ones are deleted
+    device: str | None = None     # None: "cuda" when available, else "cpu"
+    progress: bool = True         # tqdm bar
+    resume: bool = False          # continue from the latest checkpoint in out_dir
+
+    def __post_init__(self):
+        if self.data not in IMAGE_SETS + TOY_SETS:
+            raise ValueError(f"unknown data set {self.data!r}: choose one of {', '.join(IMAGE_SETS + TOY_SETS)}")
+        if self.preset not in DDGAN_PRESETS:
+            raise ValueError(f"unknown DDGAN preset {self.preset!r}: choose one of {', '.join(DDGAN_PRESETS)}")
+        for name in ("toy_n", "T", "steps", "batch_size", "lazy_r1", "log_every", "n_samples", "save_every", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not 0 < self.beta_min < self.beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        if not (self.lr_g > 0 and self.lr_d > 0):
+            raise ValueError(f"lr_g and lr_d must be positive, got {self.lr_g}, {self.lr_d}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (Adam's β1, β2), got {self.betas}")
+        if not self.r1_gamma >= 0 or not 0 <= self.ema_decay < 1 or self.sample_every < 0:
+            raise ValueError(f"need r1_gamma >= 0, ema_decay in [0, 1) and sample_every >= 0, got "
+                             f"{self.r1_gamma}, {self.ema_decay}, {self.sample_every}")
+
+
+class DDGANTrainer:
+    """The state Algorithm 1 changes: G, D, G_ema, both Adams, the step, and the generator of t, the
+    pairs' noise, z and the posterior noise (``noise_generator``)."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, config: DDGANConfig, device: torch.device):
+        self.G, self.D, self.config, self.device, self.step = G, D, config, device, 0
+        self.G_ema = make_ema_model(G)
+        self.schedule = ddgan_schedule(config.T, config.beta_min, config.beta_max).to(device)
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=config.betas)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=config.betas)
+        self.noise_generator = torch.Generator(device).manual_seed(config.seed + 1000)
+
+    def r1_weight(self, step: int) -> float:
+        """The factor of R1 in D's loss at ``step``: k·γ/2 on every k-th step (k = lazy_r1), else 0."""
+        k = self.config.lazy_r1
+        return 0.5 * self.config.r1_gamma * k if self.config.r1_gamma > 0 and step % k == 0 else 0.0
+
+    def train_step(self, x0: torch.Tensor):
+        """One D update and one G update on the minibatch x0; returns ``(d_loss, g_loss, r1)`` as tensors
+        on the device (r1 is None on steps without the penalty). d_loss excludes the R1 term."""
+        self.step += 1
+        G, D, s, g, B = self.G, self.D, self.schedule, self.noise_generator, x0.shape[0]
+        # discriminator: real pairs up, fake pairs down, R1 on the real pairs' x_{t−1}
+        t = torch.randint(1, s.T + 1, (B,), generator=g, device=self.device)
+        x_prev, xt = q_sample_pairs(s, x0, t, g)
+        with torch.no_grad():
+            x_fake = _fake_prev(G, s, xt, t, g)
+        D.requires_grad_(True)
+        loss_d = d_loss(D(x_prev, xt, t), D(x_fake, xt, t))
+        weight, r1 = self.r1_weight(self.step), None
+        total = loss_d
+        if weight:
+            r1 = r1_penalty(D, x_prev, xt, t)
+            total = loss_d + weight * r1
+        self.opt_d.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_d.step()
+        # generator: the same x_0, a fresh t, pair, z and posterior noise; D is held fixed
+        D.requires_grad_(False)
+        t = torch.randint(1, s.T + 1, (B,), generator=g, device=self.device)
+        _, xt = q_sample_pairs(s, x0, t, g)
+        loss_g = g_loss(D(_fake_prev(G, s, xt, t, g), xt, t))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        D.requires_grad_(True)
+        update_ema(self.G_ema, G, ema_decay(self.config.ema_decay, self.step))
+        return loss_d.detach(), loss_g.detach(), None if r1 is None else r1.detach()
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+                "generator_ema": self.G_ema.state_dict(), "opt_generator": self.opt_g.state_dict(),
+                "opt_discriminator": self.opt_d.state_dict()}
+
+    def load_state_dict(self, ckpt: dict, source: str) -> None:
+        for net, key in ((self.G, "generator"), (self.D, "discriminator"), (self.G_ema, "generator_ema")):
+            load_model_state(net, ckpt[key], source)
+        self.opt_g.load_state_dict(ckpt["opt_generator"])
+        self.opt_d.load_state_dict(ckpt["opt_discriminator"])
+        self.step = ckpt["step"]
+
+
+def _check_ddgan_checkpoint(ckpt: dict, path) -> None:
+    kind = ckpt.get("model_spec", {}).get("kind")
+    if kind != "ddgan":
+        raise ValueError(f"{path} is a checkpoint of a diffusion run (model kind {kind!r}), not of a DDGAN run: "
+                         f"use `python -m ddpm_lib sample` / `export` for it")
+
+
+def load_ddgan_data(config: DDGANConfig, device) -> torch.Tensor:
+    """The whole training set as one float32 tensor on ``device``: images (N, C, 32, 32) in [−1, 1]
+    (MNIST padded from 28 to 32) or ``toy_n`` toy points (N, 2) drawn with ``config.seed``."""
+    if config.data in TOY_SETS:
+        x0, _ = make_toy(config.data, config.toy_n, generator=torch.Generator().manual_seed(config.seed))
+    else:
+        x0, _ = load_images(config.data, root=config.data_root, train=True, pad_to_32=True)
+    return x0.to(device=device, dtype=torch.float32)
+
+
+def _rng_state(trainer: DDGANTrainer) -> dict:
+    """The random streams a step reads: torch's CPU (and CUDA) generator and the trainer's noise generator."""
+    cuda = trainer.device.type == "cuda"
+    return {"torch_cpu": torch.get_rng_state(), "noise": trainer.noise_generator.get_state(),
+            "torch_cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None}
+
+
+def _resume(path: Path, trainer: DDGANTrainer, batches: EpochBatches, config: DDGANConfig) -> dict:
+    """Load a checkpoint into ``trainer`` and ``batches`` and restore the random streams, so that the
+    next step repeats the interrupted run's bit for bit. Returns the checkpoint dict."""
+    ckpt = load_checkpoint(path)
+    _check_ddgan_checkpoint(ckpt, path)
+    changed = [f"{k}={ckpt['config'].get(k)!r} there, {getattr(config, k)!r} here" for k in RUN_DEFINING
+               if ckpt["config"].get(k) != getattr(config, k)]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: it belongs to another run ({'; '.join(changed)})")
+    trainer.load_state_dict(ckpt, source=str(path))
+    batches.load_state_dict(ckpt["batches"])
+    torch.set_rng_state(ckpt["rng"]["torch_cpu"])
+    trainer.noise_generator.set_state(ckpt["rng"]["noise"])
+    if trainer.device.type == "cuda" and ckpt["rng"]["torch_cuda"] is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["torch_cuda"], trainer.device)
+    return ckpt
+
+
+def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
+    """Train a DDGAN as ``config`` says (see the module docstring); returns the ``DDGANTrainer``:
+    ``.G_ema`` is the generator to sample with, ``.step`` the step reached.
+
+    Raises ``FileExistsError`` over an existing run without ``resume``, ``FloatingPointError`` naming
+    the step (and the last good checkpoint) when a loss becomes NaN or infinite, and
+    ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C or SIGTERM asks it to stop.
+    """
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(config.out_dir)
+    resume_from = latest_checkpoint(out_dir) if config.resume else None
+    if config.resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
+    if not config.resume and list_checkpoints(out_dir):
+        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
+                              f"or choose another --out-dir")
+    x0_data = load_ddgan_data(config, device)
+    example_shape = tuple(x0_data.shape[1:])
+    spec = ddgan_spec(config.preset, example_shape)
+    torch.manual_seed(config.seed)                            # G's and D's weights at step 0
+    G, D = build_ddgan(spec)
+    trainer = DDGANTrainer(G.to(device), D.to(device), config, device)
+    batches = EpochBatches(len(x0_data), config.batch_size, config.seed, device=device)
+    elapsed, last_saved = 0.0, None
+    if resume_from is not None:
+        ckpt = _resume(resume_from, trainer, batches, config)
+        elapsed, last_saved = ckpt["elapsed"], resume_from
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    keep_metrics_up_to(metrics_path, trainer.step)
+    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
+    print(f"training DDGAN ({spec['config']['type']} networks: G {n_g:,}, D {n_d:,} parameters) on {config.data} "
+          f"{tuple(x0_data.shape)}: {device}, float32, T = {config.T}, from step {trainer.step}")
+
+    def save() -> Path:
+        return save_checkpoint({**trainer.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(trainer),
+                                "config": asdict(config), "model_spec": spec, "example_shape": example_shape,
+                                "elapsed": elapsed + time.perf_counter() - start}, out_dir, config.keep)
+
+    def check_finite() -> None:
+        step = int(first_bad)
+        if step <= config.steps:
+            raise FloatingPointError(f"a GAN loss became NaN or infinite at step {step}; training stopped. "
+                                     f"Last good checkpoint: {last_saved or 'none was saved yet'}")
+
+    no_bad = config.steps + 1
+    first_bad = torch.full((), no_bad, dtype=torch.long, device=device)
+    sums = torch.zeros(3, device=device)                      # d_loss, g_loss, r1 since the last log line
+    r1_count = 0
+    start = mark = time.perf_counter()
+    step_at_mark, paused = trainer.step, 0.0
+    bar = tqdm(total=config.steps, initial=trainer.step, desc="ddgan", disable=not config.progress)
+    with StopRequest() as stop, bar:
+        while trainer.step < config.steps:
+            loss_d, loss_g, r1 = trainer.train_step(x0_data[batches.next_indices()])
+            step, last = trainer.step, trainer.step == config.steps
+            sums[0] += loss_d
+            sums[1] += loss_g
+            if r1 is not None:
+                sums[2] += r1
+                r1_count += 1
+            finite = torch.isfinite(loss_d) & torch.isfinite(loss_g)
+            if r1 is not None:
+                finite &= torch.isfinite(r1)
+            first_bad = torch.where(finite | (first_bad < no_bad), first_bad, step)
+            bar.update(1)
+            if step % config.log_every == 0 or last:
+                check_finite()
+                now, n = time.perf_counter(), step - step_at_mark
+                d_sum, g_sum, r1_sum = sums.tolist()
+                d_mean, g_mean = d_sum / n, g_sum / n
+                record = {"step": step, "d_loss": d_mean, "g_loss": g_mean,
+                          "r1": r1_sum / r1_count if r1_count else None, "time": elapsed + now - start,
+                          "img_per_s": config.batch_size * n / (now - mark - paused)}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(d=f"{d_mean:.3f}", g=f"{g_mean:.3f}", img_per_s=f"{record['img_per_s']:.0f}")
+                sums.zero_()
+                r1_count, mark, step_at_mark, paused = 0, now, step, 0.0
+            side_work = time.perf_counter()
+            if config.sample_every and (step % config.sample_every == 0 or last):
+                check_finite()
+                g = torch.Generator(device).manual_seed(config.seed)    # the same x_T and z: comparable grids
+                samples = sample_ddgan(trainer.G_ema, trainer.schedule, (config.n_samples, *example_shape), generator=g)
+                write_samples(samples, out_dir / f"samples_{step:08d}.{'png' if samples.ndim == 4 else 'pt'}")
+            stopping = stop.requested
+            if step % config.save_every == 0 or last or stopping:
+                check_finite()
+                last_saved = save()
+            if stopping:
+                tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
+                raise KeyboardInterrupt
+            paused += time.perf_counter() - side_work
+    return trainer
+
+
+def _read_ddgan_file(path: Path, device) -> dict:
+    """A DDGAN training checkpoint or exported weights file, as a dict with its ``format`` tag."""
+    try:
+        blob = load_checkpoint(path, map_location=device)
+    except ValueError:
+        try:
+            return read_tagged_file(path, WEIGHTS_FORMAT, "DDGAN weights file", map_location=device)
+        except ValueError:
+            raise ValueError(f"{path} is neither a training checkpoint nor an exported DDGAN weights file") from None
+    _check_ddgan_checkpoint(blob, path)
+    return blob
+
+
+def load_ddgan_generator(path: str | Path, device="cpu", check_sha256: bool = True):
+    """``(G_ema, schedule, info)`` from a DDGAN run folder (its latest checkpoint), a checkpoint file or
+    a file written by ``export_ddgan``: G_ema in float32 and eval mode on ``device``, the run's schedule
+    and ``info`` (source, format, step, config, example_shape, model_spec).
+
+    An exported file must match the sha256 of its JSON card when the card exists (``check_sha256``).
+    A diffusion checkpoint or any other file → ``ValueError``; a damaged one → ``RuntimeError``.
+    """
+    path = resolve_checkpoint(path)
+    blob = _read_ddgan_file(path, device)
+    exported = blob["format"] == WEIGHTS_FORMAT
+    card = path.with_suffix(".json")
+    if exported and check_sha256 and card.is_file() and file_sha256(path) != json.loads(card.read_text())["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in {card.name}: the file is damaged or was replaced")
+    G = build_generator(blob["model_spec"])
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in blob["generator_ema"].items()}
+    load_model_state(G, weights, source=str(path))
+    config = blob["config"]
+    schedule = ddgan_schedule(config["T"], config["beta_min"], config["beta_max"])
+    info = {"source": str(path), "format": "export" if exported else "checkpoint", "step": blob["step"],
+            "config": config, "example_shape": tuple(blob["example_shape"]), "model_spec": blob["model_spec"]}
+    return G.to(device).eval().requires_grad_(False), schedule, info
+
+
+def export_ddgan(checkpoint: str | Path, out: str | Path, command: str | None = None) -> dict:
+    """Write G_ema of a DDGAN checkpoint (file or run folder) as fp16 to ``out`` and a JSON card
+    ``out.with_suffix('.json')`` (sha256, step, training seconds, config, architecture, command);
+    returns the card. ``load_ddgan_generator(out)`` reads it back (in float32)."""
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    _check_ddgan_checkpoint(ckpt, path)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["generator_ema"].items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"format": WEIGHTS_FORMAT, "model_spec": ckpt["model_spec"], "generator_ema": half,
+                 "config": ckpt["config"], "step": ckpt["step"], "example_shape": ckpt["example_shape"]}, out)
+    card = {"file": out.name, "format": WEIGHTS_FORMAT, "sha256": file_sha256(out), "step": ckpt["step"],
+            "training_seconds": ckpt.get("elapsed"), "config": ckpt["config"], "model_spec": ckpt["model_spec"],
+            "example_shape": list(ckpt["example_shape"]), "source": str(path),
+            "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(DDGANConfig))

@@ -1,0 +1,427 @@
+"""DDGAN on images: the networks (ddgan_nets.py), the trainer with checkpoints (ddgan_train.py) and the
+``train-ddgan`` / ``sample-ddgan`` / ``export-ddgan`` commands. Every test names the bug it catches."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddpm_lib as dl
+from ddpm_lib import checkpoint
+from ddpm_lib import ddgan_train as ddgan_train_module
+from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
+from ddpm_lib.cli import main
+from ddpm_lib.ddgan import d_loss, ddgan_schedule, g_loss, posterior_sample, q_sample_pairs, r1_penalty, sample_ddgan
+from ddpm_lib.ddgan_nets import DDGAN_PRESETS, DDGANDiscriminator, DDGANGenerator, build_ddgan, ddgan_spec
+from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, load_ddgan_generator, train_ddgan
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_G = dict(DDGAN_PRESETS["tiny"]["generator"])
+TINY_D = dict(DDGAN_PRESETS["tiny"]["discriminator"])
+
+
+def tiny_nets(channels=1, size=16, seed=0):
+    torch.manual_seed(seed)
+    return build_ddgan(ddgan_spec("tiny", (channels, size, size)))
+
+
+@pytest.fixture
+def micro_images(monkeypatch):
+    """Replace the image loader of the DDGAN trainer by 32 fixed 1×16×16 pictures in {−1, 1}."""
+    g = torch.Generator().manual_seed(7)
+    images = torch.where(torch.rand(32, 1, 16, 16, generator=g) > 0.7, 1.0, -1.0)
+    monkeypatch.setattr(ddgan_train_module, "load_images", lambda *args, **kwargs: (images, torch.zeros(32).long()))
+    return images
+
+
+def image_config(tmp_path, name="run", **changes) -> DDGANConfig:
+    settings = dict(data="mnist-5k", preset="tiny", steps=4, batch_size=8, log_every=1, save_every=100,
+                    sample_every=0, keep=10, lr_g=1e-3, lr_d=1e-3, out_dir=str(tmp_path / name), device="cpu",
+                    progress=False)
+    return DDGANConfig(**{**settings, **changes})
+
+
+def toy_config(tmp_path, name="run", **changes) -> DDGANConfig:
+    settings = dict(data="two_moons", toy_n=256, preset="tiny", steps=8, batch_size=16, log_every=2, save_every=4,
+                    sample_every=0, keep=10, out_dir=str(tmp_path / name), device="cpu", progress=False)
+    return DDGANConfig(**{**settings, **changes})
+
+
+def assert_same_state(a: DDGANTrainer, b: DDGANTrainer):
+    assert a.step == b.step
+    for net in ("G", "D", "G_ema"):
+        sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), (net, k)
+    for opt in ("opt_g", "opt_d"):
+        sa, sb = getattr(a, opt).state_dict()["state"], getattr(b, opt).state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(sa[k][key], sb[k][key]), (opt, k, key)
+
+
+# ---------------------------------------------------------------- networks
+
+@pytest.mark.parametrize("channels,size", [(1, 16), (3, 16), (1, 32), (3, 32)])
+def test_shapes_and_output_range(gen, channels, size):
+    """Catches: channels or sizes hard-coded to MNIST's, a G output outside [−1, 1] (no tanh)."""
+    G, D = tiny_nets(channels, size)
+    xt = 3 * torch.randn(5, channels, size, size, generator=gen)
+    x0_pred = G(xt, torch.randn(5, G.z_dim, generator=gen), torch.tensor([1, 2, 3, 4, 4]))
+    assert x0_pred.shape == xt.shape and x0_pred.abs().max() <= 1
+    logits = D(x0_pred, xt, 2)
+    assert logits.shape == (5,) and torch.isfinite(logits).all()
+
+
+def test_generator_depends_on_z_and_t_and_discriminator_on_t_and_both_inputs(gen):
+    """Catches: z or t not wired into G (the mapping output dropped), t or one image of the pair ignored by D."""
+    G, D = tiny_nets()
+    xt = torch.randn(4, 1, 16, 16, generator=gen)
+    z1, z2 = torch.randn(4, G.z_dim, generator=gen), torch.randn(4, G.z_dim, generator=gen)
+    out = G(xt, z1, 2)
+    assert (out - G(xt, z2, 2)).abs().max() > 1e-3
+    assert (out - G(xt, z1, 3)).abs().max() > 1e-3
+    x_prev = torch.randn(4, 1, 16, 16, generator=gen)
+    logit = D(x_prev, xt, 2)
+    assert (logit - D(x_prev, xt, 4)).abs().max() > 1e-4
+    assert (logit - D(-x_prev, xt, 2)).abs().max() > 1e-4 and (logit - D(x_prev, -xt, 2)).abs().max() > 1e-4
+
+
+def test_each_sample_is_independent_of_the_rest_of_the_batch(gen):
+    """D's logit (and G's output) for sample 0 is the same alone and beside any other samples.
+
+    Catches: BatchNorm, minibatch standard deviation or any statistic over the batch (R1 and the
+    per-sample losses assume none)."""
+    G, D = tiny_nets()
+    x_prev, xt = torch.randn(6, 1, 16, 16, generator=gen), torch.randn(6, 1, 16, 16, generator=gen)
+    z, t = torch.randn(6, G.z_dim, generator=gen), torch.tensor([3, 1, 2, 4, 1, 2])
+    other = 5 * torch.randn(6, 1, 16, 16, generator=gen)
+    for net in (D, G):
+        net.train()
+    alone = D(x_prev[:1], xt[:1], t[:1])
+    mixed = D(torch.cat([x_prev[:1], other[1:]]), torch.cat([xt[:1], -other[1:]]), t)
+    torch.testing.assert_close(mixed[:1], alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(G(torch.cat([xt[:1], other[1:]]), z, t)[:1], G(xt[:1], z[:1], t[:1]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_networks_refuse_sizes_they_cannot_halve():
+    """Catches: a silent crop or a shape error deep inside the network instead of a clear message."""
+    with pytest.raises(ValueError, match="cannot be halved"):
+        DDGANGenerator(image_size=18, in_channels=1, **TINY_G)              # 3 levels: multiples of 4
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DDGANDiscriminator(image_size=20, in_channels=1, **TINY_D)          # 3 halvings: multiples of 8
+    G, _ = tiny_nets()
+    with pytest.raises(ValueError, match="multiples of 4"):
+        G(torch.randn(2, 1, 18, 18), torch.randn(2, G.z_dim), 1)
+    with pytest.raises(ValueError, match="z of shape"):
+        G(torch.randn(2, 1, 16, 16), torch.randn(2, G.z_dim + 1), 1)
+    with pytest.raises(ValueError, match="unknown DDGAN preset"):
+        ddgan_spec("huge", (1, 32, 32))
+
+
+def test_d_and_g_steps_lower_their_losses_on_images(gen):
+    """Adam steps on a fixed batch of image pairs lower d_loss (D) and g_loss (G with D fixed).
+
+    Catches: gradients of the wrong sign, losses detached from the networks, the posterior draw detached from G."""
+    G, D = tiny_nets(seed=1)
+    s = ddgan_schedule(4)
+    x0 = torch.where(torch.rand(16, 1, 16, 16, generator=gen) > 0.7, 1.0, -1.0)
+    t = torch.randint(1, 5, (16,), generator=gen)
+    x_prev, xt = q_sample_pairs(s, x0, t, gen)
+    z, noise = torch.randn(16, G.z_dim, generator=gen), torch.randn(16, 1, 16, 16, generator=gen)
+
+    def fake():
+        return posterior_sample(s, G(xt, z, t), xt, t, noise)
+
+    with torch.no_grad():
+        x_fake = fake()
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    before = d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item()
+    for _ in range(8):
+        loss = d_loss(D(x_prev, xt, t), D(x_fake, xt, t))
+        opt_d.zero_grad()
+        loss.backward()
+        opt_d.step()
+    assert d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item() < before - 0.05
+    D.requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    before = g_loss(D(fake(), xt, t)).item()
+    for _ in range(8):
+        loss = g_loss(D(fake(), xt, t))
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+    assert g_loss(D(fake(), xt, t)).item() < before - 0.05
+
+
+def test_r1_on_images(gen):
+    """R1 = 0 for a D blind to x_{t−1}; = ‖w‖² for D = ⟨w, x_{t−1}⟩ (computed here); > 0 for the image D.
+
+    Catches: the gradient taken w.r.t. x_t, a norm over the wrong axes (per pixel instead of per image)."""
+    _, D = tiny_nets()
+    x_prev, xt = torch.randn(4, 1, 16, 16, generator=gen), torch.randn(4, 1, 16, 16, generator=gen)
+    t = torch.tensor([1, 2, 3, 4])
+    assert r1_penalty(lambda a, b, tt: D(b, b, tt), x_prev, xt, t).item() == 0.0
+    w = torch.randn(1, 1, 16, 16, generator=gen)
+    linear = r1_penalty(lambda a, b, tt: (a * w).sum(dim=(1, 2, 3)) + (b * 3).sum(dim=(1, 2, 3)), x_prev, xt, t)
+    assert linear.item() == pytest.approx((w.double() ** 2).sum().item(), rel=1e-5)
+    assert r1_penalty(D, x_prev, xt, t).item() > 0
+
+
+@pytest.mark.parametrize("lazy_r1,gamma,expected_steps", [(3, 0.5, [3, 6]), (1, 0.2, [1, 2, 3, 4, 5, 6, 7]),
+                                                          (2, 0.0, [])])
+def test_lazy_r1_applies_the_penalty_every_kth_step_scaled_by_k(tmp_path, monkeypatch, lazy_r1, gamma, expected_steps):
+    """The trainer computes R1 only on steps k, 2k, … and D's loss holds it with weight k·γ/2 (read from
+    the gradient that reaches R1 in the backward pass). Catches: R1 every step, an unscaled lazy penalty,
+    R1 computed although γ = 0."""
+    seen = []
+    real_r1 = ddgan_train_module.r1_penalty
+
+    def recording_r1(*args):
+        r1 = real_r1(*args)
+        step = len(seen)
+        seen.append(None)
+        r1.register_hook(lambda grad: seen.__setitem__(step, grad.item()))
+        return r1
+
+    monkeypatch.setattr(ddgan_train_module, "r1_penalty", recording_r1)
+    original = DDGANTrainer.train_step
+    steps_called = []
+
+    def step_and_record(self, x0):
+        before = len(seen)
+        out = original(self, x0)
+        if len(seen) > before:
+            steps_called.append(self.step)
+            assert out[2] is not None
+        else:
+            assert out[2] is None
+        return out
+
+    monkeypatch.setattr(DDGANTrainer, "train_step", step_and_record)
+    train_ddgan(toy_config(tmp_path, steps=7, lazy_r1=lazy_r1, r1_gamma=gamma, save_every=100))
+    assert steps_called == expected_steps
+    assert seen == pytest.approx([lazy_r1 * gamma / 2] * len(expected_steps))
+
+
+# ---------------------------------------------------------------- sampler on images
+
+class _Counting(torch.nn.Module):
+    def __init__(self, G):
+        super().__init__()
+        self.G, self.z_dim, self.calls, self.zs = G, G.z_dim, [], []
+
+    def forward(self, xt, z, t):
+        self.calls.append(int(t[0]))
+        self.zs.append(z.clone())
+        return self.G(xt, z, t)
+
+
+def test_sample_ddgan_on_images_calls_g_T_times_with_fresh_z(gen):
+    """Catches: a sampler limited to (B, D) points, extra or missing steps, t not running T..1, z reused."""
+    G, _ = tiny_nets(channels=3)
+    for T in (1, 4):
+        counting = _Counting(G)
+        x = sample_ddgan(counting, ddgan_schedule(T), (3, 3, 16, 16), generator=gen)
+        assert x.shape == (3, 3, 16, 16) and x.abs().max() <= 1          # t = 1 returns G's tanh output
+        assert counting.calls == list(range(T, 0, -1))
+        assert all(not torch.equal(a, b) for a, b in zip(counting.zs, counting.zs[1:]))
+
+
+# ---------------------------------------------------------------- the trainer
+
+def test_ctrl_c_saves_and_resume_is_bit_exact_on_images(tmp_path, monkeypatch, micro_images):
+    """SIGINT after step 3 saves ckpt 3 and stops; resuming to step 5 gives exactly the uninterrupted
+    run's G, D, G_ema and both Adam states. Catches: an RNG stream, the data order, an optimizer or
+    G_ema not restored, R1's lazy phase lost (lazy_r1 = 2)."""
+    whole = train_ddgan(image_config(tmp_path, "whole", steps=5, lazy_r1=2))
+    original = DDGANTrainer.train_step
+
+    def step_then_ctrl_c(self, x0):
+        out = original(self, x0)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(DDGANTrainer, "train_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train_ddgan(image_config(tmp_path, "split", steps=5, lazy_r1=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt_00000003.pt"]
+    monkeypatch.setattr(DDGANTrainer, "train_step", original)
+    resumed = train_ddgan(image_config(tmp_path, "split", steps=5, lazy_r1=2, resume=True))
+    assert_same_state(whole, resumed)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_killed_run_resumes_from_an_older_checkpoint_exactly(tmp_path):
+    """As if killed after step 6 (its checkpoint lost): resume from step 4 repeats steps 5..8 exactly
+    and logs each step once. Catches: metrics lines written twice, state from the lost steps leaking."""
+    whole = train_ddgan(toy_config(tmp_path, "whole"))
+    split = tmp_path / "split"
+    train_ddgan(toy_config(tmp_path, "split", steps=6, save_every=2))       # saves 2, 4, 6
+    (split / "ckpt_00000006.pt").unlink()
+    resumed = train_ddgan(toy_config(tmp_path, "split", resume=True))
+    assert_same_state(whole, resumed)
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_a_save_cut_off_midway_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    """A crash while writing checkpoint 4 leaves checkpoint 2 as the latest, loadable and resumable.
+    Catches: a checkpoint written in place (a half file named ckpt_*.pt)."""
+    whole = train_ddgan(toy_config(tmp_path, "whole", steps=4, save_every=2))
+    real_save, calls = torch.save, []
+
+    def second_save_crashes(obj, f):
+        calls.append(1)
+        real_save(obj, f)
+        if len(calls) == 2:
+            f.seek(f.tell() // 2)
+            f.truncate()
+            raise RuntimeError("killed while writing (simulated)")
+
+    monkeypatch.setattr(checkpoint.torch, "save", second_save_crashes)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_ddgan(toy_config(tmp_path, "split", steps=4, save_every=2))
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == ["ckpt_00000002.pt", "metrics.jsonl"]
+    _, _, info = load_ddgan_generator(tmp_path / "split")
+    assert info["step"] == 2
+    assert_same_state(whole, train_ddgan(toy_config(tmp_path, "split", steps=4, save_every=2, resume=True)))
+
+
+def test_nan_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Catches: training on through NaNs, a NaN checkpoint saved, a message without the step."""
+    calls = []
+
+    def nan_from_the_fifth_call(fake_logits):
+        calls.append(1)
+        loss = g_loss(fake_logits)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(ddgan_train_module, "g_loss", nan_from_the_fifth_call)
+    config = toy_config(tmp_path, steps=20, save_every=2, log_every=100)
+    with pytest.raises(FloatingPointError) as err:
+        train_ddgan(config)
+    message = str(err.value)
+    assert "\n" not in message and "at step 5;" in message and "ckpt_00000004.pt" in message
+    assert [p.name for p in list_checkpoints(config.out_dir)] == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    ckpt = load_checkpoint(list_checkpoints(config.out_dir)[-1])
+    assert all(torch.isfinite(v).all() for v in ckpt["generator"].values())
+
+
+def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
+    """Catches: a new run silently mixing with old checkpoints, resuming with another T or seed."""
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        train_ddgan(toy_config(tmp_path, resume=True))
+    train_ddgan(toy_config(tmp_path, steps=2))
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train_ddgan(toy_config(tmp_path, steps=4))
+    with pytest.raises(ValueError, match="T=4 there, 2 here"):
+        train_ddgan(toy_config(tmp_path, steps=4, T=2, resume=True))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"preset": "huge"}, "unknown DDGAN preset 'huge'"), ({"T": 0}, "T must be a whole number >= 1"),
+    ({"data": "imagenet"}, "unknown data set"), ({"lazy_r1": 0}, "lazy_r1 must be"),
+    ({"betas": (0.5, 1.5)}, "betas must be two numbers"), ({"beta_min": 30.0}, "0 < beta_min < beta_max"),
+    ({"r1_gamma": -1.0}, "r1_gamma >= 0"), ({"T": 2.5}, "T must be a whole number")])
+def test_config_rejects_bad_settings(changes, message):
+    """Catches: a run that starts with settings it cannot honour."""
+    with pytest.raises(ValueError, match=message):
+        DDGANConfig(**changes)
+
+
+# ---------------------------------------------------------------- command line
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
+    """``python -m ddpm_lib train-ddgan`` on the shipped digits (tiny preset, 2 steps), then sample-ddgan,
+    export-ddgan and a reload of the exported file. Catches: the commands not registered, a grid that is
+    not the samples, an export that is not G_ema in fp16 or does not load back."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "ddpm_lib", "train-ddgan", "--data", "mnist-5k", "--preset", "tiny",
+                             "--steps", "2", "--batch-size", "4", "--log-every", "1", "--sample-every", "2",
+                             "--n-samples", "4", "--out-dir", "run", "--device", "cpu", "--no-progress"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and set(records[0]) == {"step", "d_loss", "g_loss", "r1", "time",
+                                                                         "img_per_s"}
+    assert (tmp_path / "run" / "samples_00000002.png").exists()
+    run = str(tmp_path / "run")
+    assert main(["sample-ddgan", "--checkpoint", run, "--n", "4", "--out", str(tmp_path / "grid.png"),
+                 "--device", "cpu", "--seed", "5"]) == 0
+    G, s, info = load_ddgan_generator(run)
+    assert info["example_shape"] == (1, 32, 32) and info["step"] == 2 and s.T == 4
+    expected = sample_ddgan(G, s, (4, 1, 32, 32), generator=torch.Generator().manual_seed(5))
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("L"), dtype=np.float32)
+    assert grid.shape == (2 * (32 + 2) + 2,) * 2
+    first = ((expected[0, 0].clamp(-1, 1) + 1) / 2 * 255).numpy()
+    assert np.abs(grid[2:34, 2:34] - first).max() <= 1.0                 # the grid shows these samples
+    out = tmp_path / "export" / "ddgan.pt"
+    assert main(["export-ddgan", "--checkpoint", run, "--out", str(out), "--training-command", "python -m x"]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == checkpoint.file_sha256(out) and card["command"] == "python -m x" and card["step"] == 2
+    assert card["training_seconds"] > 0 and card["config"]["preset"] == "tiny"
+    blob = torch.load(out, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in blob["generator_ema"].values() if v.is_floating_point())
+    G_exported, s_exported, info_exported = load_ddgan_generator(out)
+    assert info_exported["format"] == "export" and s_exported.T == 4
+    for k, v in G_exported.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, G.state_dict()[k].half().float()), k
+    assert main(["sample-ddgan", "--checkpoint", str(out), "--n", "2", "--out", str(tmp_path / "e.png"),
+                 "--device", "cpu"]) == 0
+    out.write_bytes(out.read_bytes() + b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        load_ddgan_generator(out)
+
+
+def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
+    """Toy points end to end (samples as .pt), and one-line errors with status 1 for a .png of points,
+    an unknown preset, T < 1, and a diffusion checkpoint given to sample-ddgan / export-ddgan.
+    Catches: errors escaping as tracebacks, a diffusion run sampled as a GAN."""
+    run = str(tmp_path / "run")
+    assert main(["train-ddgan", "--data", "eight_gaussians", "--toy-n", "500", "--steps", "6", "--batch-size", "32",
+                 "--log-every", "3", "--save-every", "3", "--sample-every", "6", "--n-samples", "10", "--keep", "1",
+                 "--preset", "tiny", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt_00000006.pt"]
+    assert torch.load(tmp_path / "run" / "samples_00000006.pt", weights_only=True).shape == (10, 2)
+    assert main(["sample-ddgan", "--checkpoint", run, "--n", "50", "--out", str(tmp_path / "p.pt"), "--device", "cpu"]) == 0
+    points = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert points.shape == (50, 2) and torch.isfinite(points).all()
+    assert main(["export-ddgan", "--checkpoint", run, "--out", str(tmp_path / "toy.pt")]) == 0
+    G, _, info = load_ddgan_generator(tmp_path / "toy.pt")
+    assert info["example_shape"] == (2,) and G.z_dim == DDGAN_PRESETS["tiny"]["toy"]["z_dim"]
+    capsys.readouterr()
+    assert main(["sample-ddgan", "--checkpoint", run, "--out", str(tmp_path / "p.png"), "--device", "cpu"]) == 1
+    assert "pass --out with a .pt name" in one_error_line(capsys)
+    assert main(["train-ddgan", "--preset", "huge", "--out-dir", str(tmp_path / "x")]) == 1
+    assert "unknown DDGAN preset 'huge'" in one_error_line(capsys)
+    assert main(["train-ddgan", "--T", "0", "--out-dir", str(tmp_path / "x")]) == 1
+    assert "T must be a whole number >= 1" in one_error_line(capsys)
+    dl.train(dl.TrainConfig(data="two_moons", toy_n=64, T=30, steps=1, batch_size=8, sample_every=0,
+                            out_dir=str(tmp_path / "ddpm"), device="cpu", progress=False))
+    capsys.readouterr()
+    for command in ("sample-ddgan", "export-ddgan"):
+        assert main([command, "--checkpoint", str(tmp_path / "ddpm"), "--out", str(tmp_path / "d.pt")]) == 1
+        assert "diffusion run" in one_error_line(capsys)
+    assert main(["sample-ddgan", "--checkpoint", str(tmp_path / "nowhere")]) == 1
+    one_error_line(capsys)
+    assert main(["export", "--checkpoint", run, "--out", str(tmp_path / "e.pt")]) == 1   # the other way round
+    assert "export-ddgan" in one_error_line(capsys)
