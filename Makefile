@@ -65,8 +65,9 @@ EVERY  := 3
 GRID   := 4
 GSTEPS := 10
 N_GRID := 1
+TRI_STEPS := 5 4
 COMPILE :=
-BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1
+BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else
 PRESET := mnist
@@ -86,8 +87,9 @@ EVERY  := 1000
 GRID   := 64
 GSTEPS := 50
 N_GRID := 8
+TRI_STEPS := 50 4
 COMPILE := --compile
-BENCH  := --batch-size 128
+BENCH  := --batch-size 128 --sample-batch 256 --iters 20 --warmup 5
 BENCH_PRESETS := ddpm-cifar10 mnist
 endif
 RESUME = $$(ls $(1)/ckpt_*.pt >/dev/null 2>&1 && echo --resume)
@@ -150,7 +152,7 @@ $(R)/ddgan_mnist.pt:
 	$(DL) export-ddgan --checkpoint $(RUNS)/ddgan_mnist --out $@ --training-command "$(TRAIN_DDGAN)"
 	$(call COPY_RUN,ddgan_mnist)
 $(R)/results/trilemma_mnist.json: $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
-	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --n $(N_TABLE) --out $@
+	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TABLE) --out $@
 results-ddgan: $(R)/results/trilemma_mnist.json
 
 $(R)/results/bench_%.json:

@@ -1,13 +1,31 @@
-"""Throughput of the package's own training step and network evaluation (``python -m ddpm_lib bench``).
+"""Throughput of our U-Net side by side with diffusers' ``UNet2DModel`` (``python -m ddpm_lib bench``).
 
-    python -m ddpm_lib bench --preset ddpm-cifar10 --batch-size 128            # on a GPU
-    python -m ddpm_lib bench --preset tiny --batch-size 8 --iters 3 --device cpu  # a smoke test
+    python -m ddpm_lib bench --preset ddpm-cifar10 --batch-size 128 --sample-batch 256    # on a GPU
+    python -m ddpm_lib bench --preset tiny --batch-size 2 --sample-batch 2 --iters 1 --warmup 0 \\
+        --ddim-steps 2 --device cpu --compile-backend eager                                 # a smoke test
 
-Training images/s time ``Trainer.train_step`` (Algorithm 1 with AdamW, clipping, EMA and the autocast
-the trainer picks) after warm-up steps; sampling images/s time one network evaluation under
-``torch.no_grad`` at the sampling batch. Times come from CUDA events on a GPU and from the wall clock
-on a CPU. FLOPs are counted with ``torch.utils.flop_counter`` for one forward pass (a training step
-is counted as three forward passes), so TFLOP/s = FLOPs × images/s.
+One run measures these rows, each on a freshly built network (``torch.manual_seed(0)``):
+
+    ddpm_lib eager            our U-Net as it is
+    ddpm_lib optimised        channels_last (CUDA), ``torch.compile``; sampling: ``fast_sampling``'s
+                              compiled network at the static batch shape, replayed as a CUDA graph
+    diffusers eager           ``UNet2DModel`` of the same architecture (``bench_diffusers``)
+    diffusers compiled        channels_last (CUDA), ``torch.compile`` (default mode), training and sampling
+    diffusers + CUDA graphs   sampling only: diffusers' network through the same ``fast_sampling``
+
+Training images/s time the real ``Trainer.train_step`` for every row — both libraries do the same
+work: t ~ U{1..T}, ε ~ N(0, I), L_simple forward and backward under the trainer's autocast (bf16 on
+recent GPUs, fp32 on a CPU), gradient clipping, fused AdamW (CUDA) and the EMA update. diffusers'
+network enters the trainer through ``DiffusersEps`` (0-based timesteps). Sampling images/s time one
+network evaluation at the sampling batch under ``torch.no_grad`` and the same autocast; "DDIM" is the
+whole ``sample_ddim`` (η = 0, ``--ddim-steps`` steps) in seconds per 1,000 images. DDGAN is not timed
+here: its image generator is a different network, not the U-Net of these rows.
+
+Times come from CUDA events after the warm-up steps on a GPU (the wall clock on a CPU). FLOPs of one
+forward pass are counted by ``torch.utils.flop_counter`` on the meta device (a training step counts
+as three forward passes), so TFLOP/s = FLOPs × images/s. Peak memory is that of the training steps,
+CUDA only, above what was allocated before the row began. ``--compile-backend eager`` traces the same compiled paths
+without generating code, so that a CPU smoke test finishes in seconds.
 """
 from __future__ import annotations
 
@@ -17,8 +35,17 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
+from .ddim import sample_ddim
+from .fast_sampling import BACKENDS, compiled_eps_model
 from .training import Trainer, TrainConfig, autocast_dtype
 from .unet import PRESETS, UNet, count_parameters
+
+ROWS = ("ddpm_lib eager", "ddpm_lib optimised", "diffusers eager", "diffusers compiled", "diffusers + CUDA graphs")
+ROW_KEYS = {"ddpm_lib-eager": ROWS[0], "ddpm_lib-optimised": ROWS[1], "diffusers-eager": ROWS[2],
+            "diffusers-compiled": ROWS[3], "diffusers-cuda-graphs": ROWS[4]}     # the command line's names
+SAMPLING = {"ddpm_lib eager": "eager", "ddpm_lib optimised": "compiled + CUDA graphs", "diffusers eager": "eager",
+            "diffusers compiled": "compiled", "diffusers + CUDA graphs": "compiled + CUDA graphs"}
 
 
 def _timer(device: torch.device):
@@ -26,6 +53,7 @@ def _timer(device: torch.device):
     def run(fn, n: int) -> float:
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
             start.record()
             for _ in range(n):
                 fn()
@@ -40,7 +68,11 @@ def _timer(device: torch.device):
 
 
 def forward_flops(model: torch.nn.Module, shape: tuple, device: torch.device) -> int:
-    """FLOPs of one forward pass of ``model`` on a batch of ``shape`` (counted, not timed)."""
+    """FLOPs of one forward pass of ``model`` on a batch of ``shape`` (counted, not timed).
+
+    ``bench`` counts on the "meta" device (shapes only, no arithmetic), where attention is counted
+    too: the flop counter knows the CUDA attention kernels but not the CPU's fused one.
+    """
     x = torch.randn(shape, device=device)
     t = torch.ones(shape[0], dtype=torch.long, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -48,58 +80,193 @@ def forward_flops(model: torch.nn.Module, shape: tuple, device: torch.device) ->
     return counter.get_total_flops()
 
 
-def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int = 256, iters: int = 20,
-          warmup: int = 5, device: str | None = None, compile: bool = False) -> dict:
-    """Measure training and sampling throughput of a U-Net preset; returns a dict of the figures."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown U-Net preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    if min(batch_size, sample_batch, iters) < 1 or warmup < 0:
-        raise ValueError("batch sizes and iters must be at least 1, warmup at least 0")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _unavailable(preset: str) -> str | None:
+    """Why diffusers' rows cannot run for ``preset`` (None when they can)."""
+    if not diffusers_available():
+        return "not installed"
+    try:
+        diffusers_config(preset)
+    except ValueError:
+        return f"no diffusers counterpart of preset {preset!r}"
+    return None
+
+
+def _network(library: str, preset: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = UNet.from_preset(preset).to(dev)
+    return UNet.from_preset(preset) if library == "ddpm_lib" else DiffusersEps(diffusers_unet(preset))
+
+
+def measure_row(row: str, preset: str, dev: torch.device, batch_size: int, sample_batch: int, iters: int,
+                warmup: int, ddim_steps: int, backend: str, autotune: bool = False) -> dict:
+    """The figures of one row of the table (see the module docstring)."""
+    library, timed = row.split()[0], _timer(dev)
+    optimised, sampling_only = row != f"{library} eager", row == "diffusers + CUDA graphs"
     config = PRESETS[preset]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
-    if dev.type == "cuda":
+    baseline = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+    model = _network(library, preset).to(dev)
+    channels_last = optimised and dev.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        torch.cuda.reset_peak_memory_stats(dev)
-    trainer = Trainer(model, TrainConfig(preset=preset, batch_size=batch_size, warmup=1, compile=compile,
-                                         progress=False), dev)
-    x0 = torch.randn(batch_size, *shape, device=dev).clamp(-1, 1)
-    timed = _timer(dev)
-    timed(lambda: trainer.train_step(x0), warmup)
-    train_seconds = timed(lambda: trainer.train_step(x0), iters)
-    peak_train = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    out = {"row": row, "status": "ok", "sampling": SAMPLING[row], "train_img_per_s": None,
+           "train_warmup_seconds": None, "peak_train_memory_gib": None}
+    trainer = Trainer(model, TrainConfig(preset=preset, batch_size=batch_size, warmup=1, progress=False,
+                                         compile=optimised), dev, compile_backend=backend)
+    if not sampling_only:
+        x0 = torch.randn(batch_size, *shape, device=dev).clamp(-1, 1)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        begin = time.perf_counter()
+        timed(lambda: trainer.train_step(x0), warmup)
+        out["train_warmup_seconds"] = time.perf_counter() - begin
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        out["train_img_per_s"] = batch_size * iters / timed(lambda: trainer.train_step(x0), iters)
+        if dev.type == "cuda":
+            out["peak_train_memory_gib"] = (torch.cuda.max_memory_allocated(dev) - baseline) / 2 ** 30
+        del x0
 
-    amp = autocast_dtype(dev)
-    net = torch.compile(model) if compile else model
-    xt = torch.randn(sample_batch, *shape, device=dev)
-    t = torch.full((sample_batch,), 500, dtype=torch.long, device=dev)
-
-    def evaluate():
-        with torch.no_grad(), (torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext()):
-            net(xt, t)
     model.eval()
-    timed(evaluate, warmup)
-    sample_seconds = timed(evaluate, iters)
-    flops = forward_flops(model, (1, *shape), dev)
-    train_ips, sample_ips = batch_size * iters / train_seconds, sample_batch * iters / sample_seconds
-    return {"preset": preset, "parameters": count_parameters(model), "device": str(dev),
-            "autocast": str(amp).replace("torch.", "") if amp else "fp32", "compile": compile,
-            "batch_size": batch_size, "sample_batch": sample_batch, "iters": iters,
-            "train_img_per_s": train_ips, "train_tflops": 3 * flops * train_ips / 1e12,
-            "sample_img_per_s": sample_ips, "sample_tflops": flops * sample_ips / 1e12,
-            "gflop_per_image_forward": flops / 1e9,
-            "peak_train_memory_gib": peak_train / 2 ** 30 if peak_train is not None else None}
+    amp = trainer.amp_dtype
+    batch_shape = (sample_batch, *shape)
+    begin = time.perf_counter()
+    if SAMPLING[row] == "compiled + CUDA graphs":
+        eps = compiled_eps_model(model, batch_shape, dev, cuda_graphs=True, amp_dtype=amp, backend=backend,
+                                 autotune=autotune)
+        if not eps.cuda_graphs:               # on a CPU, with a tracing backend, or when Inductor skipped them
+            out["sampling"] = "compiled (no graphs)"
+    else:
+        net = torch.compile(model, backend=backend, dynamic=False) if optimised else model
+
+        def eps(xt, t):       # the standard layout out, as fast_sampling's: x_t keeps one layout in a sampler
+            with torch.no_grad(), (torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext()):
+                return net(xt, t).contiguous()
+    xt = torch.randn(batch_shape, device=dev)
+    t = torch.full((sample_batch,), 500, dtype=torch.long, device=dev)
+    timed(lambda: eps(xt, t), max(warmup, 1 if optimised else 0))
+    out["sample_warmup_seconds"] = time.perf_counter() - begin
+    out["sample_img_per_s"] = sample_batch * iters / timed(lambda: eps(xt, t), iters)
+
+    def ddim():
+        sample_ddim(eps, trainer.schedule, batch_shape, steps=ddim_steps, generator=torch.Generator(dev).manual_seed(0))
+    timed(ddim, 1)                            # untimed: anything compiled for the sampler's inputs
+    out["ddim_s_per_1000"] = timed(ddim, 1) * 1000 / sample_batch
+    del trainer, model, eps
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int = 256, iters: int = 20,
+          warmup: int = 5, device: str | None = None, rows=ROWS, ddim_steps: int = 50,
+          compile_backend: str = "inductor", autotune: bool = False) -> dict:
+    """Measure the ``rows`` (a subset of ``ROWS``) for a U-Net preset; returns the figures as a dict.
+
+    ``autotune``: the "compiled + CUDA graphs" networks (ours and diffusers') use Inductor's
+    "max-autotune" mode (``fast_sampling.compiled_eps_model``).
+
+    diffusers' rows get ``status`` "not installed" or "no diffusers counterpart …" when they cannot run.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown U-Net preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if min(batch_size, sample_batch, iters, ddim_steps) < 1 or warmup < 0:
+        raise ValueError("batch sizes, iters and ddim_steps must be at least 1, warmup at least 0")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        raise ValueError(f"unknown bench rows {unknown}: choose among {', '.join(ROWS)}")
+    if compile_backend not in BACKENDS:
+        raise ValueError(f"unknown compile backend {compile_backend!r}: choose one of {', '.join(BACKENDS)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = PRESETS[preset]
+    shape = (1, config["in_channels"], config["image_size"], config["image_size"])
+    missing = _unavailable(preset)
+    libraries = {"ddpm_lib": None, "diffusers": missing}
+    figures = {}
+    for library, why_not in libraries.items():
+        if why_not is None:
+            with torch.device("meta"):
+                net = _network(library, preset)
+            figures[library] = {"parameters": count_parameters(net), "flops": forward_flops(net, shape, "meta")}
+    results = []
+    for row in (r for r in ROWS if r in rows):
+        library = row.split()[0]
+        if libraries[library] is not None:
+            results.append({"row": row, "status": libraries[library]})
+            continue
+        r = measure_row(row, preset, dev, batch_size, sample_batch, iters, warmup, ddim_steps, compile_backend,
+                        autotune)
+        flops = figures[library]["flops"]
+        r["train_tflops"] = 3 * flops * r["train_img_per_s"] / 1e12 if r["train_img_per_s"] else None
+        r["sample_tflops"] = flops * r["sample_img_per_s"] / 1e12
+        results.append(r)
+    amp = autocast_dtype(dev)
+    if diffusers_available():
+        import diffusers
+    return {"preset": preset, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+            "autocast": str(amp).replace("torch.", "") if amp else "fp32", "batch_size": batch_size,
+            "sample_batch": sample_batch, "iters": iters, "warmup": warmup, "ddim_steps": ddim_steps,
+            "compile_backend": compile_backend, "autotune": autotune, "torch": torch.__version__,
+            "diffusers": diffusers.__version__ if diffusers_available() else None,
+            "parameters": {k: v["parameters"] for k, v in figures.items()},
+            "gflop_per_image_forward": {k: v["flops"] / 1e9 for k, v in figures.items()},
+            "rows": results, "ratios": ratios(results)}
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Each measured row against diffusers' best measured row, per figure (> 1: faster than diffusers).
+
+    Images/s are divided by diffusers' highest; DDIM seconds divide diffusers' lowest by the row's.
+    Also ``sampling_vs_diffusers_compiled``: ddpm_lib optimised over diffusers compiled, one evaluation
+    (the issue's target is at least 1.5). Figures without a diffusers counterpart are left out.
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    theirs = [r for r in ok if r["row"].startswith("diffusers")]
+    out = {}
+    for key, higher_is_better in (("train_img_per_s", True), ("sample_img_per_s", True), ("ddim_s_per_1000", False)):
+        values = [r[key] for r in theirs if r[key] is not None]
+        if not values:
+            continue
+        best = max(values) if higher_is_better else min(values)
+        out[key] = {r["row"]: (r[key] / best if higher_is_better else best / r[key])
+                    for r in ok if r[key] is not None}
+    by_row = {r["row"]: r for r in ok}
+    if "ddpm_lib optimised" in by_row and "diffusers compiled" in by_row:
+        out["sampling_vs_diffusers_compiled"] = (by_row["ddpm_lib optimised"]["sample_img_per_s"]
+                                                 / by_row["diffusers compiled"]["sample_img_per_s"])
+    return out
 
 
 def format_table(r: dict) -> str:
-    """The figures of ``bench`` as a few aligned lines."""
-    mem = f"{r['peak_train_memory_gib']:.2f} GiB" if r["peak_train_memory_gib"] is not None else "n/a (CPU)"
-    return "\n".join([
-        f"{r['preset']} ({r['parameters']:,} parameters, {r['gflop_per_image_forward']:.2f} GFLOP per image forward) "
-        f"on {r['device']}, {r['autocast']}{', compiled' if r['compile'] else ''}",
-        f"{'':12}{'images/s':>12}{'TFLOP/s':>10}{'batch':>8}",
-        f"{'training':12}{r['train_img_per_s']:12.1f}{r['train_tflops']:10.3f}{r['batch_size']:8d}",
-        f"{'sampling':12}{r['sample_img_per_s']:12.1f}{r['sample_tflops']:10.3f}{r['sample_batch']:8d}",
-        f"peak memory of the training step: {mem}"])
+    """The figures of ``bench`` as an aligned table with a few lines of context."""
+    def num(value, fmt):
+        width = int(fmt.split(".")[0])
+        return format(value, fmt) if value is not None else f"{'—':>{width}}"
+
+    def ratio(key, row):
+        return num(r["ratios"].get(key, {}).get(row), "7.2f")
+
+    params = ", ".join(f"{k} {v:,}" for k, v in r["parameters"].items())
+    gflop = ", ".join(f"{k} {v:.3f}" for k, v in r["gflop_per_image_forward"].items())
+    lines = [f"{r['preset']} on {r['device']}, autocast {r['autocast']}, training batch {r['batch_size']}, "
+             f"sampling batch {r['sample_batch']}, {r['iters']} timed iterations after {r['warmup']} warm-up, "
+             f"torch {r['torch']} (compile backend {r['compile_backend']}{', max-autotune' if r['autotune'] else ''}), "
+             f"diffusers {r['diffusers'] or 'not installed'}",
+             f"parameters: {params}; GFLOP per image forward: {gflop}",
+             f"{'':25}{'   training':<36}{'   sampling, one evaluation':<50}{'    DDIM-' + str(r['ddim_steps'])}",
+             f"{'row':25}{'img/s':>10}{'TFLOP/s':>9}{'×diff':>7}{'peak GiB':>10}"
+             f"{'img/s':>10}{'TFLOP/s':>9}{'×diff':>7}{'':2}{'network':<22}{'s/1000 img':>12}{'×diff':>7}"]
+    for row in r["rows"]:
+        if row["status"] != "ok":
+            lines.append(f"{row['row']:25}{row['status']}")
+            continue
+        name = row["row"]
+        lines.append(f"{name:25}{num(row['train_img_per_s'], '10.1f')}{num(row['train_tflops'], '9.3f')}"
+                     f"{ratio('train_img_per_s', name)}{num(row['peak_train_memory_gib'], '10.2f')}"
+                     f"{row['sample_img_per_s']:10.1f}{row['sample_tflops']:9.3f}{ratio('sample_img_per_s', name)}"
+                     f"{'':2}{row['sampling']:<22}{row['ddim_s_per_1000']:12.3f}{ratio('ddim_s_per_1000', name)}")
+    lines.append("×diff: the row over diffusers' best row (DDIM: diffusers' lowest seconds over the row's); "
+                 "peak GiB: CUDA only")
+    if "sampling_vs_diffusers_compiled" in r["ratios"]:
+        lines.append(f"sampling, one evaluation: ddpm_lib optimised / diffusers compiled = "
+                     f"{r['ratios']['sampling_vs_diffusers_compiled']:.2f} (the issue asks for at least 1.5)")
+    return "\n".join(lines)

@@ -80,7 +80,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
-    p.add_argument("--compile", action="store_true", help="wrap the network in torch.compile")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (x_t, ε_θ, L_simple) and backward")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "
@@ -169,8 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
                               help="torch.compile backend of the compiled rows ('eager': trace only, a quick smoke test)")
     bench_parser.add_argument("--autotune", action="store_true",
                               help="CUDA-graph sampling rows: Inductor's max-autotune mode (minutes more compiling)")
-    bench_parser.add_argument("--compile", action="store_true",
-                              help="accepted for old command lines: the compiled rows are always measured")
     bench_parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     add_noisy_classifier_parser(commands)
     add_evaluate_guidance_parser(commands)

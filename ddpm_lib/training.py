@@ -80,7 +80,7 @@ class TrainConfig:
     save_every: int = 1000        # steps between checkpoints (the last step is always saved)
     keep: int = 3                 # checkpoints kept; older ones are deleted
     device: str | None = None     # None: "cuda" when available, else "cpu"
-    compile: bool = False         # wrap the network in torch.compile
+    compile: bool = False         # torch.compile the step's forward (x_t, ε_θ, L_simple) and its backward
     resume: bool = False          # continue from the latest checkpoint in out_dir
     progress: bool = True         # tqdm bar on rank 0
     num_classes: int = 0          # 0: an unconditional ε-model; K > 0: ConditionalUNet with K classes (CFG)
@@ -175,7 +175,8 @@ class Trainer:
     train and in ``torch.compile`` on request. Weights are always saved from ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1,
+                 compile_backend: str = "inductor"):
         self.config, self.device, self.model, self.step = config, device, model, 0
         self.ema_model = make_ema_model(model)
         self.schedule = make_schedule(config.schedule, config.T).to(device)
@@ -185,7 +186,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         net = model if world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.net = torch.compile(net) if config.compile else net
+        self.net = net
+        # Lines 4–5 of Algorithm 1 as one function (x_t by eq. 4, ε_θ, L_simple). ``compile`` compiles it
+        # whole, so q_sample and the loss fuse into the network's first and last kernels (and its backward).
+        self.loss_fn = torch.compile(self._loss, backend=compile_backend) if config.compile else self._loss
         self.noise_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1))
         self.label_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1) + 2)
 
@@ -207,7 +211,7 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype \
             else contextlib.nullcontext()
         with autocast:
-            loss = diffusion_loss(self.net, self.schedule, x0, t, eps, y)
+            loss = self.loss_fn(x0, t, eps, y)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
         self.scaler.scale(loss).backward()
@@ -218,6 +222,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.ema_model, self.model, ema_decay(self.config.ema_decay, self.step))
         return loss.detach()
+
+    def _loss(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return diffusion_loss(self.net, self.schedule, x0, t, eps, y)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema_model.state_dict(),

@@ -1,19 +1,102 @@
-"""The benchmark command runs on a CPU at a tiny size and reports consistent figures."""
+"""The benchmark command: every row on a CPU at a tiny size, diffusers' U-Net built like ours, and both
+networks driven by the same training step with the same timesteps."""
 import json
+import re
 
 import pytest
+import torch
+from torch import nn
 
-from ddpm_lib.bench import bench, forward_flops
+import ddpm_lib.bench as bench_module
+from ddpm_lib.bench import ROWS, bench, format_table, forward_flops, ratios
+from ddpm_lib.bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
 from ddpm_lib.cli import main
-from ddpm_lib.unet import UNet
+from ddpm_lib.embedding import timestep_embedding
+from ddpm_lib.training import Trainer, TrainConfig
+from ddpm_lib.unet import UNet, count_parameters
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--sample-batch", "2", "--iters", "1", "--warmup", "0",
+        "--ddim-steps", "2", "--device", "cpu"]
 
 
-def test_bench_reports_throughput_and_flops_that_agree(capsys):
-    r = bench("tiny", batch_size=4, sample_batch=4, iters=2, warmup=1, device="cpu")
-    assert r["train_img_per_s"] > 0 and r["sample_img_per_s"] > 0 and r["peak_train_memory_gib"] is None
-    # TFLOP/s is FLOPs × images/s: three forward passes per training image, one per sampled image
-    assert r["train_tflops"] == pytest.approx(3 * r["gflop_per_image_forward"] * 1e9 * r["train_img_per_s"] / 1e12)
-    assert r["sample_tflops"] == pytest.approx(r["gflop_per_image_forward"] * 1e9 * r["sample_img_per_s"] / 1e12)
+def test_bench_command_measures_and_prints_every_row(tmp_path, capsys):
+    """All five rows, the compiled ones traced by dynamo (backend "eager": no code generation, seconds)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--compile-backend", "eager", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert [row["row"] for row in r["rows"]] == list(ROWS)
+    for row in r["rows"]:
+        assert row["row"] in printed
+    measured = [row for row in r["rows"] if row["status"] == "ok"]
+    if diffusers_available():                      # the course extra installs it: then its rows are real
+        assert len(measured) == 5
+        assert r["parameters"]["diffusers"] == count_parameters(diffusers_unet("tiny"))
+    else:
+        assert len(measured) == 2 and printed.count("not installed") >= 3
+    assert r["parameters"]["ddpm_lib"] == count_parameters(UNet.from_preset("tiny"))
+    for row in measured:
+        library = row["row"].split()[0]
+        flops = r["gflop_per_image_forward"][library] * 1e9
+        assert row["sample_img_per_s"] > 0 and row["ddim_s_per_1000"] > 0 and row["peak_train_memory_gib"] is None
+        assert row["sample_tflops"] == pytest.approx(flops * row["sample_img_per_s"] / 1e12)
+        if row["row"] == "diffusers + CUDA graphs":                # sampling only
+            assert row["train_img_per_s"] is None
+        else:                                                      # three forward passes per training image
+            assert row["train_tflops"] == pytest.approx(3 * flops * row["train_img_per_s"] / 1e12)
+    assert "TFLOP/s" in printed and "DDIM-2" in printed
+
+
+def test_the_training_rows_time_the_real_trainer_step(monkeypatch):
+    calls = []
+    real_step = Trainer.train_step
+
+    def spy(self, x0, *args):
+        calls.append((type(self.model).__name__, tuple(x0.shape)))
+        return real_step(self, x0, *args)
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    rows = ("ddpm_lib eager", "diffusers eager") if diffusers_available() else ("ddpm_lib eager",)
+    r = bench("tiny", batch_size=3, sample_batch=2, iters=2, warmup=1, device="cpu", rows=rows, ddim_steps=1)
+    assert [row["status"] for row in r["rows"]] == ["ok"] * len(rows)
+    expected = [("UNet", (3, 1, 32, 32))] * 3 + [("DiffusersEps", (3, 1, 32, 32))] * 3 * (len(rows) - 1)
+    assert calls == expected                       # warm-up + timed steps, each a Trainer.train_step
+
+
+def test_rows_that_cannot_run_say_why(monkeypatch, capsys):
+    monkeypatch.setattr(bench_module, "diffusers_available", lambda: False)
+    r = bench("tiny", batch_size=2, sample_batch=2, iters=1, warmup=0, device="cpu",
+              rows=("ddpm_lib eager", "diffusers eager"), ddim_steps=1)
+    assert [row["status"] for row in r["rows"]] == ["ok", "not installed"]
+    assert "diffusers" not in r["ratios"].get("sample_img_per_s", {})
+    assert re.search(r"^diffusers eager +not installed$", format_table(r), re.M)
+    if diffusers_available():
+        monkeypatch.undo()
+        r = bench("mnist", batch_size=2, sample_batch=2, iters=1, warmup=0, device="cpu",
+                  rows=("diffusers eager",), ddim_steps=1)
+        assert r["rows"][0]["status"] == "no diffusers counterpart of preset 'mnist'"   # linear attention
+    for bad in (dict(iters=0), dict(rows=("ours",)), dict(compile_backend="tvm"), dict(ddim_steps=0)):
+        with pytest.raises(ValueError):
+            bench("tiny", **{"batch_size": 2, "sample_batch": 2, "device": "cpu", **bad})
+    assert main(["bench", "--preset", "tiny", "--iters", "0", "--device", "cpu"]) == 1
+
+
+def test_ratios_compare_with_diffusers_best_row():
+    rows = [{"row": "ddpm_lib eager", "status": "ok", "train_img_per_s": 100.0, "sample_img_per_s": 300.0,
+             "ddim_s_per_1000": 6.0},
+            {"row": "ddpm_lib optimised", "status": "ok", "train_img_per_s": 200.0, "sample_img_per_s": 900.0,
+             "ddim_s_per_1000": 2.0},
+            {"row": "diffusers eager", "status": "ok", "train_img_per_s": 50.0, "sample_img_per_s": 200.0,
+             "ddim_s_per_1000": 8.0},
+            {"row": "diffusers compiled", "status": "ok", "train_img_per_s": 80.0, "sample_img_per_s": 400.0,
+             "ddim_s_per_1000": 5.0},
+            {"row": "diffusers + CUDA graphs", "status": "ok", "train_img_per_s": None, "sample_img_per_s": 600.0,
+             "ddim_s_per_1000": 4.0}]
+    r = ratios(rows)
+    assert r["train_img_per_s"]["ddpm_lib optimised"] == pytest.approx(200 / 80)
+    assert r["sample_img_per_s"]["ddpm_lib eager"] == pytest.approx(300 / 600)
+    assert r["ddim_s_per_1000"]["ddpm_lib optimised"] == pytest.approx(4 / 2)      # a speed-up: 2× faster
+    assert r["sampling_vs_diffusers_compiled"] == pytest.approx(900 / 400)
+    assert "diffusers + CUDA graphs" not in r["train_img_per_s"]
 
 
 def test_forward_flops_scale_with_the_batch_and_count_the_convolutions():
@@ -25,11 +108,151 @@ def test_forward_flops_scale_with_the_batch_and_count_the_convolutions():
     assert one > conv_in
 
 
-def test_bench_command_prints_a_table_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--preset", "tiny", "--batch-size", "2", "--sample-batch", "2", "--iters", "1",
-                 "--warmup", "0", "--device", "cpu", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "training" in printed and "sampling" in printed and "TFLOP/s" in printed
-    assert json.loads(out.read_text())["preset"] == "tiny"
-    assert main(["bench", "--preset", "tiny", "--iters", "0", "--device", "cpu"]) == 1
+def test_forward_flops_on_the_meta_device_count_attention():
+    def flops(attn_res):
+        with torch.device("meta"):
+            model = UNet(image_size=8, in_channels=1, base_width=8, width_mult=(1,), blocks_per_level=1,
+                         attn_res=attn_res, heads=1, dropout=0.0)
+        return forward_flops(model, (1, 1, 8, 8), "meta")
+    # attention at 8×8 adds three layers (one down, two up), N = 64 positions of C = 8 channels each:
+    # 1×1 convs to q, k, v (2·N·C·3C) and out (2·N·C·C), then QKᵀ and AV (2·N·N·C each)
+    N, C = 64, 8
+    assert flops((8,)) - flops(()) == 3 * (2 * N * C * 3 * C + 2 * N * C * C + 2 * 2 * N * N * C)
+
+
+# diffusers' side: the same architecture, the same call convention
+
+
+def test_diffusers_ddpm_cifar10_has_our_parameters_and_flops():
+    diffusers = pytest.importorskip("diffusers")
+    ours = UNet.from_preset("ddpm-cifar10")
+    theirs = DiffusersEps(diffusers.UNet2DModel(**diffusers_config("ddpm-cifar10")))
+    assert count_parameters(ours) == count_parameters(theirs) == 35_746_307    # the paper's 35.7M
+    assert [type(b).__name__ for b in theirs.unet.down_blocks] == ["DownBlock2D", "AttnDownBlock2D",
+                                                                   "DownBlock2D", "DownBlock2D"]
+    with torch.device("meta"):                        # FLOPs from shapes alone, no arithmetic
+        ours_meta = UNet.from_preset("ddpm-cifar10")
+        theirs_meta = DiffusersEps(diffusers.UNet2DModel(**diffusers_config("ddpm-cifar10")))
+    assert forward_flops(ours_meta, (1, 3, 32, 32), "meta") == forward_flops(theirs_meta, (1, 3, 32, 32), "meta")
+
+
+def test_diffusers_tiny_differs_only_by_the_layers_diffusers_lacks():
+    diffusers = pytest.importorskip("diffusers")
+    ours = count_parameters(UNet.from_preset("tiny"))
+    theirs = count_parameters(diffusers.UNet2DModel(**diffusers_config("tiny")))
+    # 4×4 versus 3×3 downsampling convolutions at 32 and 64 channels, and the GroupNorm (64 channels)
+    # that diffusers leaves out of its middle attention when ResBlocks use scale-shift conditioning.
+    assert ours - theirs == 7 * (32 * 32 + 64 * 64) + 2 * 64
+    with pytest.raises(ValueError, match="linear attention"):
+        diffusers_config("mnist")
+
+
+def test_diffusers_time_embedding_is_ours_and_the_wrapper_shifts_t_by_one():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**diffusers_config("tiny")).eval()
+    t = torch.tensor([1, 17, 500, 1000])
+    torch.testing.assert_close(unet.time_proj(t), timestep_embedding(t, 32))
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        wrapped = DiffusersEps(unet)(x, t)
+        torch.testing.assert_close(wrapped, unet(x, t - 1).sample)
+        assert (wrapped - unet(x, t).sample).abs().max() > 1e-4      # t itself would be another input
+
+
+class Recorder(nn.Module):
+    """A stand-in network that records the timesteps it receives and returns a · x_t."""
+
+    def __init__(self, diffusers_style: bool):
+        super().__init__()
+        self.a, self.diffusers_style, self.seen = nn.Parameter(torch.tensor(0.5)), diffusers_style, []
+
+    def forward(self, sample, timestep):
+        self.seen.append(timestep.clone())
+        out = self.a * sample
+        return type("Output", (), {"sample": out})() if self.diffusers_style else out
+
+
+def test_both_networks_get_the_same_l_simple_step_with_0_and_1_based_timesteps():
+    ours, theirs = Recorder(diffusers_style=False), Recorder(diffusers_style=True)
+    config = TrainConfig(preset="tiny", T=21, batch_size=512, warmup=1, progress=False)
+    x0 = torch.rand(512, 1, 2, 2) * 2 - 1
+    losses = [Trainer(net, config, torch.device("cpu")).train_step(x0) for net in (ours, DiffusersEps(theirs))]
+    t_ours, t_theirs = ours.seen[0], theirs.seen[0]
+    # 512 draws from U{1..21} miss a value with probability below 21·(20/21)^512 ≈ 3e-10
+    assert set(t_ours.tolist()) == set(range(1, 22))                 # the paper's t ∈ 1..T
+    assert set(t_theirs.tolist()) == set(range(0, 21))               # diffusers numbers the steps 0..T−1
+    torch.testing.assert_close(t_theirs, t_ours - 1)                 # the same draws, shifted
+    torch.testing.assert_close(losses[0], losses[1])                 # the same L_simple on the same draws
+
+
+def copy_our_weights_into(unet, ours: UNet) -> None:
+    """Load our U-Net's weights into diffusers' counterpart, block by block (written from both models' layouts)."""
+    c, sd, new = ours.config, ours.state_dict(), {}
+
+    def res(src, dst):
+        for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("time_proj", "time_emb_proj"), ("norm2", "norm2"),
+                     ("conv2", "conv2"), ("skip", "conv_shortcut")):
+            for p in ("weight", "bias"):
+                if f"{src}.{a}.{p}" in sd:
+                    new[f"{dst}.{b}.{p}"] = sd[f"{src}.{a}.{p}"]
+
+    def attn(src, dst):
+        C = sd[f"{src}.out.weight"].shape[0]
+        for p in ("weight", "bias"):
+            new[f"{dst}.group_norm.{p}"] = sd[f"{src}.norm.{p}"]
+            qkv = sd[f"{src}.qkv.{p}"].reshape(3 * C, -1).squeeze(-1)
+            for i, name in enumerate(("to_q", "to_k", "to_v")):
+                new[f"{dst}.{name}.{p}"] = qkv[i * C:(i + 1) * C]
+            new[f"{dst}.to_out.0.{p}"] = sd[f"{src}.out.{p}"].reshape(C, -1).squeeze(-1)
+
+    for p in ("weight", "bias"):
+        new[f"conv_in.{p}"], new[f"conv_out.{p}"] = sd[f"conv_in.{p}"], sd[f"out.2.{p}"]
+        new[f"conv_norm_out.{p}"] = sd[f"out.0.{p}"]
+        new[f"time_embedding.linear_1.{p}"] = sd[f"time_mlp.0.{p}"]
+        new[f"time_embedding.linear_2.{p}"] = sd[f"time_mlp.2.{p}"]
+    levels, n, k = len(c["width_mult"]), c["blocks_per_level"], 0
+    for i in range(levels):
+        for j in range(n):
+            res(f"down.{k}.0", f"down_blocks.{i}.resnets.{j}")
+            if f"down.{k}.1.qkv.weight" in sd:
+                attn(f"down.{k}.1", f"down_blocks.{i}.attentions.{j}")
+            k += 1
+        if i < levels - 1:
+            for p in ("weight", "bias"):
+                new[f"down_blocks.{i}.downsamplers.0.conv.{p}"] = sd[f"down.{k}.conv.{p}"]
+            k += 1
+    res("middle.0", "mid_block.resnets.0")
+    attn("middle.1", "mid_block.attentions.0")
+    res("middle.2", "mid_block.resnets.1")
+    k = 0
+    for u in range(levels):
+        for j in range(n + 1):
+            res(f"up.{k}.0", f"up_blocks.{u}.resnets.{j}")
+            if f"up.{k}.1.qkv.weight" in sd:
+                attn(f"up.{k}.1", f"up_blocks.{u}.attentions.{j}")
+            k += 1
+        if u < levels - 1:
+            for p in ("weight", "bias"):
+                new[f"up_blocks.{u}.upsamplers.0.conv.{p}"] = sd[f"up.{k}.conv.{p}"]
+            k += 1
+    assert len(new) == len(sd) + 4 * sum(key.endswith("qkv.weight") for key in sd)   # q, k, v split: 2 → 6 tensors
+    unet.load_state_dict(new, strict=True)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_diffusers_with_our_weights_computes_our_function(heads):
+    """The mapping is the same network, not only the same parameter count: with our weights loaded,
+    diffusers' output at its timestep k equals ours at the paper's t = k (so DiffusersEps at t + 1)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    ours = UNet(image_size=16, in_channels=3, base_width=32, width_mult=(1, 2, 2), blocks_per_level=2, attn_res=(8,),
+                heads=heads, dropout=0.1, time_cond="add", downsample="conv3").eval()
+    unet = diffusers.UNet2DModel(**diffusers_config(ours.config)).eval()
+    assert count_parameters(unet) == count_parameters(ours)
+    copy_our_weights_into(unet, ours)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 10, 400, 999])
+    with torch.no_grad():
+        expected = ours(x, t)
+        torch.testing.assert_close(unet(x, t).sample, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(DiffusersEps(unet)(x, t + 1), expected, atol=1e-5, rtol=1e-4)

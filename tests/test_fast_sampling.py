@@ -1,0 +1,118 @@
+"""Compiled (and, on CUDA, CUDA-graph) ε-models give the eager samplers' samples for the same seed."""
+import pytest
+import torch
+
+from ddpm_lib.ddim import sample_ddim
+from ddpm_lib.fast_sampling import compiled_eps_model
+from ddpm_lib.sampling import sample_ddpm
+from ddpm_lib.schedules import make_schedule
+from ddpm_lib.toy_model import ToyEpsModel
+from ddpm_lib.unet import UNet
+
+BATCH = (64, 2)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A small MLP ε-model compiled by Inductor on the CPU (the real compiler: about 20 s the first time).
+
+    Compiled with one thread, as the tests run (conftest): the thread count is part of what a compiled
+    graph assumes, and another count would compile it again."""
+    torch.manual_seed(0)
+    model = ToyEpsModel(hidden=32).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return model, compiled_eps_model(model, BATCH, backend="inductor", cuda_graphs=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_eps_model_depends_on_t_so_the_comparisons_below_mean_something(toy):
+    model, _ = toy
+    x = torch.randn(BATCH, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        early, late = model(x, torch.ones(64, dtype=torch.long)), model(x, torch.full((64,), 50))
+    assert (early - late).abs().max() > 1e-2
+
+
+def test_compiled_eps_model_matches_the_eager_network_call_by_call(toy):
+    model, eps = toy
+    assert not eps.cuda_graphs and eps.compile_seconds > 0          # a CPU compiles only
+    x = torch.randn(BATCH, generator=torch.Generator().manual_seed(2))
+    t = torch.randint(1, 51, (64,), generator=torch.Generator().manual_seed(3))
+    first = eps(x, t)
+    second = eps(2 * x, t)                                          # a second call leaves the first result alone
+    with torch.no_grad():
+        torch.testing.assert_close(first, model(x, t), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(second, model(2 * x, t), atol=1e-5, rtol=1e-5)
+    assert first.data_ptr() != second.data_ptr()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim-eta0", "ddim-eta1"])
+def test_samplers_give_the_eager_samples_for_the_same_seed(toy, sampler):
+    model, eps = toy
+    s = make_schedule("linear", T=50)
+
+    def draw(net, seed):
+        g = torch.Generator().manual_seed(seed)
+        if sampler == "ddpm":                                       # a fresh noise draw at every step
+            return sample_ddpm(net, s, BATCH, generator=g)
+        return sample_ddim(net, s, BATCH, steps=10, eta=0.0 if sampler == "ddim-eta0" else 1.0, generator=g)
+
+    eager, compiled = draw(model, 4), draw(eps, 4)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert (draw(model, 5) - eager).abs().max() > 1e-1              # another seed: other samples
+
+
+def test_the_static_shape_and_eval_mode_are_enforced(toy):
+    model, eps = toy
+    with pytest.raises(ValueError, match="static batch shape"):
+        eps(torch.zeros(32, 2), torch.ones(32, dtype=torch.long))
+    with pytest.raises(ValueError, match="eval mode"):
+        compiled_eps_model(ToyEpsModel(hidden=8).train(), BATCH, backend="eager")
+    with pytest.raises(ValueError, match="backend"):
+        compiled_eps_model(model, BATCH, backend="tensorrt")
+
+
+def test_images_through_the_same_path_traced_without_code_generation():
+    """The U-Net's image path through ``compiled_eps_model`` (aot_eager: the traced graph, run eagerly)."""
+    torch.manual_seed(0)
+    model = UNet(image_size=8, in_channels=1, base_width=8, width_mult=(1, 2), blocks_per_level=1, attn_res=(4,),
+                 heads=1, dropout=0.1).eval()
+    eps = compiled_eps_model(model, (3, 1, 8, 8), backend="aot_eager", warmup=1)
+    s = make_schedule("linear", T=25)
+    samples = [sample_ddim(net, s, (3, 1, 8, 8), steps=5, eta=1.0, generator=torch.Generator().manual_seed(6))
+               for net in (model, eps)]
+    torch.testing.assert_close(samples[1], samples[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_sampling_equals_eager_on_the_gpu():
+    dev = torch.device("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False   # compare in true fp32
+    try:
+        torch.manual_seed(0)
+        model = UNet.from_preset("tiny").to(dev).eval()
+        shape = (16, 1, 32, 32)
+        eps = compiled_eps_model(model, shape, dev, cuda_graphs=True)
+        assert eps.cuda_graphs
+        x1, x2 = torch.randn(shape, device=dev), torch.randn(shape, device=dev)
+        t = torch.full((16,), 300, device=dev)
+        first, second = eps(x1, t), eps(x2, t)                      # the second replay must not overwrite the first
+        with torch.no_grad():
+            torch.testing.assert_close(first, model(x1, t), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(second, model(x2, t), atol=1e-4, rtol=1e-4)
+        s = make_schedule("linear", T=100).to(dev)
+        for draw in (lambda net, g: sample_ddim(net, s, shape, steps=20, eta=1.0, generator=g),
+                     lambda net, g: sample_ddpm(net, s, shape, generator=g)):
+            eager = draw(model, torch.Generator(dev).manual_seed(7))
+            graphed = draw(eps, torch.Generator(dev).manual_seed(7))
+            torch.testing.assert_close(graphed, eager, atol=1e-3, rtol=1e-3)
+        bf16 = compiled_eps_model(model, shape, dev, cuda_graphs=True, amp_dtype=torch.bfloat16)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            reference = model(x1, t).float()
+        assert (bf16(x1, t).float() - reference).abs().max() <= 0.05 * reference.abs().max()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
