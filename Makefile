@@ -66,6 +66,7 @@ GRID   := 4
 GSTEPS := 10
 N_GRID := 1
 TRI_STEPS := 5 4
+EVAL_FLAGS :=
 COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
@@ -88,6 +89,7 @@ GRID   := 64
 GSTEPS := 50
 N_GRID := 8
 TRI_STEPS := 50 4
+EVAL_FLAGS := --bf16
 COMPILE := --compile
 BENCH  := --batch-size 128 --sample-batch 256 --iters 20 --warmup 5
 BENCH_PRESETS := ddpm-cifar10 mnist
@@ -113,15 +115,15 @@ $(R)/ddpm_mnist.pt:
 	$(DL) export --checkpoint $(RUNS)/ddpm_mnist --out $@ --training-command "$(TRAIN_DDPM)"
 	$(call COPY_RUN,ddpm_mnist)
 $(R)/results/ddpm_mnist_eval.json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $< --n $(N_EVAL) --out $@
+	$(DL) evaluate --checkpoint $< --n $(N_EVAL) $(EVAL_FLAGS) --out $@
 $(R)/results/ddpm_mnist_raw_eval.json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) --out $@
+	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) $(EVAL_FLAGS) --out $@
 results-ddpm: $(R)/ddpm_mnist.pt $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json
 
 # DDIM's quality against steps (the DDIM paper's Table 1): one JSON per (steps, η).
 define DDIM_RULE
 $(R)/results/ddim/steps$(1)_eta$(2).json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $$< --sampler ddim --steps $(1) --eta $(2) --n $(N_TABLE) --out $$@
+	$(DL) evaluate --checkpoint $$< --sampler ddim --steps $(1) --eta $(2) --n $(N_TABLE) $(EVAL_FLAGS) --out $$@
 DDIM_FILES += $(R)/results/ddim/steps$(1)_eta$(2).json
 endef
 $(foreach s,$(DDIM_STEPS),$(foreach e,0 1,$(eval $(call DDIM_RULE,$(s),$(e)))))

@@ -56,6 +56,21 @@ METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
 
 
+def add_run_arguments(p: argparse.ArgumentParser, d) -> None:
+    """The flags every training command shares (seed, output folder, logging, grids, checkpoints, device,
+    resume, progress bar), with the defaults of the config ``d`` (``TrainConfig`` or ``DDGANConfig``)."""
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, data order and noise")
+    p.add_argument("--out-dir", default=d.out_dir, help="folder for checkpoints, metrics.jsonl and samples")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
+    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per grid")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
+    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
+    p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--data", default=d.data, choices=IMAGE_SETS + TOY_SETS,
@@ -72,17 +87,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient's global norm to this")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of the weights' EMA")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, data order and noise")
-    p.add_argument("--out-dir", default=d.out_dir, help="folder for checkpoints, metrics.jsonl and samples")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
-    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per grid")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
-    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
-    p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (x_t, ε_θ, L_simple) and backward")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_run_arguments(p, d)
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "
                    "U-Net for classifier-free guidance (10 for MNIST)")
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="CFG: probability of dropping a label")

@@ -30,6 +30,7 @@ DDGAN_COMMANDS = ("train-ddgan", "sample-ddgan", "export-ddgan")
 
 def add_ddgan_commands(subparsers) -> None:
     """Add ``train-ddgan``, ``sample-ddgan`` and ``export-ddgan`` to the ``add_subparsers()`` object."""
+    from .cli import add_run_arguments                  # cli imports this module: import at call time
     fmt = argparse.ArgumentDefaultsHelpFormatter
     d = DDGANConfig()
     p = subparsers.add_parser("train-ddgan", formatter_class=fmt,
@@ -49,16 +50,7 @@ def add_ddgan_commands(subparsers) -> None:
     p.add_argument("--r1-gamma", type=float, default=d.r1_gamma, help="R1 weight γ (penalty (γ/2)·R1; 0: none)")
     p.add_argument("--lazy-r1", type=int, default=d.lazy_r1, help="R1 every k-th step with weight k·γ/2")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of G's weight average G_ema")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, data order and noise")
-    p.add_argument("--out-dir", default=d.out_dir, help="folder for checkpoints, metrics.jsonl and samples")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
-    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per grid")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
-    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
-    p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_run_arguments(p, d)
     s = subparsers.add_parser("sample-ddgan", formatter_class=fmt,
                               help="draw samples with G_ema of a DDGAN run or exported file (T generator calls)")
     s.add_argument("--checkpoint", required=True, help="a DDGAN run folder (latest), ckpt_*.pt or exported file")
