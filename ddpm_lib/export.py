@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import (build_model, example_shape_of, file_sha256, load_checkpoint, load_model_state,

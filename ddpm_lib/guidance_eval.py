@@ -247,7 +247,7 @@ def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
             "device": str(device), "train_seconds": round(seconds, 1), "torch": torch.__version__,
             "command": command}
     card = save_noisy_classifier(model, s, args.out, card)
-    print(f"held-out accuracy at t = " + ", ".join(f"{t}: {a:.3f}" for t, a in accuracy.items())
+    print("held-out accuracy at t = " + ", ".join(f"{t}: {a:.3f}" for t, a in accuracy.items())
           + f" after {seconds:.0f} s; wrote {args.out} (sha256 {card['sha256'][:12]}…) and "
           f"{Path(args.out).with_suffix('.json')}")
     return card

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .indexing import check_same_shape, check_t, gather
+from .indexing import check_same_shape, gather
 from .posterior import mu_from_eps
 from .schedules import Schedule
 

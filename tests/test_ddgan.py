@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import ddpm_lib as dl
+from helpers import assert_d_and_g_steps_lower_their_losses
 from ddpm_lib.ddgan import (ToyDiscriminator, ToyGenerator, d_loss, ddgan_schedule, g_loss, posterior_sample,
                             q_sample_pairs, r1_penalty, sample_ddgan, train_ddgan_toy)
 
@@ -201,29 +202,7 @@ def test_d_and_g_steps_lower_their_losses(gen):
     x_prev, xt = q_sample_pairs(s, x0.float(), t, gen)
     z, noise = torch.randn(128, G.z_dim, generator=gen), torch.randn(128, 2, generator=gen)
 
-    def fake():
-        return posterior_sample(s, G(xt, z, t), xt, t, noise)
-
-    opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    with torch.no_grad():
-        x_fake = fake()
-        before = d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item()
-    for _ in range(20):
-        loss = d_loss(D(x_prev, xt, t), D(x_fake, xt, t))
-        opt_d.zero_grad()
-        loss.backward()
-        opt_d.step()
-    assert d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item() < before - 0.05
-
-    D.requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    before = g_loss(D(fake(), xt, t)).item()
-    for _ in range(20):
-        loss = g_loss(D(fake(), xt, t))
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
-    assert g_loss(D(fake(), xt, t)).item() < before - 0.05
+    assert_d_and_g_steps_lower_their_losses(G, D, s, x_prev, xt, t, z, noise, steps=20)
 
 
 # ---------------------------------------------------------------- sampling

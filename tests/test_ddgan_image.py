@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import ddpm_lib as dl
+from helpers import assert_d_and_g_steps_lower_their_losses
 from ddpm_lib import checkpoint
 from ddpm_lib import ddgan_train as ddgan_train_module
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
 from ddpm_lib.cli import main
-from ddpm_lib.ddgan import d_loss, ddgan_schedule, g_loss, posterior_sample, q_sample_pairs, r1_penalty, sample_ddgan
+from ddpm_lib.ddgan import ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from ddpm_lib.ddgan_nets import DDGAN_PRESETS, DDGANDiscriminator, DDGANGenerator, build_ddgan, ddgan_spec
 from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, load_ddgan_generator, train_ddgan
 
@@ -139,28 +140,7 @@ def test_d_and_g_steps_lower_their_losses_on_images(gen):
     x_prev, xt = q_sample_pairs(s, x0, t, gen)
     z, noise = torch.randn(16, G.z_dim, generator=gen), torch.randn(16, 1, 16, 16, generator=gen)
 
-    def fake():
-        return posterior_sample(s, G(xt, z, t), xt, t, noise)
-
-    with torch.no_grad():
-        x_fake = fake()
-    opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    before = d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item()
-    for _ in range(8):
-        loss = d_loss(D(x_prev, xt, t), D(x_fake, xt, t))
-        opt_d.zero_grad()
-        loss.backward()
-        opt_d.step()
-    assert d_loss(D(x_prev, xt, t), D(x_fake, xt, t)).item() < before - 0.05
-    D.requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    before = g_loss(D(fake(), xt, t)).item()
-    for _ in range(8):
-        loss = g_loss(D(fake(), xt, t))
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
-    assert g_loss(D(fake(), xt, t)).item() < before - 0.05
+    assert_d_and_g_steps_lower_their_losses(G, D, s, x_prev, xt, t, z, noise, steps=8)
 
 
 def test_r1_on_images(gen):

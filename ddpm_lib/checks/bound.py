@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 
 import torch
 
-from ..elbo import denoising_term, l_simple, normal_kl
+from ..elbo import denoising_term, normal_kl
 from ..forward import q_sample
 from ..indexing import gather
 from ..schedules import make_schedule

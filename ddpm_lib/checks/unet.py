@@ -1,7 +1,6 @@
 """Checks for the exercises of notebook 05 (the U-Net)."""
 from __future__ import annotations
 
-import random
 
 import torch
 import torch.nn.functional as F
