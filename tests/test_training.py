@@ -11,7 +11,8 @@ import ddpm_lib as dl
 from ddpm_lib import training as train_module
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
 from ddpm_lib.ema import ema_decay, make_ema_model, update_ema
-from ddpm_lib.training import EpochBatches, Trainer, TrainConfig, diffusion_loss, learning_rate, train
+from ddpm_lib.data import EpochBatches
+from ddpm_lib.training import Trainer, TrainConfig, diffusion_loss, learning_rate, train
 from ddpm_lib.unet import PRESETS, UNet
 
 # A U-Net small enough for a CPU test (16×16 images, two levels), with dropout so that resuming
