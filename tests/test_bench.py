@@ -45,6 +45,22 @@ def test_bench_command_measures_and_prints_every_row(tmp_path, capsys):
         else:                                                      # three forward passes per training image
             assert row["train_tflops"] == pytest.approx(3 * flops * row["train_img_per_s"] / 1e12)
     assert "TFLOP/s" in printed and "DDIM-2" in printed
+    g = r["ddgan"]                                    # the tiny DDGAN generator's whole 4-step sampler
+    assert g["status"] == "ok" and g["nfe"] == 4 and g["s_per_1000"] > 0 and "DDGAN-4 sampling" in printed
+
+
+def test_ddgan_sampling_counts_the_generator_calls_and_names_a_missing_preset(monkeypatch):
+    """The DDGAN timing runs the real sampler (T = 4 calls of G per timed draw, one batch of the sampling
+    size) and says why it is absent for a U-Net preset without a DDGAN counterpart."""
+    from ddpm_lib import bench as bench_module
+    from ddpm_lib.ddgan_nets import DDGANGenerator
+    calls, real = [], DDGANGenerator.forward
+    monkeypatch.setattr(DDGANGenerator, "forward", lambda self, xt, z, t: calls.append(xt.shape) or real(self, xt, z, t))
+    timed = bench_module._timer(torch.device("cpu"))
+    g = bench_module.ddgan_sampling("tiny", 3, torch.device("cpu"), timed)
+    assert g["status"] == "ok" and len(calls) == 2 * 4 and set(calls) == {(3, 1, 32, 32)}   # warm-up + timed
+    assert bench_module.ddgan_sampling("ddpm-cifar10", 3, torch.device("cpu"), timed)["status"] == \
+        "no DDGAN preset 'ddpm-cifar10'"
 
 
 def test_the_training_rows_time_the_real_trainer_step(monkeypatch):
