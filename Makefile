@@ -154,7 +154,7 @@ $(R)/ddgan_mnist.pt:
 	$(DL) export-ddgan --checkpoint $(RUNS)/ddgan_mnist --out $@ --training-command "$(TRAIN_DDGAN)"
 	$(call COPY_RUN,ddgan_mnist)
 $(R)/results/trilemma_mnist.json: $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
-	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TABLE) --out $@
+	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TABLE) $(EVAL_FLAGS) --out $@
 results-ddgan: $(R)/results/trilemma_mnist.json
 
 $(R)/results/bench_%.json:

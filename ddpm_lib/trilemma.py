@@ -76,6 +76,13 @@ def ddim_draw(eps_model: nn.Module, s, example_shape: tuple, steps: int, eta: fl
     return lambda b, g: sample_ddim(eps_model, s, (b, *example_shape), steps=steps, eta=eta, generator=g)
 
 
+def _in_bf16(draw: Draw) -> Draw:
+    def bf16_draw(b, g):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return draw(b, g).float()
+    return bf16_draw
+
+
 def trilemma_rows(samplers: dict[str, tuple[Draw, CallCounter]], real: torch.Tensor, classifier: nn.Module,
                   n: int, batch_size: int, device, seed: int = 0) -> list[dict]:
     """One row per sampler (name → (draw, the counter wrapping its network)): FID-MNIST against
@@ -115,6 +122,7 @@ def add_trilemma_parser(commands) -> None:
     p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="the classifier behind FID-MNIST")
     p.add_argument("--seed", type=int, default=0, help="seed of every row's draws")
     p.add_argument("--device", default=None, help="None: cuda when available")
+    p.add_argument("--bf16", action="store_true", help="every row's network in bf16 autocast (CUDA only)")
     p.add_argument("--out", default="trilemma.json", help="JSON file for the table")
 
 
@@ -132,6 +140,8 @@ def run_trilemma(args) -> dict:
     if args.n < 2:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples), got {args.n}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.bf16 and device.type != "cuda":
+        raise ValueError("--bf16 needs a CUDA device (on a CPU every row runs in float32)")
     eps_model, s, info = load_sampling_model(args.ddpm, device)
     G, s_gan, gan_info = load_ddgan_generator(args.ddgan, device)
     shape = tuple(info["example_shape"])
@@ -146,12 +156,15 @@ def run_trilemma(args) -> dict:
     samplers[f"DDGAN ({s_gan.T} steps)"] = (
         lambda b, g: sample_ddgan(g_counter, s_gan, (b, *shape), z_dim=G.z_dim, generator=g), g_counter)
     real, _ = load_images(info["config"].get("data", "mnist-5k"), train=False, pad_to_32=True)
+    if args.bf16:                          # the networks in bf16; the classifier's features stay float32
+        samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
     rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
                          device, args.seed)
     from .cli import METRIC
     table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
              else "cpu", "ddpm": str(args.ddpm), "ddgan": str(args.ddgan), "reference": {"n": len(real),
-             "split": "held-out"}, "seed": args.seed, "rows": rows}
+             "split": "held-out"}, "seed": args.seed, "precision": "bf16 autocast" if args.bf16 else "float32",
+             "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
     print(format_rows(rows))

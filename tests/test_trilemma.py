@@ -96,3 +96,7 @@ def test_trilemma_command_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "same data" in err
+    assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--bf16",
+                 "--device", "cpu", "--out", str(out)]) == 1
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert table["precision"] == "float32"

@@ -237,7 +237,7 @@ plt.show()
 # %%
 tri = json.loads((results / "results" / "trilemma_mnist.json").read_text())
 rows = tri["rows"]
-print(f"{tri['n']:,} samples per row on {tri['device']}; {tri['metric']}")
+print(f"{tri['n']:,} samples per row on {tri['device']} (networks in {tri['precision']}); {tri['metric']}")
 print(f"{'sampler':<22}{'NFE':>6}{'FID-MNIST':>11}{'class entropy':>15}{'s / 1000':>10}")
 for r in rows:
     print(f"{r['sampler']:<22}{r['nfe']:>6}{r['fid_mnist']:>11.2f}{r['class_entropy']:>15.3f}{r['seconds_per_1000']:>10.2f}")
