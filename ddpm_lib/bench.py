@@ -41,6 +41,7 @@ from .ddgan import ddgan_schedule, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_generator, ddgan_spec
 from .ddim import sample_ddim
 from .fast_sampling import BACKENDS, compiled_eps_model
+from .elbo import l_simple
 from .training import Trainer, TrainConfig, autocast_dtype
 from .unet import PRESETS, UNet, count_parameters
 
@@ -81,6 +82,27 @@ def forward_flops(model: torch.nn.Module, shape: tuple, device: torch.device) ->
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, t)
     return counter.get_total_flops()
+
+
+def saved_activation_bytes(loss_fn) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while ``loss_fn()`` runs its forward
+    (``torch.autograd.graph.saved_tensors_hooks``), each storage counted once and the parameters left out:
+    the activation memory a training step holds at its peak, besides weights, gradients and optimizer state.
+    Run it on the "meta" device for an estimate at any size in a fraction of a second (float32 there:
+    autocast does not apply to meta tensors, so bf16/fp16 training holds about half)."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        if not isinstance(t, torch.nn.Parameter) and storage._cdata not in seen:
+            seen.add(storage._cdata)
+            total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn()
+    return total
 
 
 def _unavailable(preset: str) -> str | None:
@@ -209,6 +231,10 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
             with torch.device("meta"):
                 net = _network(library, preset)
             figures[library] = {"parameters": count_parameters(net), "flops": forward_flops(net, shape, "meta")}
+    with torch.device("meta"):                # activations of a training step at this batch, estimated
+        net, xt = _network("ddpm_lib", preset), torch.zeros(batch_size, *shape[1:])
+        t = torch.ones(batch_size, dtype=torch.long)          # (x_t needs no gradient: eq. 4 saves nothing)
+        activations = saved_activation_bytes(lambda: l_simple(xt, net(xt, t)))
     results = []
     for row in (r for r in ROWS if r in rows):
         library = row.split()[0]
@@ -232,7 +258,9 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
             "diffusers": diffusers.__version__ if diffusers_available() else None,
             "parameters": {k: v["parameters"] for k, v in figures.items()},
             "gflop_per_image_forward": {k: v["flops"] / 1e9 for k, v in figures.items()},
-            "rows": results, "ratios": ratios(results), "ddgan": ddgan}
+            "rows": results, "ratios": ratios(results), "ddgan": ddgan,
+            "activation_gib_fp32_estimate": activations / 2 ** 30,
+            "weights_grads_adam_gib_fp32": 4 * 4 * figures["ddpm_lib"]["parameters"] / 2 ** 30}
 
 
 def ratios(rows: list[dict]) -> dict:
@@ -289,6 +317,9 @@ def format_table(r: dict) -> str:
                      f"{'':2}{row['sampling']:<22}{row['ddim_s_per_1000']:12.3f}{ratio('ddim_s_per_1000', name)}")
     lines.append("×diff: the row over diffusers' best row (DDIM: diffusers' lowest seconds over the row's); "
                  "peak GiB: CUDA only")
+    lines.append(f"memory of a training step at batch {r['batch_size']}, estimated on the meta device: activations "
+                 f"{r['activation_gib_fp32_estimate']:.2f} GiB in float32 (about half under bf16/fp16 autocast), "
+                 f"weights + gradients + AdamW {r['weights_grads_adam_gib_fp32']:.2f} GiB")
     g = r.get("ddgan")
     if g and g["status"] == "ok":
         lines.append(f"DDGAN-{g['nfe']} sampling (generator of DDGAN preset {g['preset']!r}, {g['parameters']:,} "

@@ -272,3 +272,22 @@ def test_diffusers_with_our_weights_computes_our_function(heads):
         expected = ours(x, t)
         torch.testing.assert_close(unet(x, t).sample, expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(DiffusersEps(unet)(x, t + 1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_saved_activation_bytes_counts_what_autograd_keeps_for_the_backward():
+    """A linear layer saves its input (B × 4 float32) and nothing else that is not a parameter; a ReLU
+    after it saves its output once more; a view of a saved tensor is not counted twice; the estimate
+    of a U-Net on the meta device grows linearly with the batch. Catches: parameters counted as activations,
+    a storage counted once per view, an estimate that ignores the batch."""
+    from ddpm_lib.bench import saved_activation_bytes
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    assert saved_activation_bytes(lambda: layer(x).sum()) == 5 * 4 * 4
+    assert saved_activation_bytes(lambda: torch.relu(layer(x)).sum()) == 5 * 4 * 4 + 5 * 3 * 4
+    y = torch.randn(6, requires_grad=True)
+    assert saved_activation_bytes(lambda: (y.view(2, 3) * y.view(3, 2).T).sum()) == 6 * 4
+    with torch.device("meta"):
+        net = UNet.from_preset("tiny")
+        two, four, six = (saved_activation_bytes(lambda: net(torch.zeros(b, 1, 32, 32), torch.ones(b, dtype=torch.long))
+                                                 .sum()) for b in (2, 4, 6))
+    assert six - four == four - two > 0 and two > 0                  # affine in the batch, growing with it
