@@ -49,6 +49,10 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 print(f"torch {torch.__version__} on {device}")
 plt.rcParams["figure.dpi"] = 110
 results = Path(results)
+missing = [f for f in ['ddpm_mnist.pt', 'results/ddim'] if not (results / f).exists()]
+if missing:   # e.g. on Colab, where pip installed the package but not the course's data/ folder
+    raise FileNotFoundError(f"{results} lacks {missing}: clone the course and point `results` at its data/ "
+                            "folder, or make the files with `make results` on a GPU (README)")
 f64 = torch.float64
 
 # %% [markdown]
@@ -169,8 +173,7 @@ rows = [dl.sample_ddim(ddpm_model, s_mnist, x_T_img.shape, steps=k, eta=0.0, x_T
         for k in step_list]
 fig, axes = plt.subplots(len(step_list), 1, figsize=(1.2 * n_show, 1.35 * len(step_list)))
 for ax, k, x in zip(axes, step_list, rows):
-    plots.show_images(x, nrow=n_show, ax=ax)
-    ax.set_ylabel(f"{k} steps", rotation=0, ha="right", va="center")
+    plots.show_images(x, nrow=n_show, ax=ax, title=f"{k} steps")
 fig.suptitle("one x_T per column, decoded with η = 0 and more and more steps")
 plt.tight_layout()
 plt.show()

@@ -53,6 +53,10 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 print(f"torch {torch.__version__} on {device}")
 plt.rcParams["figure.dpi"] = 110
 results = Path(results)
+missing = [f for f in ['ddgan_mnist.pt', 'results/trilemma_mnist.json'] if not (results / f).exists()]
+if missing:   # e.g. on Colab, where pip installed the package but not the course's data/ folder
+    raise FileNotFoundError(f"{results} lacks {missing}: clone the course and point `results` at its data/ "
+                            "folder, or make the files with `make results` on a GPU (README)")
 f64 = torch.float64
 
 # %% [markdown]
