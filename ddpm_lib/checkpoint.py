@@ -63,6 +63,22 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_to_resume(out_dir: str | Path, resume: bool) -> Path | None:
+    """The run folder rule of every trainer: with ``resume`` the latest checkpoint in ``out_dir``
+    (``FileNotFoundError`` when there is none); without it None, and ``FileExistsError`` when the folder
+    already holds checkpoints (a new run never mixes with an old one)."""
+    out_dir = Path(out_dir)
+    if resume:
+        found = latest_checkpoint(out_dir)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
+        return found
+    if list_checkpoints(out_dir):
+        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
+                              f"or choose another --out-dir")
+    return None
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename inside ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
     if os.name != "posix":

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (StopRequest, file_sha256, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
+from .checkpoint import (StopRequest, file_sha256, checkpoint_to_resume, keep_metrics_up_to,
                          load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_atomic,
                          save_checkpoint)
 from .data import IMAGE_SETS, EpochBatches, load_images
@@ -215,12 +215,7 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     """
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(config.out_dir)
-    resume_from = latest_checkpoint(out_dir) if config.resume else None
-    if config.resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
-    if not config.resume and list_checkpoints(out_dir):
-        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
-                              f"or choose another --out-dir")
+    resume_from = checkpoint_to_resume(out_dir, config.resume)
     x0_data = load_ddgan_data(config, device)
     example_shape = tuple(x0_data.shape[1:])
     spec = ddgan_spec(config.preset, example_shape)

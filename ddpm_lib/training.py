@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import (StopRequest, build_model, keep_metrics_up_to, latest_checkpoint, list_checkpoints,
+from .checkpoint import (StopRequest, build_model, checkpoint_to_resume, keep_metrics_up_to,
                          load_model_state, model_spec, resume_training, save_training)
 from .data import IMAGE_SETS, EpochBatches, load_images, to_pixel_range
 from .elbo import l_simple
@@ -282,12 +282,7 @@ def train(config: TrainConfig) -> Trainer:
 
 def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> Trainer:
     main, out_dir = rank == 0, Path(config.out_dir)
-    resume_from = latest_checkpoint(out_dir) if config.resume else None
-    if config.resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
-    if not config.resume and list_checkpoints(out_dir):
-        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
-                              f"or choose another --out-dir")
+    resume_from = checkpoint_to_resume(out_dir, config.resume)
 
     def reduce(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if world > 1:
