@@ -44,6 +44,7 @@ clean:
 # is made once; a training run stopped by a time limit (SIGTERM saves a checkpoint) resumes on the next
 # call. Small settings for a CPU rehearsal: `make results RESULTS_SCALE=smoke R=/tmp/r RUNS=/tmp/r/runs`.
 R        ?= data
+N_TRI   ?= $(N_TABLE)
 RUNS     ?= runs
 DL       ?= $(BIN)/python -m ddpm_lib
 RESULTS_SCALE ?= gpu
@@ -69,6 +70,35 @@ TRI_STEPS := 5 4
 EVAL_FLAGS :=
 COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
+BENCH_PRESETS := tiny
+else ifeq ($(RESULTS_SCALE),laptop)
+# A stand-in made on a 2-core laptop CPU in about 1.5 hours, for the lectures to run before the GPU run:
+# the tiny U-Net, a short run, few samples. Its numbers are the laptop's, not the GPU's (README).
+PRESET := tiny
+NC_PRESET := tiny
+DDGAN_PRESET := tiny
+T      := 1000
+DDPM_STEPS := 2400
+CFG_STEPS := 1200
+NC_STEPS := 1000
+DDGAN_STEPS := 1500
+BATCH  := 64
+TRAIN_EXTRA := --lr 5e-4 --warmup 200
+NC_EXTRA := --batch-size 64
+N_EVAL := 200
+N_TABLE := 200
+N_TRI  := 100
+EVAL_SAMPLER := --sampler ddim --steps 100
+N_PER_CLASS := 10
+DDIM_STEPS := 10 20 50 100
+EVERY  := 800
+GRID   := 16
+GSTEPS := 50
+N_GRID := 4
+TRI_STEPS := 50 4
+EVAL_FLAGS :=
+COMPILE :=
+BENCH  := --batch-size 64 --sample-batch 64 --iters 3 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else
 PRESET := mnist
@@ -97,12 +127,12 @@ endif
 RESUME = $$(ls $(1)/ckpt_*.pt >/dev/null 2>&1 && echo --resume)
 COPY_RUN = mkdir -p $(R)/training/$(1) && cp $(RUNS)/$(1)/metrics.jsonl $(RUNS)/$(1)/samples_*.png $(R)/training/$(1)/
 
-TRAIN_DDPM = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) \
+TRAIN_DDPM = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
              --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) --out-dir $(RUNS)/ddpm_mnist
-TRAIN_CFG  = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(CFG_STEPS) --batch-size $(BATCH) \
+TRAIN_CFG  = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(CFG_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
              --num-classes 10 --p-uncond 0.1 --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) \
              --out-dir $(RUNS)/ddpm_mnist_cfg
-TRAIN_NC   = $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) \
+TRAIN_NC   = $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) $(NC_EXTRA) \
              --out $(R)/noisy_classifier_mnist.pt
 TRAIN_DDGAN = $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) \
              --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) --out-dir $(RUNS)/ddgan_mnist
@@ -115,9 +145,9 @@ $(R)/ddpm_mnist.pt:
 	$(DL) export --checkpoint $(RUNS)/ddpm_mnist --out $@ --training-command "$(TRAIN_DDPM)"
 	$(call COPY_RUN,ddpm_mnist)
 $(R)/results/ddpm_mnist_eval.json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $< --n $(N_EVAL) $(EVAL_FLAGS) --out $@
+	$(DL) evaluate --checkpoint $< --n $(N_EVAL) $(EVAL_SAMPLER) $(EVAL_FLAGS) --out $@
 $(R)/results/ddpm_mnist_raw_eval.json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) $(EVAL_FLAGS) --out $@
+	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) $(EVAL_SAMPLER) $(EVAL_FLAGS) --out $@
 results-ddpm: $(R)/ddpm_mnist.pt $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json
 
 # DDIM's quality against steps (the DDIM paper's Table 1): one JSON per (steps, η).
@@ -154,7 +184,7 @@ $(R)/ddgan_mnist.pt:
 	$(DL) export-ddgan --checkpoint $(RUNS)/ddgan_mnist --out $@ --training-command "$(TRAIN_DDGAN)"
 	$(call COPY_RUN,ddgan_mnist)
 $(R)/results/trilemma_mnist.json: $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
-	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TABLE) $(EVAL_FLAGS) --out $@
+	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TRI) $(EVAL_FLAGS) --out $@
 results-ddgan: $(R)/results/trilemma_mnist.json
 
 $(R)/results/bench_%.json:

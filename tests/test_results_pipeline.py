@@ -1,5 +1,5 @@
 """``make results`` (the GPU pipeline behind notebooks 06–09) stays in step with the command line: every
-command it would run, at the GPU scale and at the CPU rehearsal's, parses with ``python -m ddpm_lib``'s own
+command it would run, at the GPU scale, the laptop stand-in's and the CPU rehearsal's, parses with ``python -m ddpm_lib``'s own
 parser. Catches: a renamed or removed flag, a misspelt subcommand, a value the parser refuses — found here
 rather than ten minutes into a GPU session."""
 import re
@@ -31,7 +31,7 @@ def planned_commands(tmp_path, scale):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
-@pytest.mark.parametrize("scale", ["gpu", "smoke"])
+@pytest.mark.parametrize("scale", ["gpu", "laptop", "smoke"])
 def test_every_command_of_make_results_parses(tmp_path, scale):
     commands = planned_commands(tmp_path, scale)
     names = {c[0] for c in commands}
@@ -41,5 +41,5 @@ def test_every_command_of_make_results_parses(tmp_path, scale):
     for words in commands:
         args = parser.parse_args(words)                       # SystemExit (status 2) on any unknown flag
         assert args.command == words[0]
-    ddim = [c for c in commands if c[0] == "evaluate" and "--sampler" in c]
-    assert len(ddim) == (10 if scale == "gpu" else 4)         # every (steps, η) pair of the DDIM table
+    ddim = [c for c in commands if c[0] == "evaluate" and "--eta" in c]
+    assert len(ddim) == {"gpu": 10, "laptop": 8, "smoke": 4}[scale]   # every (steps, η) pair of the DDIM table
