@@ -72,7 +72,7 @@ COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else ifeq ($(RESULTS_SCALE),laptop)
-# A stand-in made on a 2-core laptop CPU in about 1.5 hours, for the lectures to run before the GPU run:
+# A stand-in made on a 2-core laptop CPU in about 2.5 hours, for the lectures to run before the GPU run:
 # the tiny U-Net, a short run, few samples. Its numbers are the laptop's, not the GPU's (README).
 PRESET := tiny
 NC_PRESET := tiny
@@ -87,7 +87,7 @@ TRAIN_EXTRA := --lr 5e-4 --warmup 200
 NC_EXTRA := --batch-size 64
 N_EVAL := 200
 N_TABLE := 200
-N_TRI  := 100
+N_TRI  := 64
 EVAL_SAMPLER := --sampler ddim --steps 100
 N_PER_CLASS := 10
 DDIM_STEPS := 10 20 50 100
