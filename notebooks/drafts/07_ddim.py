@@ -27,7 +27,7 @@
 # %% tags=["parameters"]
 quick = False  # CI sets True: tiny data, few steps, CPU-sized
 seed = 0  # seed of every random draw in this notebook
-results = "../data"  # folder with the shipped MNIST model and the GPU results (`make results`)
+results = "../data/laptop"  # the shipped MNIST model and its results: data/laptop (CPU stand-in) or data (GPU run)
 
 # %%
 # Setup: the course package is installed by `make lab`; on Colab the next lines install it.
@@ -52,8 +52,17 @@ results = Path(results)
 missing = [f for f in ['ddpm_mnist.pt', 'results/ddim'] if not (results / f).exists()]
 if missing:   # e.g. on Colab, where pip installed the package but not the course's data/ folder
     raise FileNotFoundError(f"{results} lacks {missing}: clone the course and point `results` at its data/ "
-                            "folder, or make the files with `make results` on a GPU (README)")
+                            "folder, or make the files with `make results` (README)")
 f64 = torch.float64
+
+# %% [markdown]
+# > **Where the shipped files come from.** `results` points at `data/laptop/`: the models and measurements of
+# > `make results RESULTS_SCALE=laptop`, made on a 2-core laptop CPU in about two hours with the `tiny` presets
+# > (a 1.2M-parameter U-Net, a 0.3M-parameter DDGAN generator), short training runs and a few hundred samples per
+# > measurement. They stand in for the GPU run
+# > (`make results`: the `mnist` U-Net, 20,000 steps, 10,000 samples per FID), which writes to `data/` and has not
+# > been made yet. Expect blurrier digits and larger, noisier FID-MNIST values than a GPU run gives. Every number
+# > below is printed from the files, so text and code stay right when `results` points at `data/`.
 
 # %% [markdown]
 # ## 1. A family of forward processes with the same marginals
@@ -185,7 +194,7 @@ assert all(a >= b - 0.02 for a, b in zip(gap, gap[1:])), gap     # more steps: c
 # ## 5. Quality against steps (the DDIM paper's Table 1)
 #
 # FID-MNIST (notebook 06) of samples from the shipped model for 10 to 1,000 steps, with $\eta = 0$ (DDIM) and
-# $\eta = 1$ (DDPM-like noise on the respaced grid). Computed on the GPU with
+# $\eta = 1$ (DDPM-like noise on the respaced grid). Computed with
 # `python -m ddpm_lib evaluate --checkpoint data/ddpm_mnist.pt --sampler ddim --steps S --eta E --n N`
 # (`make results-ddim`):
 

@@ -29,7 +29,7 @@
 # %% tags=["parameters"]
 quick = False  # CI sets True: tiny data, few steps, CPU-sized
 seed = 0  # seed of every random draw in this notebook
-results = "../data"  # folder with the shipped models and the GPU results (`make results`)
+results = "../data/laptop"  # the shipped models and their results: data/laptop (CPU stand-in) or data (GPU run)
 
 # %%
 # Setup: the course package is installed by `make lab`; on Colab the next lines install it.
@@ -54,8 +54,17 @@ results = Path(results)
 missing = [f for f in ['noisy_classifier_mnist.pt', 'results/guidance_mnist.json', 'results/cfg_mnist.json'] if not (results / f).exists()]
 if missing:   # e.g. on Colab, where pip installed the package but not the course's data/ folder
     raise FileNotFoundError(f"{results} lacks {missing}: clone the course and point `results` at its data/ "
-                            "folder, or make the files with `make results` on a GPU (README)")
+                            "folder, or make the files with `make results` (README)")
 f64 = torch.float64
+
+# %% [markdown]
+# > **Where the shipped files come from.** `results` points at `data/laptop/`: the models and measurements of
+# > `make results RESULTS_SCALE=laptop`, made on a 2-core laptop CPU in about two hours with the `tiny` presets
+# > (a 1.2M-parameter U-Net, a 0.3M-parameter DDGAN generator), short training runs and a few hundred samples per
+# > measurement. They stand in for the GPU run
+# > (`make results`: the `mnist` U-Net, 20,000 steps, 10,000 samples per FID), which writes to `data/` and has not
+# > been made yet. Expect blurrier digits and larger, noisier FID-MNIST values than a GPU run gives. Every number
+# > below is printed from the files, so text and code stay right when `results` points at `data/`.
 
 # %% [markdown]
 # ## 1. The conditional reverse step
@@ -182,7 +191,7 @@ assert acc[min(acc)] > 0.9 and acc[max(acc)] < 0.3
 # ## 4. Guided MNIST samples
 #
 # The shipped unconditional model, guided towards each digit by the noisy classifier (DDIM, 50 steps; rows are the
-# target classes 0–9). Made on the GPU with `python -m ddpm_lib sample --checkpoint data/ddpm_mnist.pt --classifier
+# target classes 0–9). Made with `python -m ddpm_lib sample --checkpoint data/ddpm_mnist.pt --classifier
 # data/noisy_classifier_mnist.pt --label all --scale S --sampler ddim --steps 50`:
 
 # %%

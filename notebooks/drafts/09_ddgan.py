@@ -30,7 +30,7 @@
 # %% tags=["parameters"]
 quick = False  # CI sets True: tiny data, few steps, CPU-sized
 seed = 0  # seed of every random draw in this notebook
-results = "../data"  # folder with the shipped models and the GPU results (`make results`)
+results = "../data/laptop"  # the shipped models and their results: data/laptop (CPU stand-in) or data (GPU run)
 
 # %%
 # Setup: the course package is installed by `make lab`; on Colab the next lines install it.
@@ -56,8 +56,17 @@ results = Path(results)
 missing = [f for f in ['ddgan_mnist.pt', 'results/trilemma_mnist.json'] if not (results / f).exists()]
 if missing:   # e.g. on Colab, where pip installed the package but not the course's data/ folder
     raise FileNotFoundError(f"{results} lacks {missing}: clone the course and point `results` at its data/ "
-                            "folder, or make the files with `make results` on a GPU (README)")
+                            "folder, or make the files with `make results` (README)")
 f64 = torch.float64
+
+# %% [markdown]
+# > **Where the shipped files come from.** `results` points at `data/laptop/`: the models and measurements of
+# > `make results RESULTS_SCALE=laptop`, made on a 2-core laptop CPU in about two hours with the `tiny` presets
+# > (a 1.2M-parameter U-Net, a 0.3M-parameter DDGAN generator), short training runs and a few hundred samples per
+# > measurement. They stand in for the GPU run
+# > (`make results`: the `mnist` U-Net, 20,000 steps, 10,000 samples per FID), which writes to `data/` and has not
+# > been made yet. Expect blurrier digits and larger, noisier FID-MNIST values than a GPU run gives. Every number
+# > below is printed from the files, so text and code stay right when `results` points at `data/`.
 
 # %% [markdown]
 # ## 1. The trilemma
@@ -222,8 +231,8 @@ assert near_gan > near_gauss
 # ## 5. MNIST: the trilemma measured
 #
 # The shipped MNIST DDGAN (`data/ddgan_mnist.pt`) has a U-Net generator conditioned on $t$ and on $z$ (through a
-# mapping network and adaptive group normalisation) and a convolutional discriminator of pairs; it was trained on
-# the GPU with `python -m ddpm_lib train-ddgan` (its card holds the command). Four generator calls per digit:
+# mapping network and adaptive group normalisation) and a convolutional discriminator of pairs; it was trained
+# with `python -m ddpm_lib train-ddgan` (its card holds the command). Four generator calls per digit:
 
 # %%
 G_mnist, s_gan, info = dl.load_ddgan_generator(results / "ddgan_mnist.pt")
@@ -233,7 +242,7 @@ plots.show_images(x.clamp(-1, 1), nrow=8, ax=ax, title=f"DDGAN samples, {s_gan.T
 plt.show()
 
 # %% [markdown]
-# The table in the spirit of the paper's Table 1, made on the GPU by
+# The table in the spirit of the paper's Table 1, made by
 # `python -m ddpm_lib trilemma --ddpm data/ddpm_mnist.pt --ddgan data/ddgan_mnist.pt` (`make results-ddgan`): the
 # same held-out digits, the same FID-MNIST (notebook 06), network evaluations counted by wrapping the networks,
 # and wall-clock time per 1,000 samples.
