@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import quick_parameters
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -56,13 +57,7 @@ def test_notebook_runs_in_quick_mode_under_nbval(path, tmp_path):
     import papermill
 
     prepared = tmp_path / path.name
-    parameters = {"quick": True}
-    source = "".join(next(c["source"] for c in code_cells(json.loads(path.read_text()))
-                          if "parameters" in c["metadata"].get("tags", [])))
-    folder = re.search(r'^results = "([^"]+)"', source, re.M)
-    if folder:                                   # a folder relative to notebooks/; the copy runs in tmp_path
-        parameters["results"] = str((NOTEBOOK_DIR / folder.group(1)).resolve())
-    papermill.execute_notebook(str(path), str(prepared), parameters=parameters,
+    papermill.execute_notebook(str(path), str(prepared), parameters=quick_parameters(path),
                                prepare_only=True, kernel_name="python3", progress_bar=False)
     env = {**os.environ, "MPLBACKEND": "Agg"}
     if "PYTEST_XDIST_WORKER" in os.environ:      # two notebooks share two cores: one thread each

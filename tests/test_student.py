@@ -18,6 +18,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from conftest import quick_parameters
 
 from ddpm_lib import checks, student
 
@@ -273,7 +274,7 @@ def test_the_student_notebook_runs_in_quick_mode_under_nbval(path, student_dir, 
     import papermill
 
     prepared = tmp_path / path.name
-    papermill.execute_notebook(str(student_dir / path.name), str(prepared), parameters={"quick": True},
+    papermill.execute_notebook(str(student_dir / path.name), str(prepared), parameters=quick_parameters(path),
                                prepare_only=True, kernel_name="python3", progress_bar=False)
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(

@@ -264,6 +264,17 @@ ax.set(xscale="log", yscale="log", xlabel="seconds per 1,000 samples", ylabel="F
 plt.show()
 
 # %% [markdown]
+# **Reading the table.** The trilemma asks for three things at once: quality (low FID), coverage (class entropy
+# near $\log 10 = 2.30$, every digit drawn) and speed (few seconds). DDPM has the first two and not the third;
+# DDIM with 4 steps is fast but blurred, because four Gaussian steps cannot carry a multimodal $q(x_{t-1} \mid x_t)$
+# (section 2). The paper's claim, on CIFAR-10, is that DDGAN's 4 steps reach near-DDPM quality at DDIM-4's speed.
+# Whether this table confirms it depends on the GAN having been trained long enough. GANs need many more updates
+# than a diffusion model to draw clean digits. The laptop stand-in (`data/laptop/`) gave its `tiny` DDGAN
+# only 1,500 steps, and it draws strokes, not digits. Its row shows the speed (the fewest seconds per 1,000)
+# but not the quality. Only the GPU run (`make results-ddgan`, 20,000 steps of the `mnist` preset) tests the
+# quality claim on MNIST.
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 9.1 (the generator's step).** Write `ddgan_step(s, x0_pred, xt, t, noise)`: a draw of
