@@ -154,6 +154,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def recorded_path(path: str | Path) -> str:
+    """How a results file names an input file: relative to the working directory when it lies below it
+    (``data/mnist_classifier.pt``), else by its name alone, so that no machine's folders end up in shipped
+    files (the sha256 recorded beside it identifies the file either way)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a training checkpoint with ``weights_only=True`` (``read_tagged_file``'s errors)."""
     return read_tagged_file(path, FORMAT, "checkpoint", map_location)

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from .bench import bench, format_table
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, recorded_path
 from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .data import IMAGE_SETS, load_images
@@ -249,12 +249,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
     results = {
         "metric": METRIC,
-        "checkpoint": str(path), "step": ckpt["step"], "data": ckpt["config"]["data"], "T": schedule.T,
+        "checkpoint": recorded_path(path), "step": ckpt["step"], "data": ckpt["config"]["data"], "T": schedule.T,
         "sampler": f"{describe_sampler(args, schedule.T)}, {'θ_ema' if args.weights == 'ema' else 'raw θ'}, "
                    f"samples clamped to [-1, 1]", "weights": args.weights,
         "precision": "bf16 autocast" if args.bf16 else "float32",
         "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 1),
-        "classifier": str(args.classifier), "classifier_sha256": file_sha256(args.classifier),
+        "classifier": recorded_path(args.classifier), "classifier_sha256": file_sha256(args.classifier),
         "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",
                       "n": real["n"]},
         "samples": {"fid_mnist": frechet_distance(fake["mu"], fake["sigma"], real["mu"], real["sigma"]),

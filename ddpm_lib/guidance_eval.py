@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, recorded_path
 from .classifier import DEFAULT_CLASSIFIER, load_classifier
 from .data import IMAGE_SETS, load_images
 from .ddim import GRIDS, sample_ddim
@@ -366,11 +366,12 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         "metric": METRIC, "guidance": sweep, "scales": list(scales),
         "scale_meaning": "classifier guidance scale s" if sweep == "classifier" else
                          "classifier-free weight w: eps_u + w (eps_c - eps_u)",
-        "checkpoint": info["path"], "step": info["step"], "data": info["config"]["data"], "T": schedule.T,
+        "checkpoint": recorded_path(info["path"]), "step": info["step"], "data": info["config"]["data"], "T": schedule.T,
         "sampler": f"{describe_sampler(args, schedule.T)}, θ_ema, samples clamped to [-1, 1], the same x_T per scale",
         "n_per_class": args.n_per_class, "num_classes": K, "seed": args.seed, "device": str(device),
-        "noisy_classifier": args.classifier, "noisy_classifier_sha256": file_sha256(args.classifier) if guide else None,
-        "classifier": str(args.fid_classifier), "classifier_sha256": file_sha256(args.fid_classifier),
+        "noisy_classifier": recorded_path(args.classifier) if guide else None,
+        "noisy_classifier_sha256": file_sha256(args.classifier) if guide else None,
+        "classifier": recorded_path(args.fid_classifier), "classifier_sha256": file_sha256(args.fid_classifier),
         "diversity_measure": DIVERSITY,
         "fid_within_class_note": f"within-class FID-MNIST needs more than {real_features.shape[1]} (the feature "
                                  f"dimension) samples and held-out digits of every class; null otherwise",

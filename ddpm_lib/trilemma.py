@@ -160,9 +160,10 @@ def run_trilemma(args) -> dict:
         samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
     rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
                          device, args.seed)
+    from .checkpoint import recorded_path
     from .cli import METRIC
     table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-             else "cpu", "ddpm": str(args.ddpm), "ddgan": str(args.ddgan), "reference": {"n": len(real),
+             else "cpu", "ddpm": recorded_path(args.ddpm), "ddgan": recorded_path(args.ddgan), "reference": {"n": len(real),
              "split": "held-out"}, "seed": args.seed, "precision": "bf16 autocast" if args.bf16 else "float32",
              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -98,3 +98,13 @@ def test_load_ema_model_rebuilds_the_network_with_the_ema_weights(tmp_path):
     assert (schedule.name, schedule.T, ckpt["step"]) == ("cosine", 40, 7)
     with pytest.raises(ValueError, match="unknown model kind"):
         build_model({"kind": "transformer", "config": {}})
+
+
+def test_recorded_path_is_relative_below_the_working_directory_and_a_bare_name_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    inside = tmp_path / "data" / "model.pt"
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint.recorded_path(inside) == "data/model.pt"
+    assert checkpoint.recorded_path("data/model.pt") == "data/model.pt"
+    monkeypatch.chdir(tmp_path / "data")
+    assert checkpoint.recorded_path(tmp_path / "elsewhere" / "other.pt") == "other.pt"

@@ -43,3 +43,13 @@ def test_every_command_of_make_results_parses(tmp_path, scale):
         assert args.command == words[0]
     ddim = [c for c in commands if c[0] == "evaluate" and "--eta" in c]
     assert len(ddim) == {"gpu": 10, "laptop": 8, "smoke": 4}[scale]   # every (steps, η) pair of the DDIM table
+
+
+def test_shipped_result_files_name_no_machine_folders():
+    """Results are recorded on one machine and read on others: an absolute path in them is wrong elsewhere."""
+    absolute = re.compile(r'"(/|[A-Za-z]:\\\\)[^"]*"')
+    files = sorted((ROOT / "data").rglob("*.json"))
+    assert files, "no shipped result files under data/"
+    for path in files:
+        found = absolute.search(path.read_text())
+        assert found is None, f"{path.relative_to(ROOT)} records the machine path {found.group(0)}"
