@@ -442,6 +442,20 @@ def test_conditional_unet_is_the_unet_plus_a_class_embedding():
         model(x, t, torch.tensor([0, 1, 2, 4]))
 
 
+def test_class_embedding_starts_small_beside_the_time_embedding():
+    """At initialisation every class row (the null one too) is at most a third of the smallest time-embedding
+    norm over t = 1..T, for the tiny and mnist presets. Catches: nn.Embedding's default N(0, 1) rows (norm
+    about 11 at width 128), which drowned t in the laptop CFG model and made its samples diverge."""
+    for preset in ("tiny", "mnist"):
+        torch.manual_seed(0)
+        model = ConditionalUNet.from_preset(preset, num_classes=10)
+        t = torch.arange(1, 1001)
+        with torch.no_grad():
+            temb = model.embed_time(torch.zeros(t.numel(), 1, 32, 32), t).norm(dim=1)
+            rows = model.class_emb.weight.norm(dim=1)
+        assert rows.max() < temb.min() / 3, (preset, rows.max().item(), temb.min().item())
+
+
 def test_drop_labels_drops_about_p_and_only_to_the_null_label():
     """n = 20,000 labels, p = 0.15: the dropped fraction is within 5 binomial standard errors of p; dropped
     entries become the null label, kept ones are unchanged; p = 0 and p = 1 drop none and all; the generator
