@@ -190,8 +190,9 @@ class ConditionalUNet(UNet):
         self.num_classes = num_classes
         self.class_emb = nn.Embedding(num_classes + 1, self.time_mlp[-1].out_features)
         # Small start (std 0.02, as DiT's label table): nn.Embedding's default N(0, 1) rows have norm
-        # √(4·base_width) ≈ 11 against the time embedding's ≈ 1, drowning t; a short run then never learns
-        # ε precisely at large t, where an error in ε is multiplied by √(1 − ᾱ_t)/√ᾱ_t in x̂_0.
+        # √(4·base_width) (≈ 11 in the tiny preset) against the time embedding's ≈ 1.4, drowning t; a
+        # short run then never learns ε precisely at large t, where an error in ε is multiplied by
+        # √(1 − ᾱ_t)/√ᾱ_t in x̂_0.
         nn.init.normal_(self.class_emb.weight, std=CLASS_EMB_INIT_STD)
 
     @property
