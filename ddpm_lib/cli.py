@@ -45,14 +45,13 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             add_sampler_arguments, describe_sampler, draw_samples, guided_model, mnist_digits,
                             run_evaluate_guidance,
                             run_sample, run_train_noisy_classifier)
-from .metrics import frechet_distance, image_statistics
+from .metrics import METRIC, frechet_distance, image_statistics
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
 from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 
-METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
 
 

@@ -35,7 +35,7 @@ from .data import IMAGE_SETS, load_images
 from .ddim import GRIDS, sample_ddim
 from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
-from .metrics import classifier_outputs, frechet_distance, gaussian_stats
+from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
 from .noisy_classifier import (NoisyClassifier, load_noisy_classifier, noisy_classifier_accuracy,
                                save_noisy_classifier, train_noisy_classifier)
 from .sampling import sample_ddpm
@@ -43,7 +43,6 @@ from .schedules import SCHEDULES, make_schedule
 from .training import write_samples
 from .unet import PRESETS
 
-METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
 MNIST_DATA = ("mnist-5k", "mnist")
 DIVERSITY = ("mean pairwise Euclidean distance between the FID-MNIST features of two samples of the same "
              "class, averaged over the classes (higher: more diverse)")

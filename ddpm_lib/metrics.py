@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# How every JSON table and help text names the metric, so that no reader takes it for Inception FID.
+METRIC = "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
+
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a symmetric positive semi-definite matrix by its eigendecomposition

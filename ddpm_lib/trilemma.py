@@ -13,15 +13,23 @@ Each row draws ``n`` digits with one sampler and reports
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from .checkpoint import recorded_path
+from .classifier import DEFAULT_CLASSIFIER, load_classifier
+from .data import load_images
+from .ddgan import sample_ddgan
+from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
-from .metrics import frechet_distance, image_statistics
+from .export import load_sampling_model
+from .metrics import METRIC, frechet_distance, image_statistics
 from .sampling import sample_ddpm
 
 Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
@@ -111,7 +119,6 @@ def format_rows(rows: list[dict]) -> str:
 
 def add_trilemma_parser(commands) -> None:
     """The ``trilemma`` subcommand of ``python -m ddpm_lib``."""
-    from .classifier import DEFAULT_CLASSIFIER
     p = commands.add_parser("trilemma", help="FID-MNIST, NFE and seconds per 1,000 samples of DDPM, DDIM and DDGAN",
                             description=__doc__.split("\n\n")[0])
     p.add_argument("--ddpm", required=True, help="the ε-model: exported weights, checkpoint or run folder")
@@ -128,15 +135,6 @@ def add_trilemma_parser(commands) -> None:
 
 def run_trilemma(args) -> dict:
     """Measure the rows and write the JSON table (the command's work)."""
-    import json
-    from pathlib import Path
-
-    from .classifier import load_classifier
-    from .data import load_images
-    from .ddgan import sample_ddgan
-    from .ddgan_train import load_ddgan_generator
-    from .export import load_sampling_model
-
     if args.n < 2:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples), got {args.n}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -160,8 +158,6 @@ def run_trilemma(args) -> dict:
         samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
     rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
                          device, args.seed)
-    from .checkpoint import recorded_path
-    from .cli import METRIC
     table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
              else "cpu", "ddpm": recorded_path(args.ddpm), "ddgan": recorded_path(args.ddgan), "reference": {"n": len(real),
              "split": "held-out"}, "seed": args.seed, "precision": "bf16 autocast" if args.bf16 else "float32",
