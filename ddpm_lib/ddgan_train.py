@@ -9,7 +9,7 @@
         θ_ema ← EMA of G's weights
     until the step budget is spent
 
-Adam with (β1, β2) = (0.5, 0.9) for both networks (the paper's). R1 may be lazy: with ``lazy_r1 = k``
+Adam for both networks, D with 4× G's learning rate (``DDGANConfig`` says why). R1 may be lazy: with ``lazy_r1 = k``
 it is computed every k-th step only, with weight k·γ/2, so its average pull on D is unchanged
 (StyleGAN2's lazy regularisation). Training is in float32: a GAN's losses and R1's double backward
 are sensitive to rounding, and the networks here are small, so mixed precision is not worth its risk.
@@ -50,8 +50,11 @@ class DDGANConfig:
     """Every setting of a DDGAN run; the command line's flags carry the same names with dashes.
 
     Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z and the
-    posterior noise come from one generator seeded with ``seed + 1000``. Defaults are the paper's
-    CIFAR-10 settings where they apply (T = 4, β range, learning rates, Adam's betas, γ).
+    posterior noise come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
+    paper's CIFAR-10 settings. The optimisers are not: with the paper's (lr_g 1.6e-4, lr_d 1.25e-4, betas
+    0.5, 0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 540 on
+    500 samples). Here D learns 4× faster than G (the two time-scale update rule of Heusel et al. 2017) and
+    Adam's β1 is 0, as in StyleGAN2; the same preset then reached FID-MNIST 232–263 from step 2,400 on.
     """
 
     data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)
@@ -63,9 +66,9 @@ class DDGANConfig:
     beta_max: float = 20.0
     steps: int = 10_000           # steps (one D and one G update each), counted from 0 also when resuming
     batch_size: int = 64
-    lr_g: float = 1.6e-4          # Adam's learning rate for G
-    lr_d: float = 1.25e-4         # and for D
-    betas: tuple = (0.5, 0.9)     # Adam's (β1, β2) for both
+    lr_g: float = 1e-4            # Adam's learning rate for G
+    lr_d: float = 4e-4            # and for D: 4× G's (see above)
+    betas: tuple = (0.0, 0.99)    # Adam's (β1, β2) for both
     r1_gamma: float = 0.02        # R1 weight γ (the penalty is (γ/2)·R1)
     lazy_r1: int = 1              # compute R1 every k-th step with weight k·γ/2 (1: every step)
     ema_decay: float = 0.999      # G_ema's decay, reached after a warm-up (ema.py)
