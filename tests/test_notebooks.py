@@ -17,7 +17,7 @@ from conftest import quick_parameters
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 LECTURES = ["01_markov_chains", "02_forward_process", "03_posterior", "04_elbo_to_l_simple", "05_unet", "06_training", "07_ddim",
-          "08_guidance", "09_ddgan"]
+             "08_guidance", "09_ddgan"]
 MACHINE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.-]+/){2,}|\b[A-Z]:\\")
 
 
