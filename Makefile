@@ -134,7 +134,7 @@ TRAIN_CFG  = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(C
              --out-dir $(RUNS)/ddpm_mnist_cfg
 TRAIN_NC   = $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) $(NC_EXTRA) \
              --out $(R)/noisy_classifier_mnist.pt
-TRAIN_DDGAN = $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) \
+TRAIN_DDGAN = $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) --d-steps 2 \
              --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) --out-dir $(RUNS)/ddgan_mnist
 
 .PHONY: results results-ddpm results-ddim results-guidance results-ddgan results-bench

@@ -18,6 +18,7 @@ from ddpm_lib import checkpoint
 from ddpm_lib import ddgan_train as ddgan_train_module
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
 from ddpm_lib.cli import main
+from ddpm_lib.data import EpochBatches
 from ddpm_lib.ddgan import ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from ddpm_lib.ddgan_nets import DDGAN_PRESETS, DDGANDiscriminator, DDGANGenerator, build_ddgan, ddgan_spec
 from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, load_ddgan_generator, train_ddgan
@@ -264,17 +265,54 @@ def test_ctrl_c_saves_and_resume_is_bit_exact_on_images(tmp_path, monkeypatch, m
     assert steps == [1, 2, 3, 4, 5]
 
 
-def test_killed_run_resumes_from_an_older_checkpoint_exactly(tmp_path):
+@pytest.mark.parametrize("d_steps", [1, 2])
+def test_killed_run_resumes_from_an_older_checkpoint_exactly(tmp_path, d_steps):
     """As if killed after step 6 (its checkpoint lost): resume from step 4 repeats steps 5..8 exactly
-    and logs each step once. Catches: metrics lines written twice, state from the lost steps leaking."""
-    whole = train_ddgan(toy_config(tmp_path, "whole"))
+    and logs each step once, also with two D updates per step. Catches: metrics lines written twice,
+    state from the lost steps leaking, the data order of the extra D minibatches not restored."""
+    whole = train_ddgan(toy_config(tmp_path, "whole", d_steps=d_steps))
     split = tmp_path / "split"
-    train_ddgan(toy_config(tmp_path, "split", steps=6, save_every=2))       # saves 2, 4, 6
+    train_ddgan(toy_config(tmp_path, "split", steps=6, save_every=2, d_steps=d_steps))       # saves 2, 4, 6
     (split / "ckpt_00000006.pt").unlink()
-    resumed = train_ddgan(toy_config(tmp_path, "split", resume=True))
+    resumed = train_ddgan(toy_config(tmp_path, "split", resume=True, d_steps=d_steps))
     assert_same_state(whole, resumed)
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6, 8]
+
+
+def test_d_steps_gives_each_d_update_its_own_minibatch_and_g_the_last(tmp_path, monkeypatch):
+    """With d_steps = 3, a step makes three D updates on the next three minibatches of the data order
+    (rebuilt here from the seed) and one G update on the third; D's Adam counts 3 steps per G step, and
+    the logged d_loss is the mean of the three. Catches: D updates reusing one minibatch, G trained on
+    the first minibatch, an extra D update missing, only the last D loss reported."""
+    d_batches, g_batches, d_losses = [], [], []
+    real_d, real_g = DDGANTrainer.d_update, DDGANTrainer.g_update
+
+    def record_d(self, x0, weight):
+        d_batches.append(x0.clone())
+        out = real_d(self, x0, weight)
+        d_losses.append(out[0].item())
+        return out
+
+    def record_g(self, x0):
+        g_batches.append(x0.clone())
+        return real_g(self, x0)
+
+    monkeypatch.setattr(DDGANTrainer, "d_update", record_d)
+    monkeypatch.setattr(DDGANTrainer, "g_update", record_g)
+    config = toy_config(tmp_path, steps=2, d_steps=3, log_every=1)
+    trainer = train_ddgan(config)
+    data = ddgan_train_module.load_ddgan_data(config, "cpu")
+    order = EpochBatches(len(data), config.batch_size, config.seed)
+    expected = [data[order.next_indices()] for _ in range(6)]
+    assert len(d_batches) == 6 and all(torch.equal(a, b) for a, b in zip(d_batches, expected))
+    assert len(g_batches) == 2 and torch.equal(g_batches[0], expected[2]) and torch.equal(g_batches[1], expected[5])
+    assert trainer.opt_d.state_dict()["state"][0]["step"].item() == 6
+    assert trainer.opt_g.state_dict()["state"][0]["step"].item() == 2
+    logged = [json.loads(line)["d_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([np.mean(d_losses[:3]), np.mean(d_losses[3:])], rel=1e-6)
+    with pytest.raises(ValueError, match="one minibatch per D update: 3, got 1"):
+        trainer.train_step(expected[0])
 
 
 def test_a_save_cut_off_midway_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
@@ -336,7 +374,8 @@ def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
     ({"preset": "huge"}, "unknown DDGAN preset 'huge'"), ({"T": 0}, "T must be a whole number >= 1"),
     ({"data": "imagenet"}, "unknown data set"), ({"lazy_r1": 0}, "lazy_r1 must be"),
     ({"betas": (0.5, 1.5)}, "betas must be two numbers"), ({"beta_min": 30.0}, "0 < beta_min < beta_max"),
-    ({"r1_gamma": -1.0}, "r1_gamma >= 0"), ({"T": 2.5}, "T must be a whole number")])
+    ({"r1_gamma": -1.0}, "r1_gamma >= 0"), ({"T": 2.5}, "T must be a whole number"),
+    ({"d_steps": 0}, "d_steps must be a whole number >= 1")])
 def test_config_rejects_bad_settings(changes, message):
     """Catches: a run that starts with settings it cannot honour."""
     with pytest.raises(ValueError, match=message):
@@ -400,8 +439,10 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["train-ddgan", "--data", "eight_gaussians", "--toy-n", "500", "--steps", "6", "--batch-size", "32",
                  "--log-every", "3", "--save-every", "3", "--sample-every", "6", "--n-samples", "10", "--keep", "1",
-                 "--preset", "tiny", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+                 "--preset", "tiny", "--d-steps", "2", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
     assert [p.name for p in list_checkpoints(run)] == ["ckpt_00000006.pt"]
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    assert ckpt["config"]["d_steps"] == 2 and ckpt["opt_discriminator"]["state"][0]["step"].item() == 12
     assert torch.load(tmp_path / "run" / "samples_00000006.pt", weights_only=True).shape == (10, 2)
     assert main(["sample-ddgan", "--checkpoint", run, "--n", "50", "--out", str(tmp_path / "p.pt"), "--device", "cpu"]) == 0
     points = torch.load(tmp_path / "p.pt", weights_only=True)
@@ -416,6 +457,8 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     assert "unknown DDGAN preset 'huge'" in one_error_line(capsys)
     assert main(["train-ddgan", "--T", "0", "--out-dir", str(tmp_path / "x")]) == 1
     assert "T must be a whole number >= 1" in one_error_line(capsys)
+    assert main(["train-ddgan", "--d-steps", "0", "--out-dir", str(tmp_path / "x")]) == 1
+    assert "d_steps must be a whole number >= 1" in one_error_line(capsys)
     dl.train(dl.TrainConfig(data="two_moons", toy_n=64, T=30, steps=1, batch_size=8, sample_every=0,
                             out_dir=str(tmp_path / "ddpm"), device="cpu", progress=False))
     capsys.readouterr()
