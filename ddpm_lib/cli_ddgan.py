@@ -1,6 +1,6 @@
 """The DDGAN subcommands of ``python -m ddpm_lib`` (registered by ``cli.build_parser``, run by ``cli.main``).
 
-    python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --out-dir runs/ddgan
+    python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --d-steps 2 --out-dir runs/ddgan
     python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue that run
     python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --steps 3000 --out-dir runs/gan8
     python -m ddpm_lib sample-ddgan --checkpoint runs/ddgan --n 64 --out ddgan.png   # T calls of G_ema
