@@ -12,8 +12,9 @@
 A step may hold ``d_steps = k`` D updates, each on a fresh minibatch x_0, before its one G update (the
 "n_critic" of WGAN training; Algorithm 1 is k = 1). Adam for both networks, D with 4× G's learning rate
 (``DDGANConfig`` says why). R1 may be lazy: with ``lazy_r1 = k`` it is computed on every k-th step only,
-with weight k·γ/2, so its average pull on D is unchanged (StyleGAN2's lazy regularisation). Training is in float32: a GAN's losses and R1's double backward
-are sensitive to rounding, and the networks here are small, so mixed precision is not worth its risk.
+with weight k·γ/2, so its average pull on D is unchanged (StyleGAN2's lazy regularisation). Training is
+in float32: a GAN's losses and R1's double backward are sensitive to rounding, and the networks here are
+small, so mixed precision is not worth its risk.
 
 Around it, as the diffusion trainer (``training.py``) does: automatic device, a tqdm bar with the
 losses and images/s, metrics.jsonl, sample grids from G_ema, atomic keep-last-k checkpoints that
@@ -93,7 +94,8 @@ class DDGANConfig:
             raise ValueError(f"unknown data set {self.data!r}: choose one of {', '.join(IMAGE_SETS + TOY_SETS)}")
         if self.preset not in DDGAN_PRESETS:
             raise ValueError(f"unknown DDGAN preset {self.preset!r}: choose one of {', '.join(DDGAN_PRESETS)}")
-        for name in ("toy_n", "T", "steps", "batch_size", "d_steps", "lazy_r1", "log_every", "n_samples", "save_every", "keep"):
+        for name in ("toy_n", "T", "steps", "batch_size", "d_steps", "lazy_r1", "log_every", "n_samples", "save_every",
+                     "keep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -166,9 +168,7 @@ class DDGANTrainer:
         d_losses, r1s = zip(*(self.d_update(x0, weight) for x0 in x0s))
         loss_g = self.g_update(x0s[-1])
         update_ema(self.G_ema, self.G, ema_decay(self.config.ema_decay, self.step))
-        loss_d = d_losses[0] if len(x0s) == 1 else torch.stack(d_losses).mean()
-        r1 = r1s[0] if len(x0s) == 1 or r1s[0] is None else torch.stack(r1s).mean()
-        return loss_d, loss_g, r1
+        return torch.stack(d_losses).mean(), loss_g, None if r1s[0] is None else torch.stack(r1s).mean()
 
     def state_dict(self) -> dict:
         return {"step": self.step, "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
