@@ -52,6 +52,23 @@ def test_committed_notebook_is_executed_in_order_and_clean(path):
         f"{path.name}: no figure in the committed outputs"
 
 
+# What "\varepsilon", "\nabla", "\times", "\frac", "\beta" … become when written in a Python string without r"":
+# "\v", "\f", "\b", "\a", "\t", "\r" turn into control characters, "\n" into a line break before the command's tail.
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+BROKEN_N_COMMAND = re.compile(r"\n(?:arepsilon|abla|otin|onumber|u[_^}])")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_markdown_has_no_latex_mangled_by_string_escapes(path):
+    """Bug caught: 08_guidance showed "$\\n arepsilon_c - \\n arepsilon_u$" where "\\varepsilon" had lost its "\\v"."""
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        for bad in (CONTROL.search(text), BROKEN_N_COMMAND.search(text)):
+            assert bad is None, f"{path.name} cell {i}: {text[max(0, bad.start() - 30):bad.end() + 10]!r}"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode_under_nbval(path, tmp_path):
