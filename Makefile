@@ -72,14 +72,14 @@ COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else ifeq ($(RESULTS_SCALE),laptop)
-# A stand-in made on a 2-core laptop CPU in about 3 hours, for the lectures to run before the GPU run:
+# A stand-in made on a 2-core laptop CPU in about two and a half hours, for the lectures to run before the GPU run:
 # the tiny U-Net, a short run, few samples. Its numbers are the laptop's, not the GPU's (README).
 PRESET := tiny
 NC_PRESET := tiny
 DDGAN_PRESET := tiny
 T      := 1000
 DDPM_STEPS := 6000
-CFG_STEPS := 2400
+CFG_STEPS := 6000
 NC_STEPS := 1000
 DDGAN_STEPS := 4000
 BATCH  := 64
