@@ -53,7 +53,8 @@ def test_committed_notebook_is_executed_in_order_and_clean(path):
 
 
 # What "\varepsilon", "\nabla", "\times", "\frac", "\beta" … become when written in a Python string without r"":
-# "\v", "\f", "\b", "\a", "\t", "\r" turn into control characters, "\n" into a line break before the command's tail.
+# "\v", "\f", "\b", "\a", "\t", "\r" turn into control characters, "\n" into a line break before the command's tail,
+# and str.splitlines (used to store a cell's source as lines) also breaks at "\v" and "\f": hence "arepsilon" below.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
 BROKEN_N_COMMAND = re.compile(r"\n(?:arepsilon|abla|otin|onumber|u[_^}])")
 
