@@ -1,8 +1,11 @@
 """Figures shared by the notebooks. The only module of the package that imports matplotlib."""
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .data import to_pixel_range
 
@@ -46,3 +49,21 @@ def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: f
     if title:
         ax.set_title(title)
     return ax
+
+
+def plain_log_ticks(axis, values=None):
+    """Label a log-scaled axis (``ax.xaxis`` or ``ax.yaxis``) with plain numbers — 30, 50, 100 — instead of
+    matplotlib's 3 × 10¹: at ``values`` if given, else at 1, 2, 3 and 5 × 10^k inside the axis's limits (every
+    m × 10^k, m = 1…9, when they span less than a decade). Call it after the data are drawn and the limits set;
+    returns the axis."""
+    lo, hi = sorted(axis.get_view_interval())
+    if values is None:
+        if lo <= 0:
+            raise ValueError(f"plain_log_ticks is for a log-scaled axis; its limits are {lo:g} to {hi:g}")
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        mantissas = (1, 2, 3, 5) if hi / lo > 10 else range(1, 10)
+        values = [m * 10.0 ** k for k in decades for m in mantissas]
+    axis.set_ticks([v for v in values if lo <= v <= hi])
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    return axis

@@ -98,3 +98,29 @@ def test_scatter2d_returns_axes_with_points():
     assert ax.get_aspect() == 1.0 and ax.get_title() == "two moons"
     fig.canvas.draw()
     assert isinstance(plots.scatter2d(x, lim=None), Axes)
+
+
+def test_plain_log_ticks_labels_one_two_three_five_per_decade_inside_the_limits():
+    """On a log axis from 25 to 260 the ticks are 30, 50, 100, 200, labelled as plain numbers, with the minor
+    ticks unlabelled; from 24 to 52, 30, 40, 50; given values, only those inside the limits are used. Catches: ticks outside the limits,
+    labels left as powers of ten (matplotlib writes 3 × 10¹ with mathtext), minor labels left on."""
+    fig, ax = plt.subplots()
+    ax.plot([1, 10_000], [25, 260])
+    ax.set(xscale="log", yscale="log", ylim=(25, 260))
+    assert plots.plain_log_ticks(ax.yaxis) is ax.yaxis
+    fig.canvas.draw()
+    assert list(ax.get_yticks()) == [30, 50, 100, 200]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "50", "100", "200"]
+    assert all(t.get_text() == "" for t in ax.yaxis.get_minorticklabels())
+    ax.set_ylim(24, 52)                                    # less than a decade: every integer mantissa
+    plots.plain_log_ticks(ax.yaxis)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "40", "50"]
+    ax.set_xlim(5, 200)
+    plots.plain_log_ticks(ax.xaxis, values=[1, 10, 20, 50, 100, 1000])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "50", "100"]
+    ax.set_yscale("linear")
+    ax.set_ylim(-1, 1)
+    with pytest.raises(ValueError, match="log-scaled"):
+        plots.plain_log_ticks(ax.yaxis)

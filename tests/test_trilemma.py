@@ -88,7 +88,8 @@ def test_trilemma_command_end_to_end(tmp_path, capsys):
     table = json.loads(out.read_text())
     assert [r["nfe"] for r in table["rows"]] == [6, 3, 2, 4]
     assert table["n"] == 6 and all(r["seconds_per_1000"] > 0 and r["n"] == 6 for r in table["rows"])
-    assert "DDGAN" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "DDGAN" in printed and "DDPM (6 steps): 6 samples in" in printed     # a progress line per row, then the table
     dl.train(dl.TrainConfig(data="two_moons", toy_n=64, T=30, steps=1, batch_size=8, sample_every=0,
                             out_dir=str(tmp_path / "moons"), device="cpu", progress=False))
     capsys.readouterr()
