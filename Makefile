@@ -72,7 +72,7 @@ COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else ifeq ($(RESULTS_SCALE),laptop)
-# A stand-in made on a 2-core laptop CPU in about two and a half hours, for the lectures to run before the GPU run:
+# A stand-in made on a 2-core laptop CPU in about three hours, for the lectures to run before the GPU run:
 # the tiny U-Net, a short run, few samples. Its numbers are the laptop's, not the GPU's (README).
 PRESET := tiny
 NC_PRESET := tiny
@@ -81,13 +81,13 @@ T      := 1000
 DDPM_STEPS := 6000
 CFG_STEPS := 6000
 NC_STEPS := 1000
-DDGAN_STEPS := 4000
+DDGAN_STEPS := 8000
 BATCH  := 64
 TRAIN_EXTRA := --lr 5e-4 --warmup 200
 NC_EXTRA := --batch-size 64
 N_EVAL := 200
 N_TABLE := 200
-N_TRI  := 64
+N_TRI  := 200
 EVAL_SAMPLER := --sampler ddim --steps 100
 N_PER_CLASS := 10
 DDIM_STEPS := 10 20 50 100
