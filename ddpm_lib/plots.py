@@ -56,10 +56,10 @@ def plain_log_ticks(axis, values=None):
     matplotlib's 3 × 10¹: at ``values`` if given, else at 1, 2, 3 and 5 × 10^k inside the axis's limits (every
     m × 10^k, m = 1…9, when they span less than a decade). Call it after the data are drawn and the limits set;
     returns the axis."""
+    if axis.get_scale() != "log":
+        raise ValueError(f"plain_log_ticks is for a log-scaled axis; this one is {axis.get_scale()}")
     lo, hi = sorted(axis.get_view_interval())
     if values is None:
-        if lo <= 0:
-            raise ValueError(f"plain_log_ticks is for a log-scaled axis; its limits are {lo:g} to {hi:g}")
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
         mantissas = (1, 2, 3, 5) if hi / lo > 10 else range(1, 10)
         values = [m * 10.0 ** k for k in decades for m in mantissas]
