@@ -210,7 +210,7 @@ class UNet(nn.Module):
         factor = 2 ** (self.levels - 1)
         if xt.shape[-1] % factor or xt.shape[-2] % factor:
             raise ValueError(f"image size {tuple(xt.shape[-2:])} cannot be halved {self.levels - 1} times: "
-                             f"height and width must be multiples of {factor} (pad MNIST's 28 to 32)")
+                             f"height and width must be multiples of {factor}; pad them to the next multiple")
         t = torch.as_tensor(t, device=xt.device).reshape(-1).expand(xt.shape[0])
         return self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
 
