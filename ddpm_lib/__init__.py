@@ -18,7 +18,7 @@ from .export import export_ema_weights, load_pretrained, load_sampling_model
 from .forward import q_sample, q_sample_chain, q_step
 from .guidance import ConditionalUNet, cfg_eps_model, classifier_grad_fn, drop_labels, exact_mixture_grad_fn
 from .indexing import check_t, gather
-from .metrics import classifier_confidence, fid_mnist, frechet_distance, gaussian_stats
+from .metrics import classifier_confidence, fid_floor_redraws, fid_mnist, frechet_distance, gaussian_stats
 from .markov import (gaussian_chain_moments, sample_chain, stationary_by_eigenvector,
                      stationary_by_power_iteration)
 from .noisy_classifier import (NoisyClassifier, load_noisy_classifier, noisy_classifier_accuracy,

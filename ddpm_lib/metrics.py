@@ -115,3 +115,17 @@ def image_statistics(images: torch.Tensor, classifier: nn.Module, batch_size: in
             "confidence": float(probs.max(-1).values.double().mean()),
             "class_counts": counts.tolist(), "class_entropy": histogram_entropy(counts),
             "max_class_entropy": math.log(probs.shape[-1])}
+
+
+def fid_floor_redraws(real: torch.Tensor, reference: torch.Tensor, n: int, classifier: nn.Module, times: int = 10,
+                      generator: torch.Generator | None = None, batch_size: int = 500) -> torch.Tensor:
+    """How much the FID-MNIST floor moves from one random set of real images to the next: the FID-MNIST of
+    ``times`` sets of ``n`` images drawn *with replacement* (a bootstrap, so ``n`` may be all of ``real``)
+    from ``real``, each against all of ``reference``. One classifier pass over each tensor; float64 (times,)."""
+    if n < 2 or times < 1:
+        raise ValueError(f"n must be at least 2 (a covariance needs two images) and times at least 1, got {n}, {times}")
+    features = classifier_outputs(real, classifier, batch_size)[0].double()
+    mu_ref, sigma_ref = gaussian_stats(classifier_outputs(reference, classifier, batch_size)[0].double())
+    picks = [torch.randint(len(features), (n,), generator=generator) for _ in range(times)]
+    return torch.tensor([frechet_distance(*gaussian_stats(features[p]), mu_ref, sigma_ref) for p in picks],
+                        dtype=torch.float64)

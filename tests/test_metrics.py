@@ -174,3 +174,21 @@ def test_fid_mnist_orders_real_noised_and_random_images(fid_setting, capsys):
     assert values == sorted(values) and values[2] > 20 * values[0] and values[3] > 20 * values[0]
     assert held["confidence"] > 0.95
     assert sum(held["class_counts"]) == 1000 and held["class_entropy"] > math.log(10) - 0.01
+
+
+def test_fid_floor_redraws_are_bootstrap_sets_scored_against_the_whole_reference(fid_setting):
+    """Each redraw is the FID-MNIST (computed by ``fid_mnist``, an independent path) of the images picked by
+    ``torch.randint`` with the same generator, against all the reference images; the redraws differ from one
+    another; n larger than the pool works (with replacement); n < 2 is refused. Catches: one set reused for
+    every redraw, the reference subsampled too, picks without the caller's generator, indices off by one set."""
+    classifier, x_train, x_heldout, _ = fid_setting
+    real, reference = x_train[:300], x_heldout[:400]
+    redraws = dl.fid_floor_redraws(real, reference, 150, classifier, times=3, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    expected = [fid_mnist(real[torch.randint(300, (150,), generator=g)], reference, classifier) for _ in range(3)]
+    assert redraws.dtype == torch.float64 and redraws.shape == (3,)
+    assert redraws.tolist() == pytest.approx(expected, rel=1e-4)
+    assert len(set(redraws.tolist())) == 3
+    assert dl.fid_floor_redraws(real[:50], reference, 80, classifier, times=1).shape == (1,)
+    with pytest.raises(ValueError, match="at least 2"):
+        dl.fid_floor_redraws(real, reference, 1, classifier)
