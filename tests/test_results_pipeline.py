@@ -42,7 +42,7 @@ def test_every_command_of_make_results_parses(tmp_path, scale):
         args = parser.parse_args(words)                       # SystemExit (status 2) on any unknown flag
         assert args.command == words[0]
     ddim = [c for c in commands if c[0] == "evaluate" and "--eta" in c]
-    assert len(ddim) == {"gpu": 10, "laptop": 8, "smoke": 4}[scale]   # every (steps, η) pair of the DDIM table
+    assert len(ddim) == {"gpu": 10, "laptop": 10, "smoke": 4}[scale]   # every (steps, η) pair of the DDIM table
 
 
 def test_shipped_result_files_name_no_machine_folders():
