@@ -126,12 +126,13 @@ def l_simple(eps: torch.Tensor, eps_pred: torch.Tensor) -> torch.Tensor:
 def l_simple_weight(s: Schedule, t=None, var: str = "beta") -> torch.Tensor:
     """λ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)) so that L_{t−1} = λ_t · E‖ε − ε_θ‖² + C   (eq. 12).
 
-    Without t: the whole curve for t = 1..T as a float64 tensor of length T (index t − 1).
-    With σ_t² = β̃_t the weight at t = 1 is infinite (β̃_1 = 0), so it starts at t = 2 in plots.
+    Without t: the whole curve as a float64 tensor of length T + 1 (index = the paper's t; entry 0 is
+    NaN: there is no λ_0). With σ_t² = β̃_t the weight at t = 1 is infinite (β̃_1 = 0), so it starts at
+    t = 2 in plots.
     """
     sigma_sq = reverse_variance(s, var)
     lam = s.beta ** 2 / (2 * sigma_sq * s.alpha * (1 - s.alpha_bar))
     if t is None:
-        return lam[1:]
+        return torch.cat([torch.full((1,), math.nan, dtype=lam.dtype), lam[1:]])
     check_t(s, t)
     return lam[t]

@@ -57,7 +57,7 @@ def vlb_weights(s: Schedule) -> torch.Tensor:
     unchanged: E_t[λ_t ‖ε − ε_θ‖²] ∝ Σ_t L_{t−1} up to terms free of θ (t = 1 is L_0, since
     with σ_1² = β_1 the Gaussian decoder's −log p_θ(x_0 | x_1) is λ_1 ‖ε − ε_θ‖² + const).
     """
-    lam = l_simple_weight(s, var="beta")
+    lam = l_simple_weight(s, var="beta")[1:]                       # t = 1..T
     return torch.cat([torch.zeros(1, dtype=torch.float64), lam / lam.mean()])
 
 

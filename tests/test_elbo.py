@@ -125,11 +125,12 @@ def test_denoising_term_is_weighted_l_simple():
         lam_beta = dl.l_simple_weight(s, t, var="beta")
         torch.testing.assert_close(dl.denoising_term(s, x0, xt, eps_pred, t, var="beta"),
                                    lam_beta * sq + const, rtol=1e-9, atol=1e-12)
-    # The whole curve: length T, entry t − 1 is λ_t; λ_1 is infinite for β̃ (β̃_1 = 0).
+    # The whole curve: length T + 1, entry t is λ_t (index = the paper's t), entry 0 NaN; λ_1 is infinite for β̃.
     curve = dl.l_simple_weight(s, var="beta")
-    assert curve.shape == (s.T,) and curve.dtype == F64
-    torch.testing.assert_close(curve, beta[1:] / (2 * alpha[1:] * (1 - alpha_bar[1:])), rtol=1e-12, atol=0)
-    assert torch.isinf(dl.l_simple_weight(s, var="beta_tilde")[0])
+    assert curve.shape == (s.T + 1,) and curve.dtype == F64 and torch.isnan(curve[0])
+    torch.testing.assert_close(curve[1:], beta[1:] / (2 * alpha[1:] * (1 - alpha_bar[1:])), rtol=1e-12, atol=0)
+    assert all(curve[t] == dl.l_simple_weight(s, t, var="beta") for t in range(1, s.T + 1))
+    assert torch.isinf(dl.l_simple_weight(s, var="beta_tilde")[1])
 
 
 def test_l_simple_is_mean_squared_error():
