@@ -121,7 +121,7 @@ SHIPPED_CLASSIFIER = ROOT / "data" / "mnist_classifier.pt"
 def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkeypatch):
     """``python -m ddpm_lib train`` a 3-step model on mnist-5k (T = 2), then ``evaluate --n 64`` (through
     ``main``, in this process) in uneven batches of 40: a table on
-    stdout naming the metric, a tqdm bar over batches, and JSON with the metric's name, the counts
+    stdout naming the metric, a tqdm bar over batches and one over each batch's steps, and JSON with the metric's name, the counts
     (64 samples, 1,000 held-out digits, 64 training digits for the floor), entropies that match the
     counts, the shipped classifier's sha256, and an FID-MNIST of the untrained model's samples far
     above the real digits' floor. Catches: a missing key, a last batch dropped (63 or 80 samples),
@@ -135,6 +135,7 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
     result = capsys.readouterr()
     assert "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)" in result.out
     assert "sampling" in result.err and "2/2" in result.err
+    assert "DDPM sampling" in result.err and "2/2 [" in result.err.split("DDPM sampling")[-1]   # and a bar over the T steps
     r = json.loads((tmp_path / "out" / "results.json").read_text())
     assert r["metric"] == "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
     assert r["n"] == 64 and r["step"] == 3 and r["T"] == 2 and r["data"] == "mnist-5k" and r["seed"] == 1
