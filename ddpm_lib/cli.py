@@ -234,8 +234,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     for i in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
         shape = (min(args.batch_size, args.n - i), *ckpt["example_shape"])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
-            x0 = draw_samples(ema_model, schedule, shape, generator, args, progress=True)   # a bar over the steps:
-        batches.append(x0.float().clamp(-1, 1).cpu())                                    # a batch can take minutes
+            x0 = draw_samples(ema_model, schedule, shape, generator, args, progress=True)  # a batch can take minutes
+        batches.append(x0.float().clamp(-1, 1).cpu())
     sampling_seconds = time.perf_counter() - start
     fake = image_statistics(torch.cat(batches), classifier, args.batch_size)
     real = image_statistics(heldout, classifier, args.batch_size)
