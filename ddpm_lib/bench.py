@@ -213,8 +213,10 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    if min(batch_size, sample_batch, iters, ddim_steps) < 1 or warmup < 0:
-        raise ValueError("batch sizes, iters and ddim_steps must be at least 1, warmup at least 0")
+    if min(batch_size, sample_batch, iters) < 1 or warmup < 0:
+        raise ValueError("batch sizes and iters must be at least 1, warmup at least 0")
+    if not 1 <= ddim_steps <= TrainConfig.T:           # checked before any timing: DDIM runs last in a row
+        raise ValueError(f"ddim_steps must lie in 1..{TrainConfig.T} (the benchmark's T), got {ddim_steps}")
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
         raise ValueError(f"unknown bench rows {unknown}: choose among {', '.join(ROWS)}")

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -90,17 +91,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(obj, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` so that ``path`` is either untouched or complete.
-
-    Temp file in the same folder → flush → fsync → ``os.replace`` (atomic on one file system).
-    On any error the temporary file is removed and the error is raised again.
-    """
+def _replace_atomically(path: str | Path, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, flush, fsync and ``os.replace`` it over
+    ``path`` (atomic on one file system), so that ``path`` is either untouched or complete. On any
+    error the temporary file is removed and the error is raised again."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -109,6 +108,39 @@ def save_atomic(obj, path: str | Path) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (``_replace_atomically``)."""
+    return _replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+def write_json(obj, path: str | Path) -> Path:
+    """``obj`` as indented JSON at ``path``, written atomically: a crash leaves the old file or the new one."""
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    return _replace_atomically(path, lambda f: f.write(text))
+
+
+def prepare_output(path: str | Path, suffixes: tuple) -> Path:
+    """Check an output name before any work is done, and create its folder: a one-line ``ValueError``
+    when the suffix is not one of ``suffixes`` (e.g. ``(".png", ".pt")``) or the name is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: name a file in it, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"--out {path}: the name must end in {' or '.join(suffixes)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_with_card(blob: dict, path: str | Path, card: dict) -> dict:
+    """Write the weights file ``blob`` atomically to ``path`` (a ``.pt`` name) and its JSON card beside it
+    (``path`` with ``.json``): ``card`` plus the file's name and sha256, which loaders check. Returns the card."""
+    path = prepare_output(path, (".pt",))
+    save_atomic(blob, path)
+    card = {**card, "file": path.name, "sha256": file_sha256(path)}
+    write_json(card, path.with_suffix(".json"))
+    return card
 
 
 def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
@@ -213,19 +245,34 @@ def save_training(trainer, batches, extra: dict, out_dir: str | Path, keep: int,
     return checkpoint_path(out_dir, trainer.step)
 
 
-def resume_training(path: Path, trainer, batches, config: dict, fixed: tuple, rank: int = 0, world: int = 1,
-                    defaults: dict | None = None) -> dict:
+RUN_CONTROL = ("steps", "out_dir", "log_every", "sample_every", "n_samples", "save_every", "keep", "device",
+               "compile", "progress", "resume", "data_root")    # the only settings a resumed run may change
+
+
+def check_same_run(path: Path, saved: dict, config, unused: tuple = ()) -> None:
+    """Refuse (one-line ``ValueError``) to resume the run ``config`` (a ``TrainConfig`` or ``DDGANConfig``)
+    from the checkpoint ``path`` whose config is ``saved`` when any setting differs but ``RUN_CONTROL`` (step
+    budget, logging, grids, saving, device) and ``unused`` (settings this run never reads). A setting an
+    older checkpoint lacks counts as its default. Otherwise the resumed run would train with settings its
+    checkpoint does not record, or silently keep the old ones in the optimizer (its weight decay, betas)."""
+    changed = [f"{f.name}={saved.get(f.name, f.default)!r} there, {getattr(config, f.name)!r} here"
+               for f in fields(config) if f.name not in RUN_CONTROL + tuple(unused)
+               and saved.get(f.name, f.default) != getattr(config, f.name)]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: it was trained with other settings ({'; '.join(changed)}); "
+                         f"a resumed run may change only its steps, logging, grids, saving and device: keep the "
+                         f"others or start a new --out-dir")
+
+
+def resume_training(path: Path, trainer, batches, config, unused: tuple = (), rank: int = 0,
+                    world: int = 1) -> dict:
     """Load a checkpoint into ``trainer`` and ``batches`` and restore this rank's random streams, so
-    the next step repeats the interrupted run's bit for bit. ``config`` values named in ``fixed`` must
-    equal the checkpoint's (``ValueError`` otherwise); a name missing from an older checkpoint's config
-    counts as its value in ``defaults``. With another number of processes the streams restart from
-    the seed (with a warning). Returns the checkpoint dict.
+    the next step repeats the interrupted run's bit for bit. ``config`` must match the checkpoint's
+    (``check_same_run``). With another number of processes the streams restart from the seed (with a
+    warning). Returns the checkpoint dict.
     """
     ckpt = load_checkpoint(path)
-    saved = {**(defaults or {}), **ckpt["config"]}
-    changed = [f"{k}={saved.get(k)!r} there, {config[k]!r} here" for k in fixed if saved.get(k) != config[k]]
-    if changed:
-        raise ValueError(f"cannot resume from {path}: it belongs to another run ({'; '.join(changed)})")
+    check_same_run(path, ckpt["config"], config, unused)
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
     if len(ckpt["rng"]) == world:
@@ -270,7 +317,8 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
-        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+        text = "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step).encode()
+        _replace_atomically(path, lambda f: f.write(text))
 
 
 def model_spec(example_shape: tuple, preset: str, num_classes: int = 0) -> dict:
@@ -301,6 +349,9 @@ def build_model(spec: dict) -> nn.Module:
     if kind == "toy_mlp":
         from .toy_model import ToyEpsModel              # imported when needed: images never load it
         return ToyEpsModel(**config)
+    if kind == "ddgan":
+        raise ValueError("this is a DDGAN's checkpoint, not a diffusion model's: use sample-ddgan and export-ddgan "
+                         "(in Python, load_ddgan_generator)")
     raise ValueError(f"unknown model kind {kind!r} in the checkpoint: expected 'unet', 'conditional_unet' "
                      f"or 'toy_mlp'")
 

@@ -22,7 +22,6 @@ reads them back with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_atomic
+from .checkpoint import load_model_state, read_tagged_file, save_with_card
 
 FORMAT = "ddpm_lib-mnist-classifier-1"
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "mnist_classifier.pt"
@@ -112,9 +111,9 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_heldout: to
     minibatch is shifted at random by up to ``max_shift`` pixels. ``seed`` fixes the initial weights,
     the data order, the shifts and dropout. ``log(step, loss)`` is called after every step.
     """
-    if epochs < 1 or batch_size < 1 or batch_size > len(x_train):
-        raise ValueError(f"need epochs ≥ 1 and 1 ≤ batch_size ≤ {len(x_train)} (the training digits), "
-                         f"got epochs={epochs}, batch_size={batch_size}")
+    if epochs < 1 or batch_size < 1 or batch_size > len(x_train) or max_shift < 0:
+        raise ValueError(f"need epochs ≥ 1, 1 ≤ batch_size ≤ {len(x_train)} (the training digits) and max_shift ≥ 0, "
+                         f"got epochs={epochs}, batch_size={batch_size}, max_shift={max_shift}")
     torch.manual_seed(seed)                                          # initial weights and dropout masks
     generator = torch.Generator().manual_seed(seed)                  # data order and shifts
     model = MNISTClassifier(**(model_config or {})).to(device)
@@ -155,13 +154,9 @@ def save_classifier(model: MNISTClassifier, path: str | Path, card: dict | None 
     The card is ``card`` (e.g. held-out accuracy, command) plus the format, the model's config, the
     file name and the sha256 of the written ``.pt``; it is returned as a dict.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    save_atomic({"format": FORMAT, "config": model.config, "state_dict": state}, path)
-    card = {**(card or {}), "format": FORMAT, "config": model.config, "file": path.name, "sha256": file_sha256(path)}
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return save_with_card({"format": FORMAT, "config": model.config, "state_dict": state}, path,
+                          {**(card or {}), "format": FORMAT, "config": model.config})
 
 
 def load_classifier(path: str | Path | None = None, device="cpu") -> MNISTClassifier:

@@ -1,7 +1,7 @@
 """The command line: ``train`` (Algorithm 1), ``sample`` (Algorithm 2), ``evaluate`` (FID-MNIST), ``train-classifier``.
 
     python -m ddpm_lib train --data mnist-5k --preset tiny --steps 2000 --out-dir runs/mnist
-    python -m ddpm_lib train --out-dir runs/mnist --steps 4000 --resume        # continue that run
+    python -m ddpm_lib train --out-dir runs/mnist --steps 4000 --resume        # continue it, same settings
     torchrun --nproc_per_node 4 -m ddpm_lib train --data cifar10 --preset ddpm-cifar10 --out-dir runs/c10
     python -m ddpm_lib sample --checkpoint runs/mnist --n 64 --out grid.png    # EMA weights, PNG grid
     python -m ddpm_lib sample --checkpoint runs/mnist --sampler ddim --steps 50 --eta 0 --out ddim.png
@@ -26,23 +26,25 @@ that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .bench import bench, format_table
-from .checkpoint import file_sha256, recorded_path
+from .checkpoint import (checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output, recorded_path,
+                         write_json)
 from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights, load_sampling_model
 from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_noisy_classifier_parser,
-                            add_sampler_arguments, describe_sampler, draw_samples, guided_model, mnist_digits,
+                            add_sampler_arguments, check_sampler_flags, describe_sampler, draw_samples,
+                            guided_model, mnist_digits,
                             run_evaluate_guidance,
                             run_sample, run_train_noisy_classifier)
 from .metrics import METRIC, frechet_distance, image_statistics
@@ -66,8 +68,24 @@ def add_run_arguments(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir with "
+                   "the run's settings; only steps, logging, grids, saving and device may be given anew")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown: %(default)s)")
+
+
+def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
+    """The ``config_class`` (``TrainConfig`` or ``DDGANConfig``) of a training command. With ``--resume``
+    every setting not on the command line ``argv`` (the progress bar aside) takes the resumed run's value,
+    not the flag's default, so ``train --out-dir D --steps N --resume`` continues the run as it was set
+    up; a flag that contradicts the run is refused by the trainer (``checkpoint.check_same_run``). The
+    training parsers set ``allow_abbrev=False``, so every flag on ``argv`` is spelled out as ``--name``."""
+    values = {f.name: getattr(args, f.name) for f in fields(config_class)}
+    if args.resume:
+        given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+        saved = load_checkpoint(checkpoint_to_resume(args.out_dir, resume=True))["config"]
+        values.update({k: v for k, v in saved.items() if k in values and k not in given | {"resume", "progress"}})
+    return config_class(**values)
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Train, sample and evaluate DDPMs (Ho et al. 2020).")
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train an ε-model (Algorithm 1); torchrun for several GPUs",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     _add_train_arguments(train_parser)
     sample_parser = commands.add_parser("sample", help="draw samples with the EMA weights (Algorithm 2), guided or not",
                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -185,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train_classifier(args: argparse.Namespace, command: str) -> dict:
     """Train the FID-MNIST classifier on the train split, measure it on the held-out split, and write the
     weights and their JSON card (config, accuracy, sha256, ``command``); returns the card."""
+    prepare_output(args.out, (".pt",))
     x_train, y_train = load_images(args.data, root=args.data_root, train=True, pad_to_32=True)
     x_heldout, y_heldout = load_images(args.data, root=args.data_root, train=False, pad_to_32=True)
     threads, start = torch.get_num_threads(), time.perf_counter()
@@ -220,6 +239,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if args.n < 2 or args.batch_size < 1:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples) and --batch-size at least 1, "
                          f"got {args.n} and {args.batch_size}")
+    prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classifier = load_classifier(args.classifier, device)
     if args.bf16 and device.type != "cuda":
@@ -265,8 +285,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
                          "n_train_digits": floor["n"]},
         "max_class_entropy": fake["max_class_entropy"],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
     print_results(results)
     print(f"wrote {args.out}")
     return results
@@ -292,22 +311,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "sampler"):
+            check_sampler_flags(args)
         if args.command in DDGAN_COMMANDS:
             run_ddgan_command(args, argv)
         elif args.command == "train":
-            train(TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
+            train(config_from_args(TrainConfig, args, argv))
         elif args.command == "sample":
             run_sample(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "bench":
             from .bench import ROW_KEYS
+            if args.out:
+                prepare_output(args.out, (".json",))
             figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup, args.device,
                             rows=[ROW_KEYS[key] for key in args.rows], ddim_steps=args.ddim_steps,
                             compile_backend=args.compile_backend, autotune=args.autotune)
             print(format_table(figures))
             if args.out:
-                Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+                write_json(figures, args.out)
         elif args.command == "export":
             card = export_ema_weights(args.checkpoint, args.out, command=args.training_command)
             print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "

@@ -1,7 +1,7 @@
 """The DDGAN subcommands of ``python -m ddpm_lib`` (registered by ``cli.build_parser``, run by ``cli.main``).
 
     python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --d-steps 2 --out-dir runs/ddgan
-    python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue that run
+    python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue it, same settings
     python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --steps 3000 --out-dir runs/gan8
     python -m ddpm_lib sample-ddgan --checkpoint runs/ddgan --n 64 --out ddgan.png   # T calls of G_ema
     python -m ddpm_lib sample-ddgan --checkpoint runs/gan8 --n 1000 --out points.pt # 2-D points as a tensor
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import prepare_output
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
-from .ddgan_train import CONFIG_FIELDS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .ddgan_train import DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
 from .toy_data import TOY_SETS
 from .training import write_samples
 
@@ -33,7 +34,7 @@ def add_ddgan_commands(subparsers) -> None:
     from .cli import add_run_arguments                  # cli imports this module: import at call time
     fmt = argparse.ArgumentDefaultsHelpFormatter
     d = DDGANConfig()
-    p = subparsers.add_parser("train-ddgan", formatter_class=fmt,
+    p = subparsers.add_parser("train-ddgan", formatter_class=fmt, allow_abbrev=False,
                               help="train a Denoising Diffusion GAN (Xiao et al. 2022): T = 4 GAN-learned steps")
     p.add_argument("--data", default=d.data, help=f"one of {', '.join(IMAGE_SETS + TOY_SETS)}")
     p.add_argument("--data-root", default=d.data_root, help="cache folder of the torchvision sets (None: data/cache)")
@@ -71,8 +72,10 @@ def run_sample_ddgan(args: argparse.Namespace) -> Path:
     """Sample ``args.n`` examples with G_ema and write them to ``args.out``; returns the path."""
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    prepare_output(args.out, (".png", ".pt"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     G, schedule, info = load_ddgan_generator(args.checkpoint, device)
+    schedule = schedule.to(device)
     shape = info["example_shape"]
     if len(shape) != 3 and Path(args.out).suffix != ".pt":
         raise ValueError(f"this model draws {shape[0]}-D points, not images: pass --out with a .pt name")
@@ -85,7 +88,8 @@ def run_sample_ddgan(args: argparse.Namespace) -> Path:
 def run_ddgan_command(args: argparse.Namespace, argv: list[str]) -> None:
     """Run one of ``DDGAN_COMMANDS``; ``argv`` is the command line (recorded by export-ddgan)."""
     if args.command == "train-ddgan":
-        train_ddgan(DDGANConfig(**{k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}))
+        from .cli import config_from_args              # cli imports this module: import at call time
+        train_ddgan(config_from_args(DDGANConfig, args, argv))
     elif args.command == "sample-ddgan":
         run_sample_ddgan(args)
     elif args.command == "export-ddgan":

@@ -26,16 +26,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (StopRequest, file_sha256, checkpoint_to_resume, keep_metrics_up_to,
-                         load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_atomic,
-                         save_checkpoint)
+from .checkpoint import (StopRequest, check_same_run, file_sha256, checkpoint_to_resume, keep_metrics_up_to,
+                         load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_checkpoint,
+                         save_with_card)
 from .data import IMAGE_SETS, EpochBatches, load_images
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
@@ -44,7 +44,6 @@ from .toy_data import TOY_SETS, make_toy
 from .training import write_samples
 
 WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
-RUN_DEFINING = ("data", "toy_n", "preset", "T", "beta_min", "beta_max", "batch_size", "seed")  # fixed on resume
 
 
 @dataclass
@@ -209,13 +208,11 @@ def _rng_state(trainer: DDGANTrainer) -> dict:
 
 def _resume(path: Path, trainer: DDGANTrainer, batches: EpochBatches, config: DDGANConfig) -> dict:
     """Load a checkpoint into ``trainer`` and ``batches`` and restore the random streams, so that the
-    next step repeats the interrupted run's bit for bit. Returns the checkpoint dict."""
+    next step repeats the interrupted run's bit for bit; ``config`` must match the checkpoint's
+    (``check_same_run``). Returns the checkpoint dict."""
     ckpt = load_checkpoint(path)
     _check_ddgan_checkpoint(ckpt, path)
-    changed = [f"{k}={ckpt['config'].get(k)!r} there, {getattr(config, k)!r} here" for k in RUN_DEFINING
-               if ckpt["config"].get(k) != getattr(config, k)]
-    if changed:
-        raise ValueError(f"cannot resume from {path}: it belongs to another run ({'; '.join(changed)})")
+    check_same_run(path, ckpt["config"], config, unused=() if config.data in TOY_SETS else ("toy_n",))
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
     torch.set_rng_state(ckpt["rng"]["torch_cpu"])
@@ -253,6 +250,9 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
     print(f"training DDGAN ({spec['config']['type']} networks: G {n_g:,}, D {n_d:,} parameters) on {config.data} "
           f"{tuple(x0_data.shape)}: {device}, float32, T = {config.T}, from step {trainer.step}")
+    if trainer.step >= config.steps:
+        print(f"{resume_from} is already at step {trainer.step} and --steps is {config.steps}: nothing to train "
+              f"(raise --steps to continue the run)")
 
     def save() -> Path:
         return save_checkpoint({**trainer.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(trainer),
@@ -361,16 +361,11 @@ def export_ddgan(checkpoint: str | Path, out: str | Path, command: str | None = 
     ckpt = load_checkpoint(path)
     _check_ddgan_checkpoint(ckpt, path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["generator_ema"].items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"format": WEIGHTS_FORMAT, "model_spec": ckpt["model_spec"], "generator_ema": half,
-                 "config": ckpt["config"], "step": ckpt["step"], "example_shape": ckpt["example_shape"]}, out)
-    card = {"file": out.name, "format": WEIGHTS_FORMAT, "sha256": file_sha256(out), "step": ckpt["step"],
-            "training_seconds": ckpt.get("elapsed"), "config": ckpt["config"], "model_spec": ckpt["model_spec"],
-            "example_shape": list(ckpt["example_shape"]), "source": str(path),
-            "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    blob = {"format": WEIGHTS_FORMAT, "model_spec": ckpt["model_spec"], "generator_ema": half,
+            "config": ckpt["config"], "step": ckpt["step"], "example_shape": ckpt["example_shape"]}
+    return save_with_card(blob, out, {"format": WEIGHTS_FORMAT, "step": ckpt["step"],
+                                      "training_seconds": ckpt.get("elapsed"), "config": ckpt["config"],
+                                      "model_spec": ckpt["model_spec"], "example_shape": list(ckpt["example_shape"]),
+                                      "source": str(path),
+                                      "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])})
 
-
-CONFIG_FIELDS = tuple(f.name for f in fields(DDGANConfig))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import (build_model, example_shape_of, file_sha256, load_checkpoint, load_model_state,
-                         read_tagged_file, resolve_checkpoint, save_atomic)
+                         read_tagged_file, resolve_checkpoint, save_with_card)
 from .schedules import make_schedule
 
 FORMAT = "ddpm_lib-weights-1"
@@ -34,16 +34,12 @@ def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | N
                          + (": export a DDGAN run with export-ddgan" if kind == "ddgan" else ""))
     half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     config = ckpt["config"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"format": FORMAT, "model_spec": ckpt["model_spec"], "ema": half,
-                 "schedule": {"name": config["schedule"], "T": config["T"]},
-                 "step": ckpt["step"], "example_shape": list(ckpt["example_shape"]), "config": config}, out)
-    card = {"file": out.name, "sha256": file_sha256(out), "step": ckpt["step"],
-            "training_seconds": ckpt.get("elapsed"), "config": config, "model_spec": ckpt["model_spec"],
-            "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    blob = {"format": FORMAT, "model_spec": ckpt["model_spec"], "ema": half,
+            "schedule": {"name": config["schedule"], "T": config["T"]},
+            "step": ckpt["step"], "example_shape": list(ckpt["example_shape"]), "config": config}
+    return save_with_card(blob, out, {"step": ckpt["step"], "training_seconds": ckpt.get("elapsed"), "config": config,
+                                      "model_spec": ckpt["model_spec"],
+                                      "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])})
 
 
 def _check_card(path: Path) -> dict | None:

@@ -22,14 +22,13 @@ within-class FID-MNIST where enough digits exist, and the overall FID-MNIST.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, recorded_path
+from .checkpoint import file_sha256, prepare_output, recorded_path, write_json
 from .classifier import DEFAULT_CLASSIFIER, load_classifier
 from .data import IMAGE_SETS, load_images
 from .ddim import GRIDS, sample_ddim
@@ -50,12 +49,29 @@ DIVERSITY = ("mean pairwise Euclidean distance between the FID-MNIST features of
 
 # ----------------------------------------------------------------------------- samplers and flags
 
+DDIM_DEFAULTS = {"steps": 50, "eta": 0.0, "grid": "uniform"}
+
+
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """``--sampler`` and DDIM's ``--steps``, ``--eta``, ``--grid``; ``check_sampler_flags`` completes them."""
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"),
                    help="ddpm: Algorithm 2 over all T steps; ddim: Song et al. 2021 on a respaced grid")
-    p.add_argument("--steps", type=int, default=50, help="DDIM: network evaluations (1..T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM: η (0 deterministic, 1 DDPM-like noise)")
-    p.add_argument("--grid", default="uniform", choices=GRIDS, help="DDIM: spacing of the respaced steps")
+    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="DDIM: network evaluations, 1..T (50)")
+    p.add_argument("--eta", type=float, default=argparse.SUPPRESS,
+                   help="DDIM: η, 0 deterministic, 1 DDPM-like noise (0)")
+    p.add_argument("--grid", default=argparse.SUPPRESS, choices=GRIDS, help="DDIM: spacing of the respaced steps "
+                   "(uniform)")
+
+
+def check_sampler_flags(args: argparse.Namespace) -> None:
+    """Refuse DDIM's flags without ``--sampler ddim`` (DDPM would ignore them and take all T steps), and
+    give the ones not on the command line their defaults (``DDIM_DEFAULTS``)."""
+    given = [f"--{name}" for name in DDIM_DEFAULTS if hasattr(args, name)]
+    if args.sampler == "ddpm" and given:
+        raise ValueError(f"{', '.join(given)} set the DDIM sampler: add --sampler ddim (DDPM takes all T steps)")
+    for name, value in DDIM_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
 
 
 def draw_samples(model, schedule, shape, generator, args: argparse.Namespace, progress: bool = False,
@@ -165,8 +181,10 @@ def run_sample(args: argparse.Namespace) -> Path:
     writes ``args.out`` and returns its path."""
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    prepare_output(args.out, (".png", ".pt"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, schedule, info = load_sampling_model(args.checkpoint, device)
+    schedule = schedule.to(device)                     # a CPU schedule would cost host copies at every step
     check_guidance_flags(info, args.label, args.cfg_scale, args.classifier, args.scale)
     example_shape = info["example_shape"]
     if len(example_shape) != 3 and Path(args.out).suffix != ".pt":
@@ -221,6 +239,7 @@ def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
     if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
         raise ValueError(f"need --steps >= 1, --batch-size >= 1 and --lr > 0, got {args.steps}, "
                          f"{args.batch_size}, {args.lr}")
+    prepare_output(args.out, (".pt",))
     s = make_schedule(args.schedule, args.T)
     eval_t = args.eval_t or default_eval_t(args.T)
     if min(eval_t) < 1 or max(eval_t) > args.T:
@@ -331,6 +350,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         raise ValueError("--cfg-scales guide without a classifier: drop --classifier (or use --scales)")
     if min(scales) < 0:
         raise ValueError(f"{'--scales' if sweep == 'classifier' else '--cfg-scales'} must all be >= 0, got {scales}")
+    prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     clean = load_classifier(args.fid_classifier, device)
     model, schedule, info = load_sampling_model(args.checkpoint, device)
@@ -377,8 +397,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         "real_heldout": {"n": len(real_y), **{k: real[k] for k in ("accuracy", "confidence", "diversity")}},
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
     print_guidance_table(results)
     print(f"wrote {args.out}")
     return results

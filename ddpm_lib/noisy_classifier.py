@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_atomic
+from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_with_card
 from .forward import q_sample
 from .indexing import check_t
 from .schedules import Schedule, make_schedule
@@ -150,15 +150,10 @@ def save_noisy_classifier(model: NoisyClassifier, s: Schedule, path: str | Path,
     """Write the weights (fp32, on the CPU) and the schedule they were trained for atomically to ``path``,
     and a JSON card beside it (``path`` with ``.json``): ``card`` plus the format, the model's config,
     the schedule, the file name and the sha256 of the written file. Returns the card."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     schedule = {"name": s.name, "T": s.T}
-    save_atomic({"format": FORMAT, "config": model.config, "schedule": schedule, "state_dict": state}, path)
-    card = {**(card or {}), "format": FORMAT, "config": model.config, "schedule": schedule, "file": path.name,
-            "sha256": file_sha256(path)}
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return save_with_card({"format": FORMAT, "config": model.config, "schedule": schedule, "state_dict": state},
+                          path, {**(card or {}), "format": FORMAT, "config": model.config, "schedule": schedule})
 
 
 def load_noisy_classifier(path: str | Path, device="cpu", check_sha256: bool = True):

@@ -46,8 +46,6 @@ from .schedules import Schedule, make_schedule
 from .toy_data import TOY_SETS, make_toy
 from .unet import PRESETS
 
-RUN_DEFINING = ("data", "toy_n", "preset", "schedule", "T", "batch_size", "seed",   # fixed when resuming
-                "num_classes", "p_uncond")
 
 
 @dataclass
@@ -107,6 +105,12 @@ class TrainConfig:
             raise ValueError(f"num_classes > 0 (classifier-free guidance) trains the class-conditional U-Net on "
                              f"an image set; the toy set {self.data!r} is trained by the toy MLP, which takes no "
                              f"labels: use --num-classes 0")
+
+
+def unused_settings(config: TrainConfig) -> tuple:
+    """Settings this run never reads, so a resumed run need not repeat them: the U-Net preset of a toy
+    set (the toy MLP is used), the point count of an image set, p_uncond of an unconditional model."""
+    return (("preset",) if config.data in TOY_SETS else ("toy_n",)) + (() if config.num_classes else ("p_uncond",))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -305,8 +309,7 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
     batches = EpochBatches(len(x0_data), config.batch_size, config.seed, rank, world, device)
     elapsed, last_saved = 0.0, None
     if resume_from is not None:
-        ckpt = resume_training(resume_from, trainer, batches, asdict(config), RUN_DEFINING, rank, world,
-                               defaults={"num_classes": 0, "p_uncond": TrainConfig.p_uncond})
+        ckpt = resume_training(resume_from, trainer, batches, config, unused_settings(config), rank, world)
         elapsed, last_saved = ckpt["elapsed"], resume_from
     metrics_path = out_dir / "metrics.jsonl"
     if main:
@@ -315,6 +318,9 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
         n_params = sum(p.numel() for p in model.parameters())
         print(f"training {spec['kind']} ({n_params:,} parameters) on {config.data} {tuple(x0_data.shape)}: {device}, "
               f"autocast {trainer.amp_dtype}, {world} process(es), from step {trainer.step}")
+        if trainer.step >= config.steps:
+            print(f"{resume_from} is already at step {trainer.step} and --steps is {config.steps}: nothing to "
+                  f"train (raise --steps to continue the run)")
 
     def save() -> Path:
         extra = {"config": asdict(config), "model_spec": spec, "example_shape": tuple(x0_data.shape[1:]),

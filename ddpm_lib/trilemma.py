@@ -13,16 +13,14 @@ Each row draws ``n`` digits with one sampler and reports
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .checkpoint import recorded_path
+from .checkpoint import prepare_output, recorded_path, write_json
 from .classifier import DEFAULT_CLASSIFIER, load_classifier
 from .data import load_images
 from .ddgan import sample_ddgan
@@ -139,11 +137,13 @@ def run_trilemma(args) -> dict:
     """Measure the rows and write the JSON table (the command's work)."""
     if args.n < 2:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples), got {args.n}")
+    prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.bf16 and device.type != "cuda":
         raise ValueError("--bf16 needs a CUDA device (on a CPU every row runs in float32)")
     eps_model, s, info = load_sampling_model(args.ddpm, device)
     G, s_gan, gan_info = load_ddgan_generator(args.ddgan, device)
+    s_gan = s_gan.to(device)
     shape = tuple(info["example_shape"])
     if tuple(gan_info["example_shape"]) != shape:
         raise ValueError(f"the DDPM draws {shape} images and the DDGAN {tuple(gan_info['example_shape'])}: "
@@ -164,8 +164,7 @@ def run_trilemma(args) -> dict:
              else "cpu", "ddpm": recorded_path(args.ddpm), "ddgan": recorded_path(args.ddgan), "reference": {"n": len(real),
              "split": "held-out"}, "seed": args.seed, "precision": "bf16 autocast" if args.bf16 else "float32",
              "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
+    write_json(table, args.out)
     print(format_rows(rows))
     print(f"wrote {args.out}")
     return table

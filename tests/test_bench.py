@@ -90,7 +90,8 @@ def test_rows_that_cannot_run_say_why(monkeypatch, capsys):
         r = bench("mnist", batch_size=2, sample_batch=2, iters=1, warmup=0, device="cpu",
                   rows=("diffusers eager",), ddim_steps=1)
         assert r["rows"][0]["status"] == "no diffusers counterpart of preset 'mnist'"   # linear attention
-    for bad in (dict(iters=0), dict(rows=("ours",)), dict(compile_backend="tvm"), dict(ddim_steps=0)):
+    for bad in (dict(iters=0), dict(rows=("ours",)), dict(compile_backend="tvm"), dict(ddim_steps=0),
+                dict(ddim_steps=1001)):
         with pytest.raises(ValueError):
             bench("tiny", **{"batch_size": 2, "sample_batch": 2, "device": "cpu", **bad})
     assert main(["bench", "--preset", "tiny", "--iters", "0", "--device", "cpu"]) == 1

@@ -57,6 +57,45 @@ def test_a_write_cut_off_midway_never_becomes_a_checkpoint(tmp_path, monkeypatch
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 10
 
 
+def test_a_json_write_cut_off_midway_leaves_the_previous_file(tmp_path, monkeypatch):
+    """write_json (cards, results, metrics) replaces a file atomically too. Catches: a card rewritten in
+    place, which a crash leaves half-written beside complete weights."""
+    path = checkpoint.write_json({"step": 1}, tmp_path / "card.json")
+    real_dumps = checkpoint.json.dumps
+
+    def dumps_then_crash(obj, **kwargs):
+        raise RuntimeError(f"killed after {len(real_dumps(obj, **kwargs))} characters (simulated)")
+
+    monkeypatch.setattr(checkpoint.json, "dumps", dumps_then_crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        checkpoint.write_json({"step": 2}, path)
+    monkeypatch.undo()
+    original = checkpoint._replace_atomically
+
+    def write_half_then_crash(target, write):
+        def half(f):
+            write(f)
+            f.seek(f.tell() // 2)
+            f.truncate()
+            raise RuntimeError("killed while writing (simulated)")
+        return original(target, half)
+
+    monkeypatch.setattr(checkpoint, "_replace_atomically", write_half_then_crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        checkpoint.write_json({"step": 3}, path)
+    assert path.read_text() == '{\n  "step": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == ["card.json"]
+
+
+def test_output_names_are_checked_before_any_work(tmp_path):
+    """prepare_output: the suffix, a folder given as the file, and the parent folder created."""
+    assert checkpoint.prepare_output(tmp_path / "a" / "b" / "x.PNG", (".png", ".pt")) == tmp_path / "a" / "b" / "x.PNG"
+    assert (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(ValueError, match=r"must end in \.png or \.pt"):
+        checkpoint.prepare_output(tmp_path / "x", (".png", ".pt"))
+    with pytest.raises(ValueError, match="is a folder"):
+        checkpoint.prepare_output(tmp_path / "a", (".json",))
+
+
 def test_a_truncated_file_gives_a_one_line_error(tmp_path):
     path = save_checkpoint(state(1), tmp_path, keep=1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

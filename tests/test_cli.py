@@ -15,6 +15,7 @@ import torchvision
 from PIL import Image
 
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
+from ddpm_lib import cli, guidance_eval
 from ddpm_lib.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,38 @@ def test_damaged_checkpoints_and_wrong_outputs_end_with_one_line(tmp_path, capsy
     assert "no checkpoint" in one_error_line(capsys)
 
 
+def test_outputs_and_flags_are_checked_before_sampling(tmp_path, capsys, monkeypatch):
+    """A wrong --out (no suffix, a folder, .json for weights), DDIM's flags without --sampler ddim and a
+    DDGAN run given to sample or evaluate end with one line before any sampling. Catches: hours of
+    sampling thrown away by a typo in --out; --steps 50 silently running all T DDPM steps."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", "two_moons", "--toy-n", "100", "--T", "30", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+    assert main(["train-ddgan", "--data", "two_moons", "--toy-n", "100", "--preset", "tiny", "--steps", "1",
+                 "--batch-size", "8", "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the command line")
+
+    monkeypatch.setattr(cli, "draw_samples", no_sampling)
+    monkeypatch.setattr(guidance_eval, "draw_samples", no_sampling)
+    cases = [(["sample", "--checkpoint", run, "--out", str(tmp_path / "s")], "must end in .png or .pt"),
+             (["sample", "--checkpoint", run, "--out", str(tmp_path / "s.pt"), "--steps", "5", "--eta", "1"],
+              "--steps, --eta set the DDIM sampler: add --sampler ddim"),
+             (["evaluate", "--checkpoint", run, "--n", "4", "--out", str(tmp_path)], "is a folder"),
+             (["evaluate", "--checkpoint", str(tmp_path / "gan"), "--n", "4"], "use sample-ddgan"),
+             (["sample", "--checkpoint", str(tmp_path / "gan"), "--out", str(tmp_path / "s.pt")], "use sample-ddgan"),
+             (["export", "--checkpoint", run, "--out", str(tmp_path / "w.json")], "must end in .pt")]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in one_error_line(capsys), argv
+    monkeypatch.undo()
+    assert main(["sample", "--checkpoint", run, "--n", "3", "--sampler", "ddim", "--steps", "5", "--out",
+                 str(tmp_path / "new" / "folder" / "s.pt")]) == 0              # the folder is made
+    assert torch.load(tmp_path / "new" / "folder" / "s.pt", weights_only=True).shape == (3, 2)
+
+
 def test_a_diverging_run_stops_with_the_step_in_one_line(tmp_path, capsys):
     code = main(["train", "--data", "two_moons", "--toy-n", "100", "--T", "30", "--steps", "10", "--batch-size", "8",
                  "--lr", "1e30", "--warmup", "0", "--log-every", "1", "--save-every", "1", "--sample-every", "0",
@@ -103,6 +136,27 @@ def test_an_online_only_data_set_offline_gives_the_data_modules_message(tmp_path
     assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run"),
                  "--device", "cpu"]) == 1
     assert "offline, use the shipped subset instead: load_images('mnist-5k')" in one_error_line(capsys)
+
+
+def test_resume_takes_the_runs_settings_unless_a_flag_is_given(tmp_path, capsys):
+    """``train --out-dir D --steps N --resume`` continues the run with its own settings (not the flags'
+    defaults); a flag that contradicts the run gives one line and status 1; flags cannot be abbreviated
+    (an abbreviation would escape the check of which flags were given). Catches: a resume that trains
+    with the default preset, T or lr, or refuses the documented short form."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", "two_moons", "--toy-n", "100", "--T", "30", "--steps", "2", "--batch-size", "8",
+                 "--lr", "0.003", "--warmup", "1", "--sample-every", "0", "--keep", "1", "--out-dir", run,
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert main(["train", "--out-dir", run, "--steps", "4", "--resume", "--no-progress"]) == 0
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt_00000004.pt"]                     # the run's --keep 1
+    config = load_checkpoint(list_checkpoints(run)[-1])["config"]
+    assert config["steps"] == 4 and (config["data"], config["T"], config["lr"]) == ("two_moons", 30, 0.003)
+    capsys.readouterr()
+    assert main(["train", "--out-dir", run, "--steps", "6", "--resume", "--lr=0.5", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr=0.003 there, 0.5 here" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--out-dir", run, "--steps", "6", "--resume", "--l", "0.5"])
 
 
 def test_help_lists_both_commands(capsys):

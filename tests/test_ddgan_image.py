@@ -443,7 +443,14 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     assert [p.name for p in list_checkpoints(run)] == ["ckpt_00000006.pt"]
     ckpt = load_checkpoint(list_checkpoints(run)[0])
     assert ckpt["config"]["d_steps"] == 2 and ckpt["opt_discriminator"]["state"][0]["step"].item() == 12
+    assert main(["train-ddgan", "--out-dir", run, "--steps", "8", "--resume", "--no-progress"]) == 0
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt_00000008.pt"]      # the run's --keep 1 and --d-steps 2
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    assert ckpt["config"]["d_steps"] == 2 and ckpt["opt_discriminator"]["state"][0]["step"].item() == 16
     assert torch.load(tmp_path / "run" / "samples_00000006.pt", weights_only=True).shape == (10, 2)
+    capsys.readouterr()
+    assert main(["train-ddgan", "--out-dir", run, "--steps", "10", "--resume", "--lr-d", "0.5", "--device", "cpu"]) == 1
+    assert "lr_d=0.0004 there, 0.5 here" in one_error_line(capsys)
     assert main(["sample-ddgan", "--checkpoint", run, "--n", "50", "--out", str(tmp_path / "p.pt"), "--device", "cpu"]) == 0
     points = torch.load(tmp_path / "p.pt", weights_only=True)
     assert points.shape == (50, 2) and torch.isfinite(points).all()

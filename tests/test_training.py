@@ -208,6 +208,28 @@ def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
         train(toy_config(tmp_path, steps=8, T=60, resume=True))
 
 
+def test_resume_refuses_a_changed_training_setting_and_allows_run_control(tmp_path, capsys):
+    """A resumed run may change its step budget, logging, grids, saving and device, and settings it
+    never reads (the U-Net preset of a toy set, p_uncond of an unconditional model), nothing else.
+    Catches: a resume that trains on with a learning rate or weight decay its checkpoint does not record
+    (AdamW's loaded param_groups keep the old weight decay), and a resume refused over unused settings."""
+    train(toy_config(tmp_path, steps=4))
+    for change, message in [({"lr": 0.5}, "lr=0.001 there, 0.5 here"),
+                            ({"weight_decay": 0.3}, "weight_decay=0.0 there, 0.3 here"),
+                            ({"ema_decay": 0.5}, "ema_decay=0.9999 there, 0.5 here"),
+                            ({"warmup": 0, "grad_clip": 2.0}, "warmup=3 there, 0 here; grad_clip=1.0 there, 2.0 here")]:
+        with pytest.raises(ValueError, match=message) as err:
+            train(toy_config(tmp_path, steps=6, resume=True, **change))
+        assert "\n" not in str(err.value) and "start a new --out-dir" in str(err.value)
+    resumed = train(toy_config(tmp_path, steps=6, resume=True, log_every=1, save_every=1, keep=2, sample_every=3,
+                               preset="tiny", p_uncond=0.5))
+    assert resumed.step == 6 and [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_00000005.pt",
+                                                                                           "ckpt_00000006.pt"]
+    capsys.readouterr()
+    assert train(toy_config(tmp_path, steps=5, resume=True)).step == 6
+    assert "already at step 6 and --steps is 5: nothing to train" in capsys.readouterr().out
+
+
 def test_config_rejects_unknown_names_and_bad_numbers():
     with pytest.raises(ValueError, match="unknown data set"):
         TrainConfig(data="imagenet")
