@@ -3,6 +3,7 @@
 Math is checked in float64 against closed forms written out here (not read back from the code),
 Monte-Carlo moments use tolerances of a few standard errors, and every test names the bug it catches.
 """
+import copy
 import math
 
 import pytest
@@ -188,6 +189,32 @@ def test_networks_shapes_and_conditioning(gen):
     assert not torch.allclose(out, G(xt, z1, 3))
     logit = D(out, xt, 2)
     assert logit.shape == (8,) and not torch.allclose(logit, D(out, xt, 4))
+
+
+def test_toy_trainer_d_step_descends_d_loss_plus_half_gamma_r1():
+    """The gradient of train_ddgan_toy's first D update equals ∇_D[d_loss + (γ/2)·R1] on the step's draws,
+    replayed by hand from the same seed (idx, t, the pair's noise, then z and the posterior noise), in
+    float64. Adam's first step is about lr·sign(g), so only the gradient shows the R1 weight. Catches: γ
+    for γ/2, R1 left out, R1 on the fake pairs, D updated on a G-step batch."""
+    torch.manual_seed(3)
+    s, G, D = ddgan_schedule(4), ToyGenerator(hidden=16).double(), ToyDiscriminator(hidden=16).double()
+    G0, D0 = copy.deepcopy(G), copy.deepcopy(D)
+    first = {}
+    for name, p in D.named_parameters():                          # D's first gradient: its own update's
+        p.register_hook(lambda grad, name=name: first.setdefault(name, grad.clone()))
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    train_ddgan_toy(G, D, s, data, steps=1, batch=16, r1_gamma=0.3, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    idx, t = torch.randint(0, 64, (16,), generator=g), torch.randint(1, 5, (16,), generator=g)
+    x_prev, xt = q_sample_pairs(s, data[idx], t, g)
+    z = torch.randn(16, G0.z_dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        x_fake = posterior_sample(s, G0(xt, z, t), xt, t, torch.randn(xt.shape, generator=g, dtype=torch.float64))
+    objective = d_loss(D0(x_prev, xt, t), D0(x_fake, xt, t)) + 0.5 * 0.3 * r1_penalty(D0, x_prev, xt, t)
+    expected = torch.autograd.grad(objective, list(D0.parameters()))
+    assert len(first) == len(expected)
+    for (name, _), grad in zip(D0.named_parameters(), expected):
+        torch.testing.assert_close(first[name], grad, rtol=1e-10, atol=1e-12)
 
 
 def test_d_and_g_steps_lower_their_losses(gen):

@@ -173,21 +173,23 @@ def test_ddim_step_to_zero_returns_x0_pred():
         torch.testing.assert_close(ddim.ddim_step(s, xt, eps_pred, t, 0, 0.7, noise), x0_pred, rtol=1e-14, atol=1e-14)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.6])
-def test_ddim_step_clips_x0_and_recomputes_eps(eta):
-    """clip_x0 = 1 clamps x̂_0 to [−1, 1] and recomputes ε from the clipped x̂_0 (eq. 12 by hand with that
+@pytest.mark.parametrize("eta, clip", [(0.0, 1.0), (0.6, 1.0), (0.6, 0.5), (0.0, 2.0)])
+def test_ddim_step_clips_x0_and_recomputes_eps(eta, clip):
+    """clip_x0 = c clamps x̂_0 to [−c, c] and recomputes ε from the clipped x̂_0 (eq. 12 by hand with that
     ε); at t' = 0 the result is the clamped x̂_0. The inputs make x̂_0 leave [−1, 1] in most entries.
-    Catches: clipping x̂_0 but keeping the model's ε (the direction term disagrees), clipping x_{t'}."""
+    Catches: clipping x̂_0 but keeping the model's ε (the direction term disagrees), clipping x_{t'},
+    clipping to [−1, 1] whatever c is."""
     s = dl.schedule_from_betas(BETAS)
     xt, eps_pred, noise = 2.5 * randn(5, 4, seed=14), randn(5, 4, seed=15), randn(5, 4, seed=16)
     t, t_prev = torch.tensor([8, 6, 3, 2, 5]), torch.tensor([5, 1, 2, 0, 4])
     x0_pred = dl.predict_x0_from_eps(s, xt, t, eps_pred)
     assert (x0_pred.abs() > 1).double().mean() > 0.5
-    torch.testing.assert_close(ddim.ddim_step(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0=1.0),
-                               ddim_by_hand(BETAS, xt, eps_pred, t.tolist(), t_prev.tolist(), eta, noise, clip=1.0),
+    assert (x0_pred.abs() > clip).any()
+    torch.testing.assert_close(ddim.ddim_step(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0=clip),
+                               ddim_by_hand(BETAS, xt, eps_pred, t.tolist(), t_prev.tolist(), eta, noise, clip=clip),
                                rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ddim.ddim_step(s, xt, eps_pred, t, 0, eta, noise, clip_x0=1.0), x0_pred.clamp(-1, 1),
-                               rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(ddim.ddim_step(s, xt, eps_pred, t, 0, eta, noise, clip_x0=clip),
+                               x0_pred.clamp(-clip, clip), rtol=1e-13, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------- sample_ddim

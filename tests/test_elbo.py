@@ -103,6 +103,28 @@ def test_denoising_term_matches_hand_kl(var):
         dl.denoising_term(s, x0, xt, eps_pred, 1, var=var)     # t = 1 is the reconstruction term
 
 
+def test_the_default_reverse_variance_is_beta():
+    """σ_t² = β_t (the bound's choice: L_0 needs σ_1² > 0) is the default of denoising_term,
+    l_simple_weight and elbo_terms. Catches: a default of β̃_t in one of them, which changes every
+    bound printed without the caller asking."""
+    s = dl.schedule_from_betas(BETAS)
+    g = torch.Generator().manual_seed(4)
+    x0, xt, eps_pred = (torch.randn(4, 3, generator=g, dtype=F64) for _ in range(3))
+    t = torch.tensor([2, 5, 9, 3])
+    assert torch.equal(dl.denoising_term(s, x0, xt, eps_pred, t), dl.denoising_term(s, x0, xt, eps_pred, t, var="beta"))
+    assert not torch.allclose(dl.denoising_term(s, x0, xt, eps_pred, t),
+                              dl.denoising_term(s, x0, xt, eps_pred, t, var="beta_tilde"))
+    torch.testing.assert_close(dl.l_simple_weight(s), dl.l_simple_weight(s, var="beta"), equal_nan=True, rtol=0, atol=0)
+    assert dl.l_simple_weight(s, 5) == dl.l_simple_weight(s, 5, var="beta") != dl.l_simple_weight(s, 5, var="beta_tilde")
+
+    def model(xt, t):
+        return 0.5 * xt
+
+    default = dl.elbo_terms(model, s, x0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(default, dl.elbo_terms(model, s, x0, generator=torch.Generator().manual_seed(5),
+                                                      var="beta"), rtol=0, atol=0)
+
+
 def test_denoising_term_is_weighted_l_simple():
     """Eq. 12: with σ_t² = β̃_t, L_{t−1} = λ_t ‖ε − ε_θ‖² exactly, λ_t = β_t²/(2σ_t² α_t (1−ᾱ_t));
     with σ_t² = β_t the difference is the ε-free constant Σ_d ½[ln(β_t/β̃_t) + β̃_t/β_t − 1].
@@ -212,6 +234,8 @@ def test_discrete_decoder_narrow_gaussian_between_two_levels():
     assert logp[k + 1].item() == pytest.approx(math.log(0.5), abs=1e-6)
     others = torch.cat([logp[:k], logp[k + 2:]])
     assert (others < math.log(1e-10)).all()
+    # Far levels get a probability of 0 in floating point; it is floored at 1e-12, so −log p stays finite.
+    assert torch.isfinite(logp).all() and logp.min().item() == pytest.approx(math.log(1e-12), rel=1e-12)
     on_level = dl.discretized_gaussian_log_likelihood(LEVELS, torch.full_like(LEVELS, LEVELS[k].item()), var)
     assert on_level[k].item() == pytest.approx(0.0, abs=1e-9)
 

@@ -248,6 +248,15 @@ def test_exact_mixture_grad_matches_the_closed_form():
     got32 = exact_mixture_grad_fn(MIX, s, 2, 1.0)(far.float(), torch.tensor([1]))
     assert got32.dtype == torch.float32 and torch.isfinite(got32).all()
     torch.testing.assert_close(got32.double(), hand_mixture_log_posterior_grad(MIX, s, far, 1, 2), rtol=1e-6, atol=1e-4)
+    very_far = torch.tensor([[-80.0, 0.0]], dtype=F64)           # q(2 | x_t) underflows to 0 in float64 too
+    for t in (1, 10):
+        assert MIX.class_posterior(s, very_far, t)[0, 2] == 0
+        torch.testing.assert_close(exact_mixture_grad_fn(MIX, s, 2, 1.0)(very_far, torch.tensor([t])),
+                                   hand_mixture_log_posterior_grad(MIX, s, very_far, t, 2), rtol=1e-10, atol=1e-10)
+    x32, f = (randn(50, 2, seed=10) * 3).float(), exact_mixture_grad_fn(MIX, s, 2, 1.0)
+    for t in (1, 10, 60):                                        # float32 input is computed in float64
+        tt = torch.full((50,), t)
+        assert torch.equal(f(x32, tt), f(x32.double(), tt).float())
 
 
 class LinearClassifier(nn.Module):

@@ -34,6 +34,10 @@ def test_identical_gaussians_are_at_distance_zero(gen):
     the root taken elementwise, a factor 1 instead of 2 on the cross term."""
     sigma, mu = random_spd(7, gen), torch.randn(7, generator=gen, dtype=torch.float64)
     assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+    # Round-off leaves the raw sum at about ±1e-13 for a 40-dimensional Σ; a distance is never negative.
+    for seed in range(20):
+        A = torch.randn(40, 40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        assert frechet_distance(torch.zeros(40), A @ A.T / 40, torch.zeros(40), A @ A.T / 40) >= 0
 
 
 def test_commuting_covariances_follow_the_closed_form(gen):
@@ -114,6 +118,7 @@ def test_class_histogram_and_its_entropy():
     NaN from 0·ln 0."""
     probs = torch.tensor([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.0, 0.4, 0.6]])
     assert class_histogram(probs).tolist() == [1, 1, 2]
+    assert class_histogram(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])).tolist() == [1, 1, 0]   # an empty class
     assert histogram_entropy(torch.tensor([1, 1, 2])) == pytest.approx(-2 * 0.25 * math.log(0.25) - 0.5 * math.log(0.5))
     assert histogram_entropy(torch.full((10,), 7)) == pytest.approx(math.log(10))
     assert histogram_entropy(torch.tensor([0, 0, 5, 0])) == 0.0
@@ -144,6 +149,11 @@ def test_fid_mnist_batches_like_one_pass_and_confidence_is_the_mean_max_softmax(
                                                                                   rel=1e-6)
     features, out_probs = classifier_outputs(b, classifier, batch_size=128)
     assert features.shape == (250, 128) and out_probs.shape == (250, 10)
+    noise = torch.rand(250, *b.shape[1:], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mixed = torch.cat([b[:30], noise[:20]])              # sure digits and unsure noise: mean ≠ median
+    stats = image_statistics(mixed, classifier)
+    assert stats["confidence"] == pytest.approx(classifier_confidence(mixed, classifier), rel=1e-12)
+    assert stats["class_counts"] == class_histogram(classifier_outputs(mixed, classifier)[1]).tolist()
 
 
 def test_fid_mnist_orders_real_noised_and_random_images(fid_setting, capsys):
