@@ -263,8 +263,11 @@ def test_sample_ddim_eta_0_is_deterministic_and_eta_1_full_grid_is_ddpm():
     torch.manual_seed(123)                                   # the global RNG must not matter
     a = run(0, 1.0)
     assert torch.equal(a, run(0, 1.0))
-    ddpm = dl.sample_ddpm(toy_eps_model, s, (16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    g_ddpm, g_ddim = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    ddpm = dl.sample_ddpm(toy_eps_model, s, (16, 2), generator=g_ddpm, dtype=F64)
     torch.testing.assert_close(a, ddpm, rtol=1e-12, atol=1e-12)
+    ddim.sample_ddim(toy_eps_model, s, (16, 2), steps=s.T, eta=1.0, dtype=F64, generator=g_ddim)
+    assert torch.equal(g_ddpm.get_state(), g_ddim.get_state())       # neither draws a noise it would not use at t = 1
     assert ddim.sample_ddim(toy_eps_model, s, (4, 2), steps=3).dtype == torch.float32
 
 
@@ -438,6 +441,11 @@ def test_slerp_parallel_falls_back_to_lerp_and_rejects_opposite():
     torch.testing.assert_close(out, 1.25 * z0, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="opposite"):
         ddim.slerp(z0, -z0, 0.5)
+    # At θ = 1e-4 the arc is used, not the line: the midpoint of two unit latents keeps norm 1 to
+    # round-off, where the line's midpoint has norm cos(θ/2) = 1 − 1.25e-9.
+    e0, e1 = torch.zeros(1, 3, dtype=F64), torch.zeros(1, 3, dtype=F64)
+    e0[0, 0], e1[0, 0], e1[0, 1] = 1.0, math.cos(1e-4), math.sin(1e-4)
+    assert abs(ddim.slerp(e0, e1, 0.5).norm().item() - 1) < 1e-13
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -69,10 +69,35 @@ def test_the_static_shape_and_eval_mode_are_enforced(toy):
     model, eps = toy
     with pytest.raises(ValueError, match="static batch shape"):
         eps(torch.zeros(32, 2), torch.ones(32, dtype=torch.long))
+    with pytest.raises(ValueError, match="t must be a long tensor of shape"):
+        eps(torch.zeros(BATCH), torch.ones(32, dtype=torch.long))
     with pytest.raises(ValueError, match="eval mode"):
         compiled_eps_model(ToyEpsModel(hidden=8).train(), BATCH, backend="eager")
     with pytest.raises(ValueError, match="backend"):
         compiled_eps_model(model, BATCH, backend="tensorrt")
+
+
+def test_amp_dtype_runs_the_network_under_autocast_and_warmup_calls_it_that_often(monkeypatch):
+    """amp_dtype=bf16 gives exactly the network's output under CPU bf16 autocast (visibly off the fp32
+    one), and the warm-up calls the network ``warmup`` times (torch.compile made the identity, so the
+    calls are counted in Python). Catches: amp_dtype ignored; a warm-up one call short, which leaves
+    CUDA-graph recording to the first timed sampler step."""
+    torch.manual_seed(0)
+    model = ToyEpsModel(hidden=32).eval()
+    x, t = torch.randn(BATCH, generator=torch.Generator().manual_seed(7)), torch.full((64,), 20)
+    eps = compiled_eps_model(model, BATCH, backend="eager", amp_dtype=torch.bfloat16, warmup=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x, t)
+    with torch.no_grad():
+        fp32 = model(x, t)
+    assert torch.equal(eps(x, t), expected) and (eps(x, t) - fp32).abs().max() > 1e-4
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(model, "forward", lambda xt, t: calls.append(1) or xt)
+    for warmup in (0, 1, 3):
+        calls.clear()
+        compiled_eps_model(model, BATCH, backend="eager", warmup=warmup)
+        assert len(calls) == warmup
 
 
 def test_images_through_the_same_path_traced_without_code_generation():

@@ -79,6 +79,9 @@ def test_log_prob_at_t0_is_the_data_density(sched):
     x2 = 1.5 * torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     expected2 = torch.logsumexp(scipy_log_joint(sched, x2, T_MIXED), dim=1)
     torch.testing.assert_close(data2.log_prob(sched, x2, T_MIXED), expected2, rtol=1e-10, atol=1e-12)
+    # Far in the tail the density underflows (e^−125000) but its log is finite: log N(50; 0, 0.1²) by hand.
+    far = dl.GaussianMixture([0.0], [0.1], [1.0]).log_prob(sched, torch.tensor([[50.0]], dtype=F64), 0)
+    assert far.item() == pytest.approx(-0.5 * math.log(2 * math.pi * 0.01) - 2500 / 0.02, rel=1e-14)
 
 
 def test_class_posterior_is_bayes(sched):
