@@ -11,7 +11,9 @@ bf16 autocast on GPUs with native bf16, fp16 autocast + GradScaler on older ones
 CPU, channels_last and optional torch.compile on CUDA, DDP under torchrun, a tqdm bar, metrics.jsonl,
 sample grids and atomic, resumable checkpoints (``checkpoint.py``). No step waits for the GPU: the loss
 and the first non-finite step stay on the device until a log step or a checkpoint reads them (except
-the fp16 GradScaler, which reads its overflow flag every step by design).
+the fp16 GradScaler, which reads its overflow flag every step by design). For the same reason the
+processes of a DDP run agree on a Ctrl-C or SIGTERM only at log steps: keep ``log_every`` steps shorter
+than the launcher's grace period between SIGTERM and SIGKILL, or the last steps are lost.
 
 With ``num_classes`` K > 0 the same loop trains the class-conditional ε_θ(x_t, t, y) of classifier-free
 guidance (Ho & Salimans 2021, Algorithm 1): the labels come with the images, each is replaced by the
