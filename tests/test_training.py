@@ -3,9 +3,11 @@ import copy
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import ddpm_lib as dl
 from ddpm_lib import training as train_module
@@ -106,6 +108,60 @@ def test_epoch_batches_visit_each_example_once_per_epoch_with_disjoint_ranks():
     assert all(torch.equal(a, ranks[0].next_indices()) for a in following)
     with pytest.raises(ValueError, match="split evenly"):
         EpochBatches(10, 5, seed=0, world=2)
+    whole = EpochBatches(8, 4, seed=1)                   # batches that fill the epoch exactly: both are used
+    assert sorted(torch.cat([whole.next_indices(), whole.next_indices()]).tolist()) == list(range(8))
+
+
+def test_ema_copies_buffers_as_they_are():
+    """Buffers (BatchNorm's running statistics) are copied, not averaged. Catches: buffers left at the
+    values of the copy made at step 0."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = make_ema_model(model)
+    model(torch.randn(16, 3, generator=torch.Generator().manual_seed(0)))      # train mode: statistics move
+    update_ema(ema, model, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), model.buffers()))
+    assert not torch.equal(ema[1].running_mean, torch.zeros(4))
+
+
+def test_train_step_replayed_by_hand(monkeypatch):
+    """Algorithm 1 as the Trainer wires it, against the config's formulas written out here: t and ε of
+    step k are the next draws of a generator seeded with seed + 1000 (t ~ U{1..T}, ε ~ N(0, I)); AdamW
+    steps with lr·min(1, k/warmup); the gradient it sees has norm grad_clip (the raw one is far larger);
+    θ_ema after step 1 is d₁·θ₀ + (1 − d₁)·θ₁ with d₁ = (1 + 1)/(10 + 1). Catches: ε ~ U(0, 1), t from
+    0..T − 1, the lr of the previous step, no clipping or clipping after the step, the EMA's full decay
+    from step 1 (no warm-up), the wrong generator."""
+    config = TrainConfig(data="two_moons", T=50, batch_size=8, lr=1e-2, warmup=10, grad_clip=1e-3, seed=4,
+                         device="cpu", progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(dl.ToyEpsModel(hidden=16), config, torch.device("cpu"))
+    seen, optimizer_saw = [], []
+    real_loss = train_module.diffusion_loss
+    monkeypatch.setattr(train_module, "diffusion_loss",
+                        lambda net, s, x0, t, eps, y: seen.append((t, eps)) or real_loss(net, s, x0, t, eps, y))
+    real_step = trainer.optimizer.step
+
+    def step_and_record(*args, **kwargs):
+        grads = [p.grad for p in trainer.model.parameters()]
+        optimizer_saw.append((trainer.optimizer.param_groups[0]["lr"], torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_and_record)
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    theta0 = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(x0)
+    d1 = 2 / 11
+    for ema, p, p0 in zip(trainer.ema_model.parameters(), trainer.model.parameters(), theta0):
+        torch.testing.assert_close(ema, d1 * p0 + (1 - d1) * p.detach(), rtol=1e-6, atol=1e-7)
+    for _ in range(11):
+        trainer.train_step(x0)
+    g = torch.Generator().manual_seed(config.seed + 1000)
+    for k, ((t, eps), (lr, norm)) in enumerate(zip(seen, optimizer_saw), start=1):
+        assert torch.equal(t, torch.randint(1, config.T + 1, (8,), generator=g))
+        assert torch.equal(eps, torch.randn(8, 2, generator=g))
+        assert lr == pytest.approx(config.lr * min(1.0, k / config.warmup), rel=1e-12)
+        assert norm == pytest.approx(config.grad_clip, rel=1e-3)
+    assert len(seen) == 12 and torch.cat([t for t, _ in seen]).min() >= 1
 
 
 def test_a_few_steps_overfit_a_fixed_batch():
@@ -196,6 +252,35 @@ def test_toy_run_learns_and_writes_its_outputs(tmp_path):
     ckpt = load_checkpoint(config.out_dir + "/ckpt_00000200.pt")
     assert ckpt["config"]["steps"] == 200 and ckpt["model_spec"]["kind"] == "toy_mlp"
     assert all(torch.equal(v, ckpt["ema"][k]) for k, v in trainer.ema_model.state_dict().items())
+
+
+def test_metrics_lines_hold_the_windows_mean_loss_and_images_per_second_of_training_alone(tmp_path, monkeypatch):
+    """A fake clock moves 1 s per train_step and 10 s per sample grid written (grids at every log step):
+    every metrics line has img_per_s = batch_size exactly (one batch per second; the grid's time left
+    out) and loss = the mean of the losses train_step returned since the previous line. Catches: the
+    window's sum or last loss, images counted once per window, sampling time counted as training."""
+    clock, losses = [0.0], []
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    real_step, real_write = Trainer.train_step, train_module.write_samples
+
+    def timed_step(self, x0, y=None):
+        clock[0] += 1.0
+        losses.append(real_step(self, x0, y))
+        return losses[-1]
+
+    def slow_write(*args, **kwargs):
+        clock[0] += 10.0
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(train_module, "write_samples", slow_write)
+    config = toy_config(tmp_path, steps=9, log_every=3, sample_every=3, save_every=100)
+    train(config)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [3, 6, 9] and len(losses) == 9
+    for r in records:
+        assert r["img_per_s"] == config.batch_size
+        assert r["loss"] == pytest.approx(float(torch.stack(losses[r["step"] - 3:r["step"]]).mean()), rel=1e-6)
 
 
 def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):

@@ -43,6 +43,38 @@ def test_resblock_uses_time_and_keeps_spatial_size(time_cond):
     assert a.shape == (2, 16, 6, 6) and not torch.allclose(a, b)
 
 
+def hand_group_norm(x, norm):
+    """GroupNorm written out: standardise each sample's channel groups, then the per-channel affine map."""
+    B, C, H, W = x.shape
+    g = x.reshape(B, norm.num_groups, -1)
+    g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return g.reshape(B, C, H, W) * norm.weight[:, None, None] + norm.bias[:, None, None]
+
+
+@pytest.mark.parametrize("time_cond", ["scale_shift", "add"])
+def test_resblock_matches_its_equations_written_out(time_cond):
+    """In float64, eval mode (dropout off), 8 → 16 channels: h = conv₁(SiLU(GN₁(x))); with scale_shift
+    (s, b) are the two halves of W_t SiLU(t_emb) and h ← GN₂(h)·(1 + s) + b, with add h ← GN₂(h + W_t
+    SiLU(t_emb)); out = conv₂(SiLU(h)) + skip(x), skip a 1×1 conv. Catches: ·s for ·(1 + s), the time
+    added after GN₂, a norm or the residual dropped, SiLU missing before the time projection."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, temb_dim=12, dropout=0.5, time_cond=time_cond).double().eval()
+    with torch.no_grad():
+        for p in block.parameters():                      # GroupNorm's affine off its (1, 0) start
+            p.add_(0.3 * torch.randn_like(p))
+    x, temb = torch.randn(2, 8, 5, 5, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    silu = torch.nn.functional.silu
+    h = block.conv1(silu(hand_group_norm(x, block.norm1)))
+    tp = (silu(temb) @ block.time_proj.weight.T + block.time_proj.bias)[:, :, None, None]
+    if time_cond == "scale_shift":
+        h = hand_group_norm(h, block.norm2) * (1 + tp[:, :16]) + tp[:, 16:]
+    else:
+        h = hand_group_norm(h + tp, block.norm2)
+    expected = block.conv2(silu(h)) + block.skip(x)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, temb), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_timestep_embedding_matches_its_formula():
     t = torch.tensor([1, 7, 1000])
     emb = timestep_embedding(t, 8)
