@@ -150,3 +150,58 @@ def test_missing_truncated_and_foreign_files_fail_clearly(tmp_path):
     torch.save(saved, other)
     with pytest.raises(ValueError, match="different architecture"):
         load_classifier(other)
+
+
+def test_learning_rate_warms_up_over_the_first_epoch_then_decays_by_a_cosine(heldout, monkeypatch):
+    """40 digits in batches of 10 for 3 epochs (12 steps, warm-up 4): the lr each AdamW step uses is
+    lr·k/4 for k = 1..4 (lr at the end of warm-up) and lr·½(1 + cos(π(k − 4)/8)) after, 0 at the last step.
+    Catches: an off-by-one warm-up ((k − 1)/4: lr 0 at the first step), a decay that does not reach 0, a
+    warm-up over the whole run."""
+    used = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            used.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    x, y = heldout[0][:40], heldout[1][:40]
+    train_classifier(x, y, x[:10], y[:10], epochs=3, batch_size=10, lr=2e-3, max_shift=0,
+                     model_config=dict(width=8, feature_dim=16))
+    expected = [2e-3 * k / 4 for k in range(1, 5)] + [2e-3 * 0.5 * (1 + math.cos(math.pi * (k - 4) / 8))
+                                                      for k in range(5, 13)]
+    assert used == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    assert used[0] == pytest.approx(5e-4) and used[3] == pytest.approx(2e-3) and used[-1] == pytest.approx(0, abs=1e-18)
+
+
+def test_accuracy_is_measured_in_eval_mode_and_restores_the_mode(heldout):
+    """The shipped classifier with dropout raised to 0.9: classifier_accuracy on 200 held-out digits is the
+    eval-mode arg-max accuracy computed here (the same value twice: no dropout), and a model in train mode
+    is back in train mode afterwards, one in eval mode stays in eval mode. Catches: accuracy in train mode
+    (dropout on), the mode not restored, the model always left in train mode."""
+    model = load_classifier()
+    model.dropout.p = 0.9
+    x, y = heldout[0][:200], heldout[1][:200]
+    with torch.no_grad():
+        expected = (model.eval()(x).argmax(1) == y).double().mean().item()
+    model.train()
+    first = classifier_accuracy(model, x, y, batch_size=64)
+    assert model.training
+    assert first == pytest.approx(expected, abs=1e-12) and classifier_accuracy(model, x, y) == first
+    model.eval()
+    assert classifier_accuracy(model, x, y, batch_size=64) == first and not model.training
+
+
+def test_features_are_taken_before_the_relu(heldout):
+    """On 100 held-out digits the shipped classifier's features include negative values and every one of
+    the 128 columns varies (variance > 0, in float64); in eval mode forward(x) = head(ReLU(features(x))).
+    Catches: features taken after the ReLU (no negatives; units dead on every digit make the FID
+    covariance singular), a forward that skips the ReLU or applies it twice."""
+    model = load_classifier()
+    x = heldout[0][:100]
+    with torch.no_grad():
+        f = model.features(x)
+        logits = model(x)
+    assert (f < 0).float().mean() > 0.1
+    assert f.double().var(dim=0).min() > 0
+    torch.testing.assert_close(logits, f.clamp(min=0) @ model.head.weight.T + model.head.bias, rtol=1e-5, atol=1e-5)

@@ -151,6 +151,65 @@ def test_networks_refuse_sizes_they_cannot_halve():
         ddgan_spec("huge", (1, 32, 32))
 
 
+def test_discriminator_init_is_he_for_leaky_relu_with_zero_biases():
+    """"mnist" preset: each 3×3 conv of ≥ 2¹⁸ weights (four layers, 295k–590k each, so the sample std is
+    within ±0.13% per σ) has std √(2 / ((1 + 0.2²)·fan_in)) to 0.5%, fan_in = in_channels·3·3; every
+    conv bias is exactly 0 (the module docstring's promise). Catches: He init for ReLU (a = 0: 2% too
+    large), PyTorch's default init, fan_out mode, biases left at PyTorch's uniform default."""
+    torch.manual_seed(0)
+    _, D = build_ddgan(ddgan_spec("mnist", (1, 32, 32)))
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    big = [m for m in convs if m.weight.numel() >= 2 ** 18]
+    assert len(big) == 4
+    for m in big:
+        fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        expected = (2 / ((1 + 0.2 ** 2) * fan_in)) ** 0.5
+        assert m.weight.double().std().item() == pytest.approx(expected, rel=0.005), m
+    biased = [m for m in convs if m.bias is not None]
+    assert len(biased) == 1 + 2 * len(D.blocks)                            # conv_in, conv1 and conv2 of each block
+    assert all(torch.count_nonzero(m.bias) == 0 for m in biased)
+
+
+def test_discriminator_head_sees_the_sum_over_positions_of_leaky_relu(gen):
+    """In float64, the head's input is Σ_{h,w} LeakyReLU_0.2(last block's output) (written out here with
+    torch.where) and the logit is the head of it. Catches: a mean over positions instead of the sum
+    (the paper's D sums), a ReLU or no activation before the pooling."""
+    _, D = tiny_nets()
+    D.double()
+    seen = {}
+    D.blocks[-1].register_forward_hook(lambda module, args, out: seen.__setitem__("h", out))
+    D.head.register_forward_pre_hook(lambda module, args: seen.__setitem__("pooled", args[0]))
+    x_prev, xt = torch.randn(2, 3, 1, 16, 16, generator=gen, dtype=torch.float64)
+    logits = D(x_prev, xt, torch.tensor([1, 3, 4]))
+    h = seen["h"]
+    assert h.shape[-2:] == (2, 2)
+    expected = torch.where(h > 0, h, 0.2 * h).sum(dim=(2, 3))
+    torch.testing.assert_close(seen["pooled"], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits, expected @ D.head.weight[0] + D.head.bias[0], rtol=1e-12, atol=1e-12)
+
+
+def test_mapping_network_is_pixel_norm_then_an_mlp_with_a_linear_last_layer(gen):
+    """In float64, G.style(z) equals z / √(mean z² + 1e-8) through the mapping's Linear layers with SiLU
+    (x·σ(x), written out here) between them and none after the last; style(3z) = style(z). Catches: an
+    activation after the last layer (a SiLU output never goes below −0.28), z not normalised, the wrong
+    number of mapping layers."""
+    G, _ = tiny_nets()
+    G.double()
+    z = torch.randn(64, G.z_dim, generator=gen, dtype=torch.float64)
+    linears = [m for m in G.mapping if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == TINY_G["mapping_layers"] == 2
+    h = z / torch.sqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+    for i, lin in enumerate(linears):
+        h = h @ lin.weight.T + lin.bias
+        if i < len(linears) - 1:
+            h = h / (1 + torch.exp(-h))
+    with torch.no_grad():
+        w = G.style(z)
+        torch.testing.assert_close(w, h.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(G.style(3 * z), w, rtol=1e-6, atol=1e-7)        # the same up to the 1e-8
+    assert w.min() < -0.28
+
+
 def test_d_and_g_steps_lower_their_losses_on_images(gen):
     """Adam steps on a fixed batch of image pairs lower d_loss (D) and g_loss (G with D fixed).
 

@@ -161,6 +161,70 @@ def test_accuracy_counts_the_arg_max():
     assert acc == 7 / 20 and model.training
 
 
+def test_head_sees_the_middle_blocks_output():
+    """Forward hooks on the small classifier: the middle block receives the last down block's output and the
+    head receives the middle block's output, and the logits are the head of it. Catches: the middle block
+    (Res, Attn, Res) skipped, the head fed the down path's output or conv_in's."""
+    torch.manual_seed(9)
+    model = small_classifier().eval()
+    seen = {}
+    model.down[-1].register_forward_hook(lambda m, args, out: seen.__setitem__("down", out))
+    model.middle.register_forward_pre_hook(lambda m, args: seen.__setitem__("middle_in", args[0]))
+    model.middle.register_forward_hook(lambda m, args, out: seen.__setitem__("middle_out", out))
+    model.head.register_forward_pre_hook(lambda m, args: seen.__setitem__("head_in", args[0]))
+    with torch.no_grad():
+        logits = model(torch.randn(3, 1, 8, 8), torch.tensor([1, 40, 900]))
+        assert set(seen) == {"down", "middle_in", "middle_out", "head_in"}
+        assert seen["middle_in"] is seen["down"] and seen["head_in"] is seen["middle_out"]
+        assert (seen["middle_out"] - seen["down"]).abs().max() > 1e-3          # the middle block does something
+        assert torch.equal(logits, model.head(seen["middle_out"]))
+
+
+def test_training_leaves_the_model_in_eval_mode():
+    """Right after one training step (nothing else touching the model) it is in eval mode, as the docstring
+    promises (ready to guide). Catches: the model left in train mode."""
+    torch.manual_seed(10)
+    model = small_classifier().train()
+    x, y = toy_images(8, torch.Generator().manual_seed(11))
+    train_noisy_classifier(model, dl.make_schedule("cosine", 10), x, y, steps=1, batch=4, lr=1e-3,
+                           generator=torch.Generator().manual_seed(12))
+    assert not model.training
+
+
+class ProbeClassifier(nn.Module):
+    """Records every (x_t, t) it is called with; float64 so that x_t can be checked to round-off."""
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1, dtype=F64))
+        self.calls = []
+
+    def forward(self, xt, t):
+        self.calls.append((xt.clone(), t.clone()))
+        return torch.zeros(xt.shape[0], 2, dtype=F64) + 0 * self.p
+
+
+def test_accuracy_noises_the_images_to_level_t():
+    """A probe model sees, in batches of 3 of 5 images, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4, written out
+    here from s.alpha_bar) with ε the generator's next randn draws of each batch's shape (float64, the
+    model's dtype), and t the requested level for every image. Catches: the clean x_0 classified, ε
+    redrawn from another generator or shared by all batches, t off by one or ᾱ indexed at t − 1."""
+    s = dl.make_schedule("cosine", 20)
+    x0 = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(13), dtype=F64) * 2 - 1
+    y = torch.tensor([0, 1, 0, 1, 1])
+    model = ProbeClassifier()
+    noisy_classifier_accuracy(model, s, x0, y, t=7, generator=torch.Generator().manual_seed(14), batch_size=3)
+    g = torch.Generator().manual_seed(14)
+    eps = torch.cat([torch.randn((b, 1, 4, 4), generator=g, dtype=F64) for b in (3, 2)])
+    abar = s.alpha_bar[7].item()
+    assert abar == pytest.approx(math.prod(1 - s.beta[k].item() for k in range(1, 8)), rel=1e-12)
+    expected = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
+    assert [c[0].shape[0] for c in model.calls] == [3, 2]
+    torch.testing.assert_close(torch.cat([c[0] for c in model.calls]), expected, rtol=1e-12, atol=1e-12)
+    assert torch.cat([c[1] for c in model.calls]).tolist() == [7] * 5
+
+
 def test_guided_ddim_with_the_noisy_classifier_on_images():
     """classifier_grad_fn(NoisyClassifier) drives sample_ddim on images inside its no_grad: the result has the
     image shape and is finite, scale 0 reproduces the unguided draw exactly, and scale 5 moves it. Catches:

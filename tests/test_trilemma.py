@@ -2,11 +2,14 @@
 columns rank a perfect sampler above a broken one."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from ddpm_lib import trilemma
 from ddpm_lib.classifier import load_classifier
 from ddpm_lib.data import load_images
+from ddpm_lib.metrics import frechet_distance
 from ddpm_lib.oracle import GaussianMixture
 from ddpm_lib.schedules import make_schedule
 from ddpm_lib.trilemma import CallCounter, ddim_draw, ddpm_draw, format_rows, measure_sampler, trilemma_rows
@@ -101,3 +104,49 @@ def test_trilemma_command_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--out", str(out)]) == 1
     assert "needs a CUDA device" in capsys.readouterr().err
     assert table["precision"] == "float32"
+
+
+def test_measure_sampler_clamps_and_draws_every_batch_from_one_seeded_generator():
+    """Samples outside [−1, 1] come back clamped (3 → 1, −3 → −1); n = 10 in batches of 4 are the
+    randn(4), randn(4), randn(2) of one generator seeded with ``seed``, in order. Catches: the clamp
+    removed, the generator re-seeded for every batch (batches repeat), the seed ignored."""
+    net = CallCounter(torch.nn.Identity())
+    x, _, _ = measure_sampler(lambda b, g: torch.full((b, 1), 3.0), net, n=5, batch_size=2, device="cpu")
+    assert torch.equal(x, torch.ones(5, 1))
+    x, _, _ = measure_sampler(lambda b, g: torch.full((b, 1), -3.0), net, n=3, batch_size=2, device="cpu")
+    assert torch.equal(x, -torch.ones(3, 1))
+    x, _, _ = measure_sampler(lambda b, g: torch.randn((b, 1), generator=g, dtype=torch.float64),
+                              net, n=10, batch_size=4, device="cpu", seed=5)
+    g = torch.Generator().manual_seed(5)
+    expected = torch.cat([torch.randn((b, 1), generator=g, dtype=torch.float64) for b in (4, 4, 2)])
+    assert torch.equal(x, expected.clamp(-1, 1).float())
+
+
+def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1000(monkeypatch):
+    """A 'sampler' returning 0.8·digit + 0.1 for 50 held-out digits, scored against 60 others: the row's
+    FID-MNIST equals frechet_distance of numpy means and covariances (np.cov) of the classifier's
+    features of both sets; with a fake clock measuring 7.5 s for n = 50, seconds_per_1000 is
+    1000 · 7.5 / 50 = 150 exactly. Catches: one set's mean or covariance used for both, seconds / n
+    without the factor 1,000, seconds reported per batch."""
+    real, _ = load_images("mnist-5k", train=False, pad_to_32=True)
+    fake, ref = 0.8 * real[:50] + 0.1, real[100:160]
+    classifier = load_classifier()
+    clock = iter([100.0, 107.5])
+    monkeypatch.setattr(trilemma, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    net = CallCounter(torch.nn.Identity())
+    pos = {"i": 0}
+
+    def replay(b, g):
+        net(None)
+        pos["i"] += b
+        return fake[pos["i"] - b:pos["i"]]
+
+    (row,) = trilemma_rows({"shifted": (replay, net)}, ref, classifier, n=50, batch_size=20, device="cpu")
+    assert row["seconds_per_1000"] == 150.0
+    with torch.no_grad():
+        f1, f2 = (classifier.features(x).double().numpy() for x in (fake, ref))
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    expected = frechet_distance(torch.from_numpy(mu1), torch.from_numpy(np.cov(f1, rowvar=False)),
+                                torch.from_numpy(mu2), torch.from_numpy(np.cov(f2, rowvar=False)))
+    assert np.sum((mu1 - mu2) ** 2) > 0.05 * expected                 # the means matter to the value
+    assert row["fid_mnist"] == pytest.approx(expected, rel=1e-6)
