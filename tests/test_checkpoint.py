@@ -1,5 +1,7 @@
 """Checkpoints: atomic writes survive a failure midway, keep-last-k, and damaged or foreign files fail clearly."""
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -96,6 +98,69 @@ def test_output_names_are_checked_before_any_work(tmp_path):
         checkpoint.prepare_output(tmp_path / "a", (".json",))
 
 
+def test_the_latest_checkpoint_is_the_highest_step_whatever_the_file_times(tmp_path):
+    """Steps, not modification times, order checkpoints: an old one touched later (copied back, say) is
+    neither taken as the latest nor kept over newer ones; keep = 0 is refused (it would delete the file
+    just written). Catches: ordering by mtime, keep = 0 keeping everything."""
+    for step in (10, 20):
+        save_checkpoint(state(step), tmp_path, keep=3)
+    later = time.time() + 100
+    os.utime(tmp_path / "ckpt_00000010.pt", (later, later))
+    assert latest_checkpoint(tmp_path).name == "ckpt_00000020.pt"
+    save_checkpoint(state(30), tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000020.pt", "ckpt_00000030.pt"]
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        save_checkpoint(state(40), tmp_path, keep=0)
+
+
+def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (the second Ctrl-C) inside torch.save removes the temporary file and leaves the
+    previous checkpoint the latest. Catches: cleaning up on Exception only (KeyboardInterrupt is not one)."""
+    save_checkpoint(state(10), tmp_path, keep=3)
+
+    def interrupted(obj, f):
+        f.write(b"PK partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(state(20), tmp_path, keep=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_00000010.pt"]
+
+
+def test_stop_request_turns_the_first_signal_into_a_flag_and_the_second_into_an_interrupt():
+    """Inside StopRequest, SIGINT sets ``requested`` (the loop saves, then stops); a second signal raises
+    KeyboardInterrupt at once; on exit the previous handlers are back. Catches: a second signal ignored
+    (a hung save could not be interrupted), handlers left installed after training."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with checkpoint.StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_metrics_kept_up_to_a_step_drop_a_line_cut_short(tmp_path):
+    """keep_metrics_up_to keeps the complete lines with step ≤ the resumed step and drops a last line that
+    a kill cut in half. Catches: parsing the cut line (JSONDecodeError on resume), keeping later steps."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n{"step": 9, "loss": 0.4}\n{"step": 12, "lo')
+    checkpoint.keep_metrics_up_to(path, 6)
+    assert path.read_text() == '{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n'
+
+
+def test_a_setting_an_older_checkpoint_lacks_counts_as_its_default():
+    """check_same_run compares a setting missing from a checkpoint's config with the setting's default:
+    p_uncond = 0.3 against an old config without it is refused, the default 0.1 is accepted.
+    Catches: missing settings skipped (any value accepted)."""
+    from ddpm_lib.training import TrainConfig
+    saved = {k: v for k, v in vars(TrainConfig(num_classes=10)).items() if k != "p_uncond"}
+    checkpoint.check_same_run("old.pt", saved, TrainConfig(num_classes=10))
+    with pytest.raises(ValueError, match="p_uncond=0.1 there, 0.3 here"):
+        checkpoint.check_same_run("old.pt", saved, TrainConfig(num_classes=10, p_uncond=0.3))
+
+
 def test_a_truncated_file_gives_a_one_line_error(tmp_path):
     path = save_checkpoint(state(1), tmp_path, keep=1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -108,6 +173,9 @@ def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     torch.save({"step": 1}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
     torch.save({"format": checkpoint.FORMAT, "object": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
     with pytest.raises(RuntimeError, match="cannot read checkpoint"):   # weights_only=True refuses modules
         load_checkpoint(tmp_path / "code.pt")

@@ -50,6 +50,27 @@ def test_a_changed_or_truncated_file_is_refused(run_dir, tmp_path):
         load_pretrained(tmp_path / "missing.pt")
 
 
+def test_the_card_is_checked_and_the_file_is_what_counts(run_dir, tmp_path):
+    """A card without its sha256 fails the check like a wrong one; an edited card (other T and step, its
+    sha256 kept) does not change what load_sampling_model reports: config and step come from the weights
+    file. An unknown ``weights`` name is refused. Catches: a card with no sha256 trusted, the card's
+    config preferred over the file's, "EMA" silently read as the raw weights."""
+    from ddpm_lib.export import load_sampling_model
+    path = tmp_path / "toy.pt"
+    export_ema_weights(run_dir, path)
+    card_path, card = tmp_path / "toy.json", json.loads((tmp_path / "toy.json").read_text())
+    card_path.write_text(json.dumps({**card, "step": 99, "config": {**card["config"], "T": 7}}))
+    _, s, info = load_sampling_model(path)
+    blob = torch.load(path, weights_only=True)
+    assert s.T == 30 and info["step"] == blob["step"] == 3 and info["config"] == blob["config"]
+    card_path.write_text(json.dumps({k: v for k, v in card.items() if k != "sha256"}))
+    for load in (load_pretrained, load_sampling_model):
+        with pytest.raises(ValueError, match="does not match the sha256"):
+            load(path)
+    with pytest.raises(ValueError, match="weights must be"):
+        load_sampling_model(run_dir, weights="EMA")
+
+
 def test_export_command_line(run_dir, tmp_path):
     import subprocess
     import sys
