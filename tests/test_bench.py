@@ -116,6 +116,41 @@ def test_ratios_compare_with_diffusers_best_row():
     assert "diffusers + CUDA graphs" not in r["train_img_per_s"]
 
 
+def test_format_table_prints_each_figure_against_its_own_diffusers_ratio():
+    """The "ddpm_lib eager" line of the table shows training ×diff 100/80 = 1.25, sampling ×diff 300/600 = 0.50
+    and DDIM ×diff 4/6 = 0.67 in their own columns. Catches: the sampling column printing the training ratio
+    (or any column printing another figure's ratio)."""
+    rows = [{"row": "ddpm_lib eager", "status": "ok", "train_img_per_s": 100.0, "train_tflops": 0.5,
+             "peak_train_memory_gib": None, "sample_img_per_s": 300.0, "sample_tflops": 0.25, "sampling": "eager",
+             "ddim_s_per_1000": 6.0},
+            {"row": "diffusers compiled", "status": "ok", "train_img_per_s": 80.0, "train_tflops": 0.4,
+             "peak_train_memory_gib": None, "sample_img_per_s": 400.0, "sample_tflops": 0.3, "sampling": "compiled",
+             "ddim_s_per_1000": 5.0},
+            {"row": "diffusers + CUDA graphs", "status": "ok", "train_img_per_s": None, "train_tflops": None,
+             "peak_train_memory_gib": None, "sample_img_per_s": 600.0, "sample_tflops": 0.45,
+             "sampling": "compiled + CUDA graphs", "ddim_s_per_1000": 4.0}]
+    r = {"preset": "tiny", "device": "cpu", "autocast": "fp32", "batch_size": 2, "sample_batch": 2, "iters": 1,
+         "warmup": 0, "ddim_steps": 2, "compile_backend": "eager", "autotune": False, "torch": "x", "diffusers": "y",
+         "parameters": {"ddpm_lib": 1}, "gflop_per_image_forward": {"ddpm_lib": 1.0}, "rows": rows,
+         "ratios": ratios(rows), "ddgan": None, "activation_gib_fp32_estimate": 0.0, "weights_grads_adam_gib_fp32": 0.0}
+    line = next(x for x in format_table(r).splitlines() if x.startswith("ddpm_lib eager"))
+    fields = line[len("ddpm_lib eager"):].split()
+    #          train img/s  TFLOP/s  ×diff   peak  sample img/s TFLOP/s ×diff  network  s/1000   ×diff
+    assert fields == ["100.0", "0.500", "1.25", "—", "300.0", "0.250", "0.50", "eager", "6.000", "0.67"]
+
+
+def test_measure_row_turns_the_timed_seconds_into_images_per_second(monkeypatch):
+    """With every timed call taking 2 s: training 3 images × 4 iterations / 2 s = 6 img/s, sampling 5 × 4 / 2
+    = 10 img/s, DDIM 2 s for 5 images = 400 s per 1,000 images. Catches: iterations left out of images/s,
+    the training batch used for sampling (or the reverse), DDIM seconds not scaled to 1,000 images."""
+    monkeypatch.setattr(bench_module, "_timer", lambda device: lambda fn, n: 2.0)
+    r = bench_module.measure_row("ddpm_lib eager", "tiny", torch.device("cpu"), batch_size=3, sample_batch=5,
+                                 iters=4, warmup=1, ddim_steps=1, backend="eager")
+    assert r["train_img_per_s"] == pytest.approx(6.0)
+    assert r["sample_img_per_s"] == pytest.approx(10.0)
+    assert r["ddim_s_per_1000"] == pytest.approx(400.0)
+
+
 def test_forward_flops_scale_with_the_batch_and_count_the_convolutions():
     model = UNet(image_size=8, in_channels=1, base_width=8, width_mult=(1,), blocks_per_level=1, attn_res=(),
                  heads=1, dropout=0.0)

@@ -291,6 +291,43 @@ def test_a_non_tensor_answer_gets_a_plain_message(capsys):
     assert_fails(capsys, checks.check_q_sample, lambda s, x0, t, eps: None, "is a NoneType")
 
 
+def test_every_batch_holds_t_equal_to_T(capsys):
+    """An answer wrong only at t = T (a special case returning x_0 there) fails and is told so: every batch of
+    timesteps holds t = T, not only when the random draw happens to hit it. Catches: inputs without the T edge."""
+    def clean_at_T(s, x0, t, eps):
+        return torch.where((t == s.T).view(-1, 1, 1, 1), x0, q_sample_with("alpha_bar")(s, x0, t, eps))
+    assert_fails(capsys, checks.check_q_sample, clean_at_T, "differs from the library's answer only at t = T")
+
+
+def test_two_numbers_where_one_is_due_get_a_shape_message(capsys):
+    """A scalar answer returned as shape (2,) fails with a shape message (not a crash); shape (1,) is one number
+    and passes. Catches: any shape accepted for a scalar, or only shape () accepted."""
+    right = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+    assert_fails(capsys, checks.check_steps_to_unit_variance, lambda b, v: torch.tensor([right(b, v)] * 2),
+                 "t* has shape (2,) but should have shape ()")
+    assert_passes(capsys, checks.check_steps_to_unit_variance, lambda b, v: torch.tensor([right(b, v)]))
+
+
+def test_the_properties_run_when_the_answer_matches_the_reference(capsys):
+    """check_cfg_combine compares on image batches (4-D) and checks w = 0 and w = 1 on (3, 2) inputs: an answer
+    right on the images but off by 1 on 2-D inputs must fail with the property's message.
+    Catches: properties consulted only to diagnose an answer that already differs from the reference."""
+    def right_on_images_only(eu, ec, w):
+        return eu + w * (ec - eu) + (1.0 if eu.ndim == 2 else 0.0)
+    assert_fails(capsys, checks.check_cfg_combine, right_on_images_only,
+                 "w = 0 must return ε_u and w = 1 must return ε_c")
+
+
+def test_only_at_t_1_needs_every_other_t_right_to_a_tight_tolerance(capsys):
+    """An answer 0.01 % too large at every t and off by 1 at t = 1 is wrong everywhere: the verdict must not say
+    "only at t = 1". Catches: a loose tolerance in the per-t diagnosis that counts a 1e-4 (or 1e-3) error as right."""
+    def off_everywhere(s, e, t, gr, sc):
+        wrong_at_one = (t == 1).view(-1, 1, 1, 1).to(e.dtype)
+        return guided_eps(s, e, t, gr, sc) * (1 + 1e-4) + wrong_at_one
+    ok, out = verdict(capsys, checks.check_guided_eps, off_everywhere)
+    assert not ok and "differs from the library's answer (largest error" in out, out
+
+
 # --------------------------------------------------------------------------- notebook 06
 def ema_update(ema, theta, decay):
     return decay * ema + (1 - decay) * theta

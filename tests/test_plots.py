@@ -124,3 +124,23 @@ def test_plain_log_ticks_labels_one_two_three_five_per_decade_inside_the_limits(
     ax.set_yscale("linear")
     with pytest.raises(ValueError, match="log-scaled"):
         plots.plain_log_ticks(ax.yaxis)
+
+
+def test_plain_log_ticks_keep_ticks_at_limits_that_are_one_two_five_numbers():
+    """From 10 to 1000 the ticks run 10, 20, 30, 50, …, 500, 1000: both limits are ticks themselves.
+    Catches: strict inequalities at the limits (10 and 1000 dropped), the top decade left out of the range."""
+    fig, ax = plt.subplots()
+    ax.plot([10, 1000], [1, 2])
+    ax.set_xscale("log")
+    ax.set_xlim(10, 1000)
+    plots.plain_log_ticks(ax.xaxis)
+    assert list(ax.get_xticks()) == [10, 20, 30, 50, 100, 200, 300, 500, 1000]
+
+
+def test_show_images_fixes_the_colour_limits_for_a_flat_image():
+    """An all-zeros image is mid-grey (0.5 in [0, 1]) and must be drawn so: the colour limits stay (0, 1)
+    however flat the data. Catches: imshow left to autoscale (limits (0.5, 1) from the grey tile and the white
+    padding, so the grey would render black)."""
+    fig, ax = plt.subplots()
+    plots.show_images(torch.zeros(1, 1, 4, 4), ax=ax)
+    assert ax.images[0].get_clim() == (0, 1)

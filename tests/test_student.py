@@ -138,6 +138,28 @@ def test_a_cell_that_breaks_the_convention_is_refused(source, tags, problem):
         student.student_notebook({"metadata": {}, "cells": [cell(source, tags=tags)]})
 
 
+def test_an_untagged_cell_with_only_the_end_marker_is_refused():
+    """An untagged code cell holding only '# END SOLUTION' is refused like one with the BEGIN marker.
+    Catches: looking for the BEGIN marker (or the header) alone, so a stray END line slips through."""
+    with pytest.raises(student.NotebookError, match="not tagged 'solution'"):
+        student.student_notebook({"metadata": {}, "cells": [cell("# END SOLUTION\n")]})
+
+
+def test_execution_metadata_is_cleared_from_every_cell():
+    """papermill's, nbclient's ``execution`` and the ExecuteTime extension's timings leave every cell, solution
+    or not, while other metadata stay. Catches: only papermill's metadata removed, timings kept in plain cells."""
+    timings = {"papermill": {"duration": 1.0}, "execution": {"iopub.status.idle": "2024-01-01T00:00:00Z"},
+               "ExecuteTime": {"end_time": "2024-01-01T00:00:00Z"}, "collapsed": True}
+    solution = "# Solution: Exercise 9.5 (t)\n# BEGIN SOLUTION\ny = 2\n# END SOLUTION\n"
+    cells = [cell("x = 1\n"), cell(solution, tags=["solution"]), cell("Text.", "markdown")]
+    for c in cells:
+        c["metadata"].update(timings)
+    out = student.student_notebook({"metadata": {}, "cells": cells})
+    assert [c["metadata"] for c in out["cells"]] == [{"tags": [], "collapsed": True},
+                                                    {"tags": ["raises-exception"], "collapsed": True},
+                                                    {"tags": [], "collapsed": True}]
+
+
 def test_two_exercises_may_not_share_a_label():
     solution = "# Solution: Exercise 9.4 (same)\n# BEGIN SOLUTION\ny = 2\n# END SOLUTION\n"
     with pytest.raises(student.NotebookError, match="share a label"):
