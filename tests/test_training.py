@@ -11,7 +11,7 @@ from torch import nn
 
 import ddpm_lib as dl
 from ddpm_lib import training as train_module
-from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
+from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint, resume_training
 from ddpm_lib.ema import ema_decay, make_ema_model, update_ema
 from ddpm_lib.data import EpochBatches
 from ddpm_lib.training import Trainer, TrainConfig, diffusion_loss, learning_rate, train
@@ -313,6 +313,24 @@ def test_resume_refuses_a_changed_training_setting_and_allows_run_control(tmp_pa
     capsys.readouterr()
     assert train(toy_config(tmp_path, steps=5, resume=True)).step == 6
     assert "already at step 6 and --steps is 5: nothing to train" in capsys.readouterr().out
+
+
+def test_resuming_with_another_number_of_processes_restarts_the_random_streams_and_says_so(tmp_path, capsys):
+    """A checkpoint of 1 process resumed as rank 0 of 2: θ, the optimizer and the step are loaded, but t and
+    ε come from the seed's stream of rank 0 (one stream per rank cannot be split), with a warning. Catches:
+    rank 0 taking the single process's stream (two ranks would then draw what one did, silently)."""
+    train(toy_config(tmp_path, steps=4))
+    path = list_checkpoints(tmp_path / "run")[-1]
+    config = toy_config(tmp_path, steps=8, resume=True)
+    torch.manual_seed(0)
+    trainer = Trainer(dl.ToyEpsModel(), config, torch.device("cpu"))     # rank 0: its stream is seed + 1000
+    fresh = trainer.noise_generator.get_state()
+    capsys.readouterr()
+    ckpt = resume_training(path, trainer, EpochBatches(config.toy_n, config.batch_size, config.seed, 0, 2), config,
+                           train_module.unused_settings(config), rank=0, world=2)
+    assert "written by 1 processes and this run has 2" in capsys.readouterr().out
+    assert trainer.step == ckpt["step"] == 4 and torch.equal(trainer.noise_generator.get_state(), fresh)
+    assert all(torch.equal(p, ckpt["model"][k]) for k, p in trainer.model.state_dict().items())
 
 
 def test_config_rejects_unknown_names_and_bad_numbers():
