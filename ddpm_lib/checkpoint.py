@@ -155,18 +155,19 @@ def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
     return path
 
 
-def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location="cpu") -> dict:
+def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location="cpu", mmap: bool = False) -> dict:
     """``torch.load(path, weights_only=True)`` of a dict tagged ``{"format": fmt}`` (or one of the tags
     in a tuple ``fmt``; ``blob["format"]`` says which).
 
     A missing file → ``FileNotFoundError``; a truncated or damaged one → one-line ``RuntimeError``;
     a readable file of another kind → ``ValueError``. ``what`` names the kind in the messages.
+    ``mmap``: map the tensors instead of reading them (cheap when only the small entries are needed).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {path}")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"cannot read {what} {path}: the file is truncated, damaged or not a "
@@ -197,9 +198,9 @@ def recorded_path(path: str | Path) -> str:
         return path.name
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """Read a training checkpoint with ``weights_only=True`` (``read_tagged_file``'s errors)."""
-    return read_tagged_file(path, FORMAT, "checkpoint", map_location)
+    return read_tagged_file(path, FORMAT, "checkpoint", map_location, mmap)
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "the checkpoint") -> None:

@@ -82,7 +82,7 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
     values = {f.name: getattr(args, f.name) for f in fields(config_class)}
     if args.resume:
         given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
-        saved = load_checkpoint(checkpoint_to_resume(args.out_dir, resume=True))["config"]
+        saved = load_checkpoint(checkpoint_to_resume(args.out_dir, resume=True), mmap=True)["config"]  # weights unread
         values.update({k: v for k, v in saved.items() if k in values and k not in given | {"resume", "progress"}})
     return config_class(**values)
 
