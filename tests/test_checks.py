@@ -79,15 +79,37 @@ def test_power_iteration(capsys):
     assert_fails(capsys, checks.check_power_iteration, sum_rule, "a max, not a sum")
 
 
+def within_tolerance_at_start(answer):
+    """``answer`` with the case a student adds for a start already within 0.01 of 1 (t* = 0)."""
+    return lambda beta, var0: 0 if abs(var0 - 1) <= 0.01 else answer(beta, var0)
+
+
+def unit_variance_steps(beta, var0):
+    return math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+
+
 def test_steps_to_unit_variance(capsys):
-    right = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+    right = within_tolerance_at_start(unit_variance_steps)
     assert_passes(capsys, checks.check_steps_to_unit_variance, right)
     truncated = lambda beta, var0: int(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
-    assert_fails(capsys, checks.check_steps_to_unit_variance, truncated, "off by one", "math.ceil")
+    assert_fails(capsys, checks.check_steps_to_unit_variance, within_tolerance_at_start(truncated), "off by one",
+                 "math.ceil")
     first_order = lambda beta, var0: math.ceil(-math.log(0.01 / abs(var0 - 1)) / beta)
-    assert_fails(capsys, checks.check_steps_to_unit_variance, first_order, "log(1 − β) by −β")
+    assert_fails(capsys, checks.check_steps_to_unit_variance, within_tolerance_at_start(first_order),
+                 "log(1 − β) by −β")
     std_rate = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(math.sqrt(1 - beta)))
-    assert_fails(capsys, checks.check_steps_to_unit_variance, std_rate, "a² = 1 − β")
+    assert_fails(capsys, checks.check_steps_to_unit_variance, within_tolerance_at_start(std_rate), "a² = 1 − β")
+
+
+def test_steps_to_unit_variance_needs_the_start_within_tolerance(capsys):
+    """The bound alone divides by zero at v_0 = 1 and turns negative for v_0 within 0.01 of 1; both fail with a
+    message that names the case, and a guard only for v_0 == 1 exactly still fails on v_0 = 1.005.
+    Catches: checks that draw only v_0 far from 1 (the answer passed, then crashed in the next line)."""
+    assert_fails(capsys, checks.check_steps_to_unit_variance, unit_variance_steps, "raises ZeroDivisionError",
+                 "t* = 0")
+    only_exactly_one = lambda beta, var0: 0 if var0 == 1 else unit_variance_steps(beta, var0)
+    assert_fails(capsys, checks.check_steps_to_unit_variance, only_exactly_one, "needs no step",
+                 "your bound is negative")
 
 
 # --------------------------------------------------------------------------- notebook 02
@@ -302,7 +324,7 @@ def test_every_batch_holds_t_equal_to_T(capsys):
 def test_two_numbers_where_one_is_due_get_a_shape_message(capsys):
     """A scalar answer returned as shape (2,) fails with a shape message (not a crash); shape (1,) is one number
     and passes. Catches: any shape accepted for a scalar, or only shape () accepted."""
-    right = lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta))
+    right = within_tolerance_at_start(unit_variance_steps)
     assert_fails(capsys, checks.check_steps_to_unit_variance, lambda b, v: torch.tensor([right(b, v)] * 2),
                  "t* has shape (2,) but should have shape ()")
     assert_passes(capsys, checks.check_steps_to_unit_variance, lambda b, v: torch.tensor([right(b, v)]))
@@ -328,6 +350,48 @@ def test_only_at_t_1_needs_every_other_t_right_to_a_tight_tolerance(capsys):
     assert not ok and "differs from the library's answer (largest error" in out, out
 
 
+def test_an_answer_in_float32_is_told_to_keep_float64(capsys):
+    """q_sample with ᾱ_t cast to float32 (result float64) and ema_update in float32 (result float32) are right up
+    to rounding: the verdict names float32, not the formula. Catches: precision losses reported as math errors."""
+    def alpha_bar_in_float32(s, x0, t, eps):
+        ab = s.alpha_bar[t].float().view(-1, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    assert_fails(capsys, checks.check_q_sample, alpha_bar_in_float32, "keep every step in float64")
+    assert_fails(capsys, checks.check_ema_update, lambda e, th, d: d * e.float() + (1 - d) * th.float(),
+                 "your result is float32", "keep every step in float64")
+
+
+def test_a_wrong_term_is_not_taken_for_rounding(capsys):
+    """An answer off by 0.1 % everywhere, or by a small amount in some rows only, is a wrong formula: the verdict
+    must not blame float32. Catches: a precision hint given on the size of the error alone."""
+    ok, out = verdict(capsys, checks.check_q_sample, lambda s, x0, t, eps: q_sample_with("alpha_bar")(s, x0, t, eps)
+                      * 1.001)
+    assert not ok and "float32" not in out and "differs from the library's answer" in out, out
+    no_noise_at_2 = lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) - ((t == 2).view(-1, 1, 1, 1)
+                                                                               * s.beta[t].sqrt().view(-1, 1, 1, 1) * z)
+    ok, out = verdict(capsys, checks.check_ancestral_step, no_noise_at_2)
+    assert not ok and "float32" not in out and "differs from the library's answer" in out, out
+
+
+def test_an_infinite_answer_is_called_so(capsys):
+    """1 − ᾱ_{t−1} under the root at t = 1 divides by zero: the verdict says inf or NaN and points at an index off
+    by one, not "largest error 1.8e+308". Catches: inf clamped to the largest float in the message."""
+    def prev_in_denominator(s, xt, e, t, z):
+        ab_prev = s.alpha_bar[t - 1].view(-1, 1, 1, 1)
+        return ancestral_step(s, xt, e, t, z) + s.beta[t].view(-1, 1, 1, 1) * e * (
+            1 / (1 - s.alpha_bar[t]).sqrt().view(-1, 1, 1, 1) - 1 / (1 - ab_prev).sqrt()) / s.alpha[t].sqrt().view(-1, 1, 1, 1)
+    assert_fails(capsys, checks.check_ancestral_step, prev_in_denominator, "gives inf or NaN", "off by one in t")
+
+
+def test_a_broadcast_output_of_the_wrong_shape_names_the_short_shape(capsys):
+    """q_posterior's variance may be (B, 1, 1, 1) as the exercise says; returned flat, the message offers that
+    shape too. Catches: a message that asks for the full image shape only."""
+    def flat_variance(s, x0, xt, t):
+        mean, var = dl.q_posterior(s, x0, xt, t)
+        return mean, var.flatten()
+    assert_fails(capsys, checks.check_q_posterior, flat_variance, "has shape (6,)", "such as (6, 1, 1, 1)")
+
+
 # --------------------------------------------------------------------------- notebook 06
 def ema_update(ema, theta, decay):
     return decay * ema + (1 - decay) * theta
@@ -341,6 +405,19 @@ def test_check_ema_update_passes_the_rule_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: theta, "plain weights")
     assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: d * ema + (1 - d) * theta + 1e-3,
                  "average of a constant is the constant")
+
+
+def test_an_answer_that_updates_its_inputs_in_place_is_graded_on_its_result(capsys):
+    """ema.mul_(d).add_(θ, alpha=1 − d) is right (the library's EMA updates in place too), and so is an ancestral
+    step that edits x_t in place: each call must get its own copy of the inputs. Catches: the reference run on
+    inputs the answer has already changed."""
+    assert_passes(capsys, checks.check_ema_update, lambda ema, theta, d: ema.mul_(d).add_(theta, alpha=1 - d))
+
+    def in_place_step(s, xt, eps_pred, t, z):
+        expected = ancestral_step(s, xt.clone(), eps_pred, t, z)
+        xt.copy_(expected)
+        return xt
+    assert_passes(capsys, checks.check_ancestral_step, in_place_step)
 
 
 def ancestral_step(s, xt, eps_pred, t, z, coef="alpha_bar", z_at_one=False, var="beta"):
@@ -359,6 +436,11 @@ def test_check_ancestral_step_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, var="beta_tilde"), "β̃_t")
     assert_fails(capsys, checks.check_ancestral_step, lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) * 1.001,
                  "differs from the library's answer")
+    no_noise_at_2 = lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) - ((t == 2).view(-1, 1, 1, 1)
+                                                                               * s.beta[t].sqrt().view(-1, 1, 1, 1) * z)
+    for seed in range(8):      # every batch holds t = 2, so a mask of t > 2 is caught every time
+        ok, out = verdict(capsys, checks.check_ancestral_step, no_noise_at_2, seed)
+        assert not ok, out
 
 
 # --------------------------------------------------------------------------- notebook 07
@@ -425,6 +507,8 @@ def ddgan_step(s, x0_pred, xt, t, noise, var="beta_tilde", scale=1.0):
 def test_check_ddgan_step_passes_the_posterior_draw_and_names_its_mistakes(capsys):
     assert_passes(capsys, checks.check_ddgan_step, ddgan_step)
     assert_fails(capsys, checks.check_ddgan_step, lambda *a: ddgan_step(*a, var="beta"), "not β_t")
+    beta_but_clean_at_1 = lambda s, x0, xt, t, z: ddgan_step(s, x0, xt, t, z, var="beta", scale=float(t > 1))
+    assert_fails(capsys, checks.check_ddgan_step, beta_but_clean_at_1, "not β_t", "no special case for t = 1")
     assert_fails(capsys, checks.check_ddgan_step, lambda s, x0, xt, t, z: ddgan_step(s, x0, xt, t, z) + 1e-3 * xt,
                  "must be x_0′ itself")
 
@@ -437,3 +521,5 @@ def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistake
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(f).mean(), sp(-f).mean()),
                  "minus inside")
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).sum() + sp(f).sum(), sp(-f).mean()), "not sums")
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(-f).mean(), sp(-f).mean()),
+                 "both signs are flipped")

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..markov import gaussian_chain_moments, stationary_by_power_iteration
-from .grading import Mistake, _generator, _grade, f64
+from .grading import Mistake, _generator, _grade, _verdict, f64
 
 
 def _power(P, start, tol, update=lambda pi, P: pi @ P, stop=lambda d: d.abs().max(), shift=0, uniform=False):
@@ -53,22 +53,33 @@ def check_power_iteration(fn, seed=None) -> bool:
 
 def _unit_variance_step(beta, var0):
     """First t with |v_t − 1| ≤ 0.01, by running the variance recursion v_t = a² v_{t−1} + b² of the library."""
-    steps = math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta)) + 3
+    steps = math.ceil(math.log(0.01 / max(abs(var0 - 1), 0.01)) / math.log(1 - beta)) + 3   # enough to reach it
     _, var = gaussian_chain_moments(math.sqrt(1 - beta), math.sqrt(beta), 0.0, var0, steps)
     return int(torch.nonzero((var - 1).abs() <= 0.01)[0])
 
 
 def check_steps_to_unit_variance(fn, seed=None) -> bool:
-    """Exercise 1.2: ``fn(beta, var0)`` → the smallest t with |v_t − 1| ≤ 0.01 for the chain (3.6)."""
+    """Exercise 1.2: ``fn(beta, var0)`` → the smallest t ≥ 0 with |v_t − 1| ≤ 0.01 for the chain (3.6); a start
+    within 0.01 of 1 needs t = 0."""
     g = _generator(seed)
-    cases = [(0.001, 0.0), (0.02, 25.0), (0.1, 0.0), (0.3, 25.0)]
-    while len(cases) < 8:
+    for beta, var0 in ((0.02, 1.0), (0.02, 1.005)):      # a start already within 0.01 of 1
+        try:
+            fn(beta, var0)
+        except (ArithmeticError, ValueError) as err:
+            return _verdict("steps_to_unit_variance", False, f"raises {type(err).__name__} for β = {beta}, v_0 = "
+                            f"{var0}: a chain that starts within 0.01 of 1 needs no step, so t* = 0 there")
+    cases = [(0.001, 0.0), (0.02, 25.0), (0.1, 0.0), (0.3, 25.0), (0.05, 1.005), (0.1, 0.995)]
+    while len(cases) < 10:
         u, v = torch.rand(2, generator=g, dtype=f64).tolist()
         beta, var0 = 10 ** (-3 + 2.7 * u), 30 * v                     # β from 0.001 to 0.5, v_0 from 0 to 30
         if abs(var0 - 1) > 0.1:
             cases.append((beta, var0))
     bound = lambda beta, var0: math.log(0.01 / abs(var0 - 1)) / math.log(1 - beta)
+    near = lambda wrong: lambda beta, var0: 0 if abs(var0 - 1) <= 0.01 else wrong(beta, var0)   # t* = 0 handled
     mistakes = [
+        Mistake("a start within 0.01 of 1 needs no step: t* = 0 there (your bound is negative)",
+                lambda beta, var0: math.ceil(bound(beta, var0))),
+    ] + [Mistake(m.hint, near(m.fn)) for m in [
         Mistake("off by one: int() rounds down, but t must be the first whole step at or past the bound: "
                 "use math.ceil",
                 lambda beta, var0: math.floor(bound(beta, var0))),
@@ -80,8 +91,9 @@ def check_steps_to_unit_variance(fn, seed=None) -> bool:
                 lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(math.sqrt(1 - beta)))),
         Mistake("the gap to the fixed point is |v_0 − 1|, not |v_0|",
                 lambda beta, var0: math.ceil(math.log(0.01 / abs(var0)) / math.log(1 - beta))),
-    ]
+    ]]
     return _grade("steps_to_unit_variance", fn, cases, _unit_variance_step, mistakes, ("t*",), (),
-                  "matches the variance recursion on 8 (β, v_0) pairs, β from 0.001 to 0.5", tol=((0, 0),))
+                  "matches the variance recursion on 10 (β, v_0) pairs, β from 0.001 to 0.5, starts near 1 "
+                  "included", tol=((0, 0),))
 
 

@@ -9,9 +9,11 @@ from ..schedules import make_schedule
 from .grading import Mistake, N_CASES, _generator, _grade, _images, f64
 
 
-def _step(s, x0_pred, xt, t, noise, var="beta_tilde"):
+def _step(s, x0_pred, xt, t, noise, var="beta_tilde", no_noise_at_1=False):
     a, ab, ab_prev, b = s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1], s.beta[t]
     mean = ab_prev.sqrt() * b / (1 - ab) * x0_pred + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+    if no_noise_at_1 and t == 1:
+        return mean
     return mean + ((1 - ab_prev) / (1 - ab) * b if var == "beta_tilde" else b).sqrt() * noise
 
 
@@ -29,6 +31,9 @@ def check_ddgan_step(fn, seed=None) -> bool:
     mistakes = [
         Mistake("the variance of the posterior is β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t, not β_t",
                 lambda *a: _step(*a, var="beta")),
+        Mistake("the variance of the posterior is β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t, not β_t (β̃_1 = 0 is what "
+                "makes the last draw noise-free, so no special case for t = 1 is needed)",
+                lambda *a: _step(*a, var="beta", no_noise_at_1=True)),
     ]
 
     def last_step(fn):          # at t = 1 the posterior is a point mass at x_0′
@@ -53,6 +58,8 @@ def check_gan_losses(fn, seed=None) -> bool:
                 "−E softplus(D(fake)) (that one saturates when D wins)", lambda r, f: -F.softplus(f).mean(), 1),
         Mistake("the discriminator pushes real logits up: E softplus(−D(real)), with a minus inside",
                 lambda r, f: F.softplus(r).mean() + F.softplus(f).mean(), 0),
+        Mistake("both signs are flipped: D's loss is E softplus(−D(real)) + E softplus(D(fake)), low when real "
+                "logits are high and fake ones low", lambda r, f: F.softplus(r).mean() + F.softplus(-f).mean(), 0),
         Mistake("the losses are means over the batch, not sums",
                 lambda r, f: F.softplus(-r).sum() + F.softplus(f).sum(), 0),
         Mistake("the losses are means over the batch, not sums", lambda r, f: F.softplus(-f).sum(), 1),

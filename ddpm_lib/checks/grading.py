@@ -64,9 +64,15 @@ def _same(value, ref, tol, broadcast=False) -> bool:
     return bool(torch.allclose(a, b, rtol=tol[0], atol=tol[1]))
 
 
+def _fresh(args):
+    """A copy of ``args`` whose tensors are cloned: an answer that updates its inputs in place (as
+    ``x.mul_(d)`` does) must not change what the reference and the mistakes are run on."""
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
 def _try(fn, args):
     try:
-        return fn(*args)
+        return fn(*_fresh(args))
     except Exception:          # a wrong variant that cannot run on these inputs simply does not match
         return None
 
@@ -77,8 +83,8 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
     n = len(labels)
     tol = tol * n if len(tol) == 1 else tol
     split = lambda v: (v,) if n == 1 else (tuple(v) if isinstance(v, (tuple, list)) and len(v) == n else None)
-    outs = [split(fn(*args)) for args in cases]          # exceptions propagate to the student
-    refs = [split(reference(*args)) for args in cases]
+    outs = [split(fn(*_fresh(args))) for args in cases]          # exceptions propagate to the student
+    refs = [split(reference(*_fresh(args))) for args in cases]
     if any(o is None for o in outs):
         return _verdict(name, False, f"return {n} values: {', '.join(labels)}")
     for o, r in zip(outs, refs):
@@ -88,8 +94,10 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
                 return _verdict(name, False, f"{labels[k]} is a {kind}; return a tensor or a number")
             shape, want = tuple(_tensor(o[k]).shape), tuple(_tensor(r[k]).shape)
             if not _shape_ok(shape, want, k in broadcast):
+                least = f" (or one that broadcasts to it, such as {want[:1] + (1,) * (len(want) - 1)})" \
+                    if k in broadcast and len(want) > 1 else ""
                 return _verdict(name, False, f"{labels[k]} has shape {shape} but should have shape {want}"
-                                             f"{shape_note}")
+                                             f"{least}{shape_note}")
     wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
     if not wrong:
         for prop in properties:
@@ -102,10 +110,35 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
         hint = next((m.hint for m in mistakes if m.part == k and all(
             _same(o[k], _try(m.fn, args), tol[k], k in broadcast) for o, args in zip(outs, cases))), None)
         if hint is None:
-            hint = next(filter(None, (prop(fn) for prop in properties)), None) \
+            hint = _precision(outs, refs, k) or next(filter(None, (prop(fn) for prop in properties)), None) \
                 or _where(outs, refs, cases, k, timesteps)
         hints.append(hint if n == 1 else f"{labels[k]}: {hint}")
     return _verdict(name, False, "; ".join(hints))
+
+
+def _precision(outs, refs, k):
+    """A hint when output ``k`` is off by what float32 arithmetic gives rather than by a wrong formula: a float32
+    result within 1e-2 (relative to the reference's scale) of it, or a float64 one whose entries nearly all
+    differ, each by a relative error of float32's size (median below 1e-5). A wrong term differs by more, or
+    only in some rows (one case of t)."""
+    rel, low, errors = 0.0, set(), []
+    for o, r in zip(outs, refs):
+        a, b = _tensor(o[k]), _tensor(r[k])
+        a, b = torch.broadcast_tensors(a.reshape(()) if b.ndim == 0 else a, b)
+        if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+            return None
+        rel = max(rel, float((a - b).abs().max()) / max(1.0, float(b.abs().max())))
+        errors.append(((a - b).abs() / b.abs().clamp(min=1e-300)).flatten())
+        if isinstance(o[k], torch.Tensor) and o[k].dtype in (torch.float32, torch.float16, torch.bfloat16):
+            low.add(str(o[k].dtype).removeprefix("torch."))
+    errors = torch.cat(errors)
+    rounding = float((errors > 1e-13).double().mean()) >= 0.9 and float(errors.median()) < 1e-5
+    if rel < 1e-2 and (low or rounding):
+        got = f"your result is {', '.join(sorted(low))}; " if low else ""
+        return (f"close to the library's answer but not equal (largest relative error {rel:.2g}): {got}the check "
+                "passes float64 tensors and a float64 schedule, so keep every step in float64 (.float(), "
+                "torch.tensor(a Python float) and .to(torch.float32) drop to float32, whose rounding is this "
+                "size near t = 1)")
 
 
 def _where(outs, refs, cases, k, timesteps):
@@ -114,7 +147,7 @@ def _where(outs, refs, cases, k, timesteps):
     for o, r, args in zip(outs, refs, cases):
         a, b = _tensor(o[k]), _tensor(r[k])
         a, b = torch.broadcast_tensors(a.reshape(()) if b.ndim == 0 else a, b)
-        diff = (a - b).abs().nan_to_num(float("inf"))
+        diff = torch.where(a == b, 0.0, (a - b).abs()).nan_to_num(nan=float("inf"), posinf=float("inf"))
         err = max(err, float(diff.max()))
         if timesteps is not None and diff.ndim >= 1:
             t, T = timesteps(*args)
@@ -122,6 +155,9 @@ def _where(outs, refs, cases, k, timesteps):
             rows = diff.reshape(diff.shape[0], -1).amax(1) > 1e-5 * (1 + size)
             bad_t |= {"1" if int(v) == 1 else ("T" if int(v) == T else "other") for v in t[rows]}
     where = {frozenset({"1"}): " only at t = 1", frozenset({"T"}): " only at t = T"}.get(frozenset(bad_t), "")
+    if err == float("inf"):
+        return (f"gives inf or NaN{where} where the library's answer is finite: look for a division by zero "
+                "or the log or square root of a negative number, e.g. from an index off by one in t")
     return (f"differs from the library's answer{where} (largest error {err:.3g}); "
             "compare it with the equation term by term")
 
@@ -133,7 +169,7 @@ def _schedules():
 
 def _timesteps(g, s, B, low=1):
     t = torch.randint(low, s.T + 1, (B,), generator=g)
-    t[0], t[-1] = low, s.T                              # both ends of the chain in every batch
+    t[0], t[1], t[-1] = low, low + 1, s.T               # both ends of the chain, and the step after the first
     return t
 
 
