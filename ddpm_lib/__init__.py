@@ -28,6 +28,7 @@ from .posterior import mu_from_eps, predict_eps_from_x0, predict_x0_from_eps, q_
 from .sampling import ddpm_step, p_mean_var, reverse_variance, sample_ddpm
 from .schedules import SCHEDULES, Schedule, make_schedule, schedule_from_betas
 from .toy_data import TOY_SETS, make_toy, ring_of_gaussians, swiss_roll, two_moons
+from .data_folder import course_data
 from .toy_model import ToyEpsModel, train_toy
 from .training import TrainConfig, train
 from .unet import PRESETS, UNet, count_parameters

@@ -32,9 +32,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import load_model_state, read_tagged_file, save_with_card
+from .data_folder import CLONE_DATA, course_data
 
 FORMAT = "ddpm_lib-mnist-classifier-1"
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "mnist_classifier.pt"
+DEFAULT_CLASSIFIER = CLONE_DATA / "mnist_classifier.pt"        # in a clone of the course; else see classifier_path
 TRAIN_HINT = "python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt"
 
 
@@ -159,13 +160,19 @@ def save_classifier(model: MNISTClassifier, path: str | Path, card: dict | None 
                           {**(card or {}), "format": FORMAT, "config": model.config})
 
 
+def classifier_path(path: str | Path | None = None) -> Path:
+    """``path``, or when it is None the shipped ``mnist_classifier.pt`` in the course's ``data/`` folder
+    (the clone's, or a cached copy fetched once where the package was installed without the clone)."""
+    return Path(path) if path is not None else course_data(DEFAULT_CLASSIFIER.name)
+
+
 def load_classifier(path: str | Path | None = None, device="cpu") -> MNISTClassifier:
     """The classifier saved at ``path`` (default: the shipped ``data/mnist_classifier.pt``), in eval mode.
 
     Raises ``FileNotFoundError`` for a missing file (saying how to train one), ``RuntimeError`` for a
     truncated or damaged file and ``ValueError`` for a file that is not a ddpm_lib classifier.
     """
-    path = Path(path) if path is not None else DEFAULT_CLASSIFIER
+    path = classifier_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no classifier file at {path}: train one with `{TRAIN_HINT}`")
     saved = read_tagged_file(path, FORMAT, "MNIST classifier")

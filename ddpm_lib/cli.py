@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .bench import bench, format_table
 from .checkpoint import (checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output, recorded_path,
                          write_json)
-from .classifier import DEFAULT_CLASSIFIER, load_classifier, save_classifier, train_classifier
+from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights, load_sampling_model
@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
     evaluate_parser.add_argument("--n", type=int, default=10_000, help="number of samples (a GPU's job; "
                                  "on a CPU start with a few hundred)")
-    evaluate_parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
-                                 help="the MNIST classifier whose features FID-MNIST uses")
+    evaluate_parser.add_argument("--classifier", default=None, help="the MNIST classifier whose features "
+                                 "FID-MNIST uses (default: the course's data/mnist_classifier.pt)")
     evaluate_parser.add_argument("--batch-size", type=int, default=500, help="samples drawn (and classified) at once")
     evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     evaluate_parser.add_argument("--device", default=None, help="None: cuda when available")
@@ -240,6 +240,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
                          f"got {args.n} and {args.batch_size}")
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.classifier = classifier_path(args.classifier)
     classifier = load_classifier(args.classifier, device)
     if args.bf16 and device.type != "cuda":
         raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import file_sha256, prepare_output, recorded_path, write_json
-from .classifier import DEFAULT_CLASSIFIER, load_classifier
+from .classifier import classifier_path, load_classifier
 from .data import IMAGE_SETS, load_images
 from .ddim import GRIDS, sample_ddim
 from .export import load_sampling_model
@@ -287,7 +287,8 @@ def add_evaluate_guidance_parser(commands) -> None:
     p.add_argument("--cfg-scales", type=float, nargs="+", default=None,
                    help="classifier-free guidance weights w (a class-conditional model)")
     p.add_argument("--n-per-class", type=int, default=100, help="samples of each digit per scale")
-    p.add_argument("--fid-classifier", default=str(DEFAULT_CLASSIFIER), help="the clean MNIST classifier")
+    p.add_argument("--fid-classifier", default=None,
+                   help="the clean MNIST classifier (default: the course's data/mnist_classifier.pt)")
     p.add_argument("--batch-size", type=int, default=500, help="samples drawn at once")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T (the same for every scale)")
     p.add_argument("--device", default=None, help="None: cuda when available")
@@ -352,6 +353,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         raise ValueError(f"{'--scales' if sweep == 'classifier' else '--cfg-scales'} must all be >= 0, got {scales}")
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.fid_classifier = classifier_path(args.fid_classifier)
     clean = load_classifier(args.fid_classifier, device)
     model, schedule, info = load_sampling_model(args.checkpoint, device)
     if sweep == "classifier-free" and not is_conditional(info):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import prepare_output, recorded_path, write_json
-from .classifier import DEFAULT_CLASSIFIER, load_classifier
+from .classifier import load_classifier
 from .data import load_images
 from .ddgan import sample_ddgan
 from .ddgan_train import load_ddgan_generator
@@ -126,7 +126,8 @@ def add_trilemma_parser(commands) -> None:
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[50, 4], help="DDIM rows (η = 0)")
     p.add_argument("--n", type=int, default=5000, help="samples per row")
     p.add_argument("--batch-size", type=int, default=500, help="samples drawn at once")
-    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER), help="the classifier behind FID-MNIST")
+    p.add_argument("--classifier", default=None,
+                   help="the classifier behind FID-MNIST (default: the course's data/mnist_classifier.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of every row's draws")
     p.add_argument("--device", default=None, help="None: cuda when available")
     p.add_argument("--bf16", action="store_true", help="every row's network in bf16 autocast (CUDA only)")

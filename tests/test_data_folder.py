@@ -1,0 +1,80 @@
+"""ddpm_lib.data_folder: the course's data/ folder from a clone, or fetched once from the repository's archive.
+
+The fetch is tested on a local zip archive laid out as GitHub's (``<repo>-main/data/…``), opened through a
+``file://`` URL: the real download is the same ``urllib`` call on an https URL.
+"""
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import ddpm_lib as dl
+from ddpm_lib import data_folder
+from ddpm_lib.classifier import DEFAULT_CLASSIFIER, MNISTClassifier
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_archive(path: Path, members: dict) -> str:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path.as_uri()
+
+
+@pytest.fixture
+def no_clone(tmp_path, monkeypatch):
+    """The package as pip installs it without the clone: no data/ beside it, an empty cache."""
+    monkeypatch.setattr(data_folder, "CLONE_DATA", tmp_path / "site-packages" / "data")
+    monkeypatch.setenv("DDPM_COURSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_from_a_clone_it_is_the_clones_data_folder(no_clone, monkeypatch):
+    monkeypatch.setattr(data_folder, "CLONE_DATA", REPO / "data")
+    assert dl.course_data("laptop") == REPO / "data" / "laptop"
+    assert dl.course_data() == REPO / "data" / "."
+    assert dl.course_data(no_clone / "elsewhere") == no_clone / "elsewhere"      # absolute: as it is
+    assert not (no_clone / "cache").exists()                                    # nothing fetched
+
+
+def test_without_a_clone_the_folder_is_fetched_once_and_only_data_is_kept(no_clone, monkeypatch):
+    shipped = DEFAULT_CLASSIFIER.read_bytes()
+    url = make_archive(no_clone / "course.zip", {
+        "ddpm-course-main/README.md": "# course",
+        "ddpm-course-main/notebooks/06_training.ipynb": "{}",
+        "ddpm-course-main/data/mnist_classifier.pt": shipped,
+        "ddpm-course-main/data/laptop/results/ddpm_mnist_eval.json": '{"fid": 32.9}',
+    })
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", url)
+    got = dl.course_data("laptop")
+    cached = no_clone / "cache" / "data"
+    assert got == cached / "laptop"
+    assert (got / "results" / "ddpm_mnist_eval.json").read_text() == '{"fid": 32.9}'
+    assert sorted(p.name for p in cached.iterdir()) == ["laptop", "mnist_classifier.pt"]
+    assert [p.name for p in (no_clone / "cache").iterdir()] == ["data"]          # no temporary left behind
+    (no_clone / "course.zip").unlink()                                           # a second call downloads nothing
+    assert dl.course_data("mnist_classifier.pt").read_bytes() == shipped
+    assert isinstance(dl.load_classifier(), MNISTClassifier)                     # the CLI's default classifier
+
+
+def test_a_failed_download_says_what_to_do_and_leaves_nothing(no_clone, monkeypatch):
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", (no_clone / "missing.zip").as_uri())
+    with pytest.raises(RuntimeError, match="could not download .* clone https://github.com/ddpm-course"):
+        dl.course_data("laptop")
+    assert list((no_clone / "cache").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no course data/ folder"):
+        dl.course_data("laptop", fetch=False)
+
+
+def test_an_archive_that_is_not_the_course_is_refused(no_clone, monkeypatch):
+    url = make_archive(no_clone / "other.zip", {"other-main/data/weights.pt": b"x"})
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", url)
+    with pytest.raises(RuntimeError, match="not the course's archive"):
+        dl.course_data("laptop")
+    assert list((no_clone / "cache").iterdir()) == []
+    url = make_archive(no_clone / "evil.zip", {"c-main/data/mnist_classifier.pt": b"x", "c-main/data/../../evil": b"x"})
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", url)
+    with pytest.raises(RuntimeError, match="refusing the archive member"):
+        dl.course_data("laptop")
+    assert not (no_clone / "evil").exists() and list((no_clone / "cache").iterdir()) == []
