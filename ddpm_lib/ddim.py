@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .indexing import check_same_shape, check_t, gather
+from .sampling import initial_latent
 from .schedules import Schedule
 
 GRIDS = ("uniform", "quadratic")
@@ -154,16 +155,6 @@ def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, 
     return _ddim_update(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad)[0]
 
 
-def _start(shape, generator, device, dtype, x_T):
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
-    if x_T is None:
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    if tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
-    return x_T.to(device=device, dtype=dtype)
-
-
 @torch.no_grad()
 def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: float = 0.0,
                 generator: torch.Generator | None = None, grid: str = "uniform", device=None,
@@ -185,7 +176,7 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
     """
     eta = _check_eta(eta)
     timesteps = step_grid(s.T, steps, grid)
-    x = _start(shape, generator, device, dtype, x_T)
+    x = initial_latent(shape, generator, device, dtype, x_T)
     for i, t in enumerate(tqdm(timesteps, desc="DDIM sampling", disable=not progress, leave=False)):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

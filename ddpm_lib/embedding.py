@@ -6,14 +6,15 @@ import math
 import torch
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor | int, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Transformer-style embedding of the paper's t (Vaswani et al. 2017, §3.5; DDPM App. B).
 
-    t: (B,) integers 1..T (or floats); returns (B, dim) float32 = [sin(t·ω_k), cos(t·ω_k)],
-    with frequencies ω_k = max_period^(−k / (dim/2)), k = 0 .. dim/2 − 1.
+    t: (B,) integers 1..T (or floats), or one int (B = 1); returns (B, dim) float32 =
+    [sin(t·ω_k), cos(t·ω_k)], with frequencies ω_k = max_period^(−k / (dim/2)), k = 0 .. dim/2 − 1.
     """
     if dim % 2:
         raise ValueError(f"the embedding size must be even, got {dim}")
+    t = torch.as_tensor(t)
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.to(torch.float32).reshape(-1, 1) * freqs[None]

@@ -25,8 +25,11 @@ def q_sample(s: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tenso
     """
     check_same_shape(x0=x0, eps=eps)
     check_t(s, t, batch=x0.shape[0])
-    alpha_bar_t = gather(s.alpha_bar, t, x0)
-    return torch.sqrt(alpha_bar_t) * x0 + torch.sqrt(1.0 - alpha_bar_t) * eps
+    # The coefficients are taken in float64 and then cast: 1 − ᾱ_t formed in float32 keeps few digits
+    # near t = 1, where ᾱ_t ≈ 1 (at t = 1 √(1 − ᾱ_1) would be off by about 1e-4 relative).
+    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, x0)
+    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, x0)
+    return sqrt_alpha_bar_t * x0 + sqrt_one_minus_alpha_bar_t * eps
 
 
 def q_sample_chain(s: Schedule, x0: torch.Tensor, t: int, generator: torch.Generator | None = None,

@@ -2,10 +2,10 @@
 
 Classifier guidance. To sample from p(x | y) with an unconditional ε-model, tilt every reverse step by
 a classifier p_φ(y | x_t). Expanding log p_φ(y | x_t) to first order around the step's mean gives
-(Dhariwal & Nichol 2021, Sec. 4.1)
+(Dhariwal & Nichol 2021, Secs. 4.1–4.2)
 
-    x_{t−1} ~ N(μ + s·Σ·∇_{x_t} log p_φ(y | x_t), Σ)                 Algorithm 1 (ancestral)
-    ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t)·s·∇_{x_t} log p_φ(y | x_t)          Algorithm 2 (DDIM)
+    x_{t−1} ~ N(μ + s·Σ·∇_{x_t} log p_φ(y | x_t), Σ)                 Algorithm 1 (ancestral), Sec. 4.1
+    ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t)·s·∇_{x_t} log p_φ(y | x_t)          Algorithm 2 (DDIM), Sec. 4.2
 
 with s the guidance scale (``scale``). The samplers take the gradient term as ``cond_fn(xt, t)``:
 ``sample_ddpm(…, cond_fn=f)`` and ``sample_ddim(…, cond_fn=f)``. This module builds f from a trained

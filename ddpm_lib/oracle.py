@@ -111,8 +111,9 @@ def gaussian_model_marginal(s: Schedule, mean: float, std: float, var: str = "be
     at t = 1 (the decoder p_θ(x_0 | x_1) of the bound); the sampler adds none there.
     Returns ``(m, v)`` as Python floats.
     """
-    from .sampling import reverse_variance
-    sigma_sq = reverse_variance(s, var)
+    if var not in ("beta", "beta_tilde"):
+        raise ValueError(f"unknown reverse variance {var!r}: choose 'beta' or 'beta_tilde'")
+    sigma_sq = getattr(s, var)                                     # σ_t² = β_t or β̃_t, index = t
     m, v = 0.0, 1.0
     for t in range(s.T, 0, -1):
         ab, a, b = s.alpha_bar[t].item(), s.alpha[t].item(), s.beta[t].item()

@@ -35,22 +35,24 @@ def predict_x0_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> 
     """x_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t: invert eq. 4 for x_0 given the noise."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
-    alpha_bar_t = gather(s.alpha_bar, t, xt)
-    return (xt - torch.sqrt(1.0 - alpha_bar_t) * eps) / torch.sqrt(alpha_bar_t)
+    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
+    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, xt)
+    return (xt - sqrt_one_minus_alpha_bar_t * eps) / sqrt_alpha_bar_t
 
 
 def predict_eps_from_x0(s: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
     """ε = (x_t − √ᾱ_t·x_0) / √(1 − ᾱ_t): invert eq. 4 for the noise given x_0."""
     check_same_shape(xt=xt, x0=x0)
     check_t(s, t, batch=xt.shape[0])
-    alpha_bar_t = gather(s.alpha_bar, t, xt)
-    return (xt - torch.sqrt(alpha_bar_t) * x0) / torch.sqrt(1.0 - alpha_bar_t)
+    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
+    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, xt)
+    return (xt - sqrt_alpha_bar_t * x0) / sqrt_one_minus_alpha_bar_t
 
 
 def mu_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """μ̃_t = (x_t − β_t / √(1 − ᾱ_t) · ε) / √α_t   (eq. 11): the mean from predicted noise."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
-    beta_t, alpha_t = gather(s.beta, t, xt), gather(s.alpha, t, xt)
-    alpha_bar_t = gather(s.alpha_bar, t, xt)
-    return (xt - beta_t / torch.sqrt(1.0 - alpha_bar_t) * eps) / torch.sqrt(alpha_t)
+    eps_coef_t = gather(s.beta / torch.sqrt(1.0 - s.alpha_bar), t, xt)    # β_t/√(1 − ᾱ_t) in float64, then cast
+    sqrt_alpha_t = gather(torch.sqrt(s.alpha), t, xt)
+    return (xt - eps_coef_t * eps) / sqrt_alpha_t

@@ -62,6 +62,19 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
+def initial_latent(shape, generator: torch.Generator | None, device, dtype: torch.dtype,
+                   x_T: torch.Tensor | None) -> torch.Tensor:
+    """x_T of ``shape``: ``x_T`` itself when given (moved to ``device`` and ``dtype``), else a draw from N(0, I).
+    The device defaults to the generator's (each step draws its noise there), else x_T's, else the CPU."""
+    if device is None:
+        device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")
+    if x_T is None:
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
+    return x_T.to(device=device, dtype=dtype)
+
+
 def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Generator | None = None,
                 var: str = "beta_tilde", device=None, dtype: torch.dtype = torch.float32,
                 x_T: torch.Tensor | None = None, callback: Callable | None = None,
@@ -78,14 +91,7 @@ def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Genera
     """
     if var not in VARIANCES:
         raise ValueError(f"unknown reverse variance {var!r}: choose one of {', '.join(VARIANCES)}")
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
-    if x_T is None:
-        x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    else:
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
-        x = x_T.to(device=device, dtype=dtype)
+    x = initial_latent(shape, generator, device, dtype, x_T)
     steps = range(s.T, 0, -1)
     for t in tqdm(steps, desc="DDPM sampling", disable=not progress, leave=False):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

@@ -142,3 +142,18 @@ def test_shape_mismatch_names_the_tensors():
         dl.q_sample(s, torch.zeros(3, 2), 5, torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"shapes must match: x_prev \(3, 2\), eps \(2, 2\)"):
         dl.q_step(s, torch.zeros(3, 2), 5, torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_float32_inputs_get_coefficients_rounded_once(name):
+    """With float32 x_0 and ε, x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε has its coefficients formed in float64 and rounded
+    once: √(1 − ᾱ_1) ≈ 0.01 is right to float32's 6e-8. Catches: 1 − ᾱ_t formed from a float32 ᾱ_t ≈ 0.9999,
+    which keeps four digits (a relative error of 1e-4 at t = 1)."""
+    s = dl.make_schedule(name, 1000)
+    t = torch.tensor([1, 2, 3, 500, 1000])
+    got = dl.q_sample(s, torch.zeros(5, 1), t, torch.ones(5, 1)).double().flatten()       # the ε coefficient
+    exact = torch.tensor([math.sqrt(1 - float(s.alpha_bar[k])) for k in t], dtype=torch.float64)
+    assert ((got - exact).abs() / exact).max() < 1e-7
+    got = dl.q_sample(s, torch.ones(5, 1), t, torch.zeros(5, 1)).double().flatten()       # the x_0 coefficient
+    exact = torch.tensor([math.sqrt(float(s.alpha_bar[k])) for k in t], dtype=torch.float64)
+    assert ((got - exact).abs() / exact).max() < 1e-7

@@ -194,3 +194,8 @@ def test_gaussian_model_marginal_matches_simulated_chain(var):
     m1, v1 = dl.gaussian_model_marginal(s, mu, sd, var=var, last_step_noise=True)
     sigma_sq_1 = s.beta[1].item() if var == "beta" else 0.0  # β̃_1 = 0
     assert m1 == m and v1 == pytest.approx(v + sigma_sq_1, rel=1e-12)
+
+
+def test_gaussian_model_marginal_refuses_an_unknown_variance():
+    with pytest.raises(ValueError, match="unknown reverse variance 'sigma'"):
+        dl.gaussian_model_marginal(dl.make_schedule("cosine", 20), 0.5, 0.3, var="sigma")

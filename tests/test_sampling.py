@@ -220,3 +220,14 @@ def test_sample_ddpm_recovers_mixture_weights_and_means(var):
         assert ((xk.mean(0) - MIX_MEANS[k]).abs() < 5 * se_mean + 0.01).all(), (k, xk.mean(0))
         se_std = MIX_STDS[k] / math.sqrt(2 * (len(xk) - 1))
         assert ((xk.std(0) - MIX_STDS[k]).abs() < 5 * se_std + 0.015).all(), (k, xk.std(0))
+
+
+def test_a_given_x_T_keeps_its_device_when_no_generator_is_passed():
+    """x_T on another device than the CPU (here the meta device, which computes shapes only) and no generator:
+    both samplers run where x_T lives. Catches: the device defaulting to the CPU, which would copy a GPU x_T
+    to the CPU and feed it to a GPU model."""
+    s = dl.make_schedule("linear", 50)
+    x_T = torch.empty(3, 2, device="meta")
+    for draw in (lambda: dl.sample_ddpm(lambda x, t: torch.zeros_like(x), s, (3, 2), x_T=x_T),
+                 lambda: dl.sample_ddim(lambda x, t: torch.zeros_like(x), s, (3, 2), steps=5, x_T=x_T)):
+        assert draw().device.type == "meta"

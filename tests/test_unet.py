@@ -81,6 +81,7 @@ def test_timestep_embedding_matches_its_formula():
     freqs = torch.tensor([10_000 ** (-i / 4) for i in range(4)])
     expected = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)
     torch.testing.assert_close(emb, expected)
+    torch.testing.assert_close(timestep_embedding(7, 8), expected[1:2])        # one int: a batch of one
 
 
 def test_attention_matches_a_hand_written_softmax_attention():
