@@ -101,8 +101,23 @@ def _check_t_prev(t, t_prev, batch: int) -> None:
                          f"got t_prev={bad_p} for t={bad_t}")
 
 
-def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x0, cond_grad=None):
-    """The checked step; returns ``(x_prev, x0_pred)`` (sample_ddim's callback shows both)."""
+def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, eta: float,
+              noise: torch.Tensor, clip_x0: float | None = None,
+              cond_grad: torch.Tensor | None = None, return_x0: bool = False):
+    """One DDIM step x_t → x_{t'} (Song et al. 2021, eq. 12, with σ of eq. 16; DDIM's α_t is our ᾱ_t).
+
+        x̂_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t
+        x_{t'} = √ᾱ_{t'}·x̂_0 + √(1 − ᾱ_{t'} − σ²)·ε + σ·noise,
+        σ = η·√((1 − ᾱ_{t'})/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t'})
+
+    xt, eps_pred, noise: (B, ...); t: int or long tensor (B,) in 1..T; t_prev (the paper's t'):
+    int or long tensor (B,) with 0 <= t_prev < t; eta in [0, 1]. With t' = t − 1 and η = 1, σ² = β̃_t
+    (DDPM); with t_prev = 0, σ = 0 and the step returns x̂_0 itself. ``clip_x0`` (e.g. 1.0 for
+    images) clamps x̂_0 to [−clip_x0, clip_x0] and recomputes ε from the clipped x̂_0.
+    ``cond_grad`` (xt's shape), when given, is g = s·∇_{x_t} log p_φ(y | x_t): the step then uses
+    ε̂ = ε_θ − √(1 − ᾱ_t)·g in place of ε_θ (classifier-guided DDIM, Dhariwal & Nichol 2021, Alg. 2).
+    Returns x_{t'}, or ``(x_{t'}, x̂_0)`` with ``return_x0`` (``sample_ddim``'s callback shows both).
+    """
     check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
     if cond_grad is not None:
         check_same_shape(xt=xt, cond_grad=cond_grad)
@@ -133,26 +148,7 @@ def _ddim_update(s: Schedule, xt, eps_pred, t, t_prev, eta: float, noise, clip_x
         eps_pred = (xt - sqrt_alpha_bar_t * x0_pred) / sqrt_one_minus_alpha_bar_t
     x_prev = torch.sqrt(alpha_bar_prev).to(**cast) * x0_pred + coef_eps.to(**cast) * eps_pred \
         + sigma.to(**cast) * noise
-    return x_prev, x0_pred
-
-
-def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, eta: float,
-              noise: torch.Tensor, clip_x0: float | None = None,
-              cond_grad: torch.Tensor | None = None) -> torch.Tensor:
-    """One DDIM step x_t → x_{t'} (Song et al. 2021, eq. 12, with σ of eq. 16; DDIM's α_t is our ᾱ_t).
-
-        x̂_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t
-        x_{t'} = √ᾱ_{t'}·x̂_0 + √(1 − ᾱ_{t'} − σ²)·ε + σ·noise,
-        σ = η·√((1 − ᾱ_{t'})/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t'})
-
-    xt, eps_pred, noise: (B, ...); t: int or long tensor (B,) in 1..T; t_prev (the paper's t'):
-    int or long tensor (B,) with 0 <= t_prev < t; eta in [0, 1]. With t' = t − 1 and η = 1, σ² = β̃_t
-    (DDPM); with t_prev = 0, σ = 0 and the step returns x̂_0 itself. ``clip_x0`` (e.g. 1.0 for
-    images) clamps x̂_0 to [−clip_x0, clip_x0] and recomputes ε from the clipped x̂_0.
-    ``cond_grad`` (xt's shape), when given, is g = s·∇_{x_t} log p_φ(y | x_t): the step then uses
-    ε̂ = ε_θ − √(1 − ᾱ_t)·g in place of ε_θ (classifier-guided DDIM, Dhariwal & Nichol 2021, Alg. 2).
-    """
-    return _ddim_update(s, xt, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad)[0]
+    return (x_prev, x0_pred) if return_x0 else x_prev
 
 
 @torch.no_grad()
@@ -184,7 +180,7 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
         cond_grad = cond_fn(x, t_batch).to(x.dtype) if cond_fn is not None else None
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
             if (eta > 0 and t_prev > 0) else torch.zeros_like(x)
-        x, x0_pred = _ddim_update(s, x, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad)
+        x, x0_pred = ddim_step(s, x, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad, return_x0=True)
         if callback is not None:
             callback(t, x, x0_pred)
     return x

@@ -17,7 +17,8 @@ from .schedules import Schedule
 def q_posterior(s: Schedule, x0: torch.Tensor, xt: torch.Tensor, t):
     """Mean μ̃_t(x_t, x_0) and variance β̃_t of q(x_{t−1} | x_t, x_0)   (eqs. 6–7).
 
-    Returns ``(mean, var)``: mean has x0's shape (B, ...), var is β̃_t shaped (B, 1, ..., 1).
+    Returns ``(mean, var)``: mean has x0's shape (B, ...), var is β̃_t shaped (B, 1, ..., 1) ((1, ..., 1) for
+    an int t).
     """
     check_same_shape(x0=x0, xt=xt)
     check_t(s, t, batch=x0.shape[0])
@@ -32,7 +33,8 @@ def q_posterior(s: Schedule, x0: torch.Tensor, xt: torch.Tensor, t):
 
 
 def predict_x0_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-    """x_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t: invert eq. 4 for x_0 given the noise."""
+    """x_0 = (x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t: invert eq. 4 for x_0 given the noise.
+    xt, eps: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
     sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
@@ -41,7 +43,8 @@ def predict_x0_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> 
 
 
 def predict_eps_from_x0(s: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
-    """ε = (x_t − √ᾱ_t·x_0) / √(1 − ᾱ_t): invert eq. 4 for the noise given x_0."""
+    """ε = (x_t − √ᾱ_t·x_0) / √(1 − ᾱ_t): invert eq. 4 for the noise given x_0.
+    xt, x0: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, x0=x0)
     check_t(s, t, batch=xt.shape[0])
     sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
@@ -50,7 +53,8 @@ def predict_eps_from_x0(s: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> t
 
 
 def mu_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-    """μ̃_t = (x_t − β_t / √(1 − ᾱ_t) · ε) / √α_t   (eq. 11): the mean from predicted noise."""
+    """μ̃_t = (x_t − β_t / √(1 − ᾱ_t) · ε) / √α_t   (eq. 11): the mean from predicted noise.
+    xt, eps: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
     eps_coef_t = gather(s.beta / torch.sqrt(1.0 - s.alpha_bar), t, xt)    # β_t/√(1 − ᾱ_t) in float64, then cast

@@ -33,7 +33,8 @@ def reverse_variance(s: Schedule, var: str = "beta_tilde") -> torch.Tensor:
 
 
 def p_mean_var(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, var: str = "beta_tilde"):
-    """Mean μ_θ(x_t, t) (eq. 11 with ε_θ) and variance σ_t² (shape (B, 1, ..., 1)) of p_θ(x_{t−1} | x_t)."""
+    """Mean μ_θ(x_t, t) (eq. 11 with ε_θ; xt's shape (B, ...)) and variance σ_t² (shape (B, 1, ..., 1), or
+    (1, ..., 1) for an int t) of p_θ(x_{t−1} | x_t)."""
     return mu_from_eps(s, xt, t, eps_pred), gather(reverse_variance(s, var), t, xt)
 
 

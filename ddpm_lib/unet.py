@@ -25,8 +25,12 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → SiLU → 3×3 conv → (+ time) → GroupNorm → SiLU → dropout → 3×3 conv, plus a residual
-    (a 1×1 conv when the channel count changes)."""
+    """x + F(x, temb) for x: (B, in_ch, H, W) and temb: (B, temb_dim); returns (B, out_ch, H, W).
+
+    ``time_cond="scale_shift"`` (the default, Dhariwal & Nichol's AdaGN): GroupNorm → SiLU → 3×3 conv →
+    GroupNorm → ·(1 + scale) + shift from the time embedding → SiLU → dropout → 3×3 conv.
+    ``time_cond="add"`` (DDPM's): the time embedding is added after the first conv, before the second
+    GroupNorm. The residual is a 1×1 conv when the channel count changes."""
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float = 0.0,
                  time_cond: str = "scale_shift"):
@@ -53,7 +57,8 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the H·W positions, softmax(QKᵀ/√d)V via scaled_dot_product_attention."""
+    """Multi-head self-attention over the H·W positions, softmax(QKᵀ/√d)V via scaled_dot_product_attention,
+    plus a residual: (B, ch, H, W) → (B, ch, H, W)."""
 
     def __init__(self, ch: int, heads: int = 1):
         super().__init__()
@@ -72,7 +77,8 @@ class Attention(nn.Module):
 
 class LinearAttention(nn.Module):
     """Linear attention (Shen et al. 2021): softmax of Q over the feature axis, of K over positions,
-    then Q·(KᵀV) — cost O(N·d²) in the number of positions N instead of O(N²·d)."""
+    then Q·(KᵀV) — cost O(N·d²) in the number of positions N instead of O(N²·d). Plus a residual:
+    (B, ch, H, W) → (B, ch, H, W)."""
 
     def __init__(self, ch: int, heads: int = 4, dim_head: int = 32):
         super().__init__()

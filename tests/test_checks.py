@@ -486,6 +486,8 @@ def test_check_guided_eps_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_passes(capsys, checks.check_guided_eps, guided_eps)
     assert_fails(capsys, checks.check_guided_eps, lambda *a: guided_eps(*a, sign=1), "the sign")
     assert_fails(capsys, checks.check_guided_eps, lambda *a: guided_eps(*a, root=False), "not 1 − ᾱ_t")
+    assert_fails(capsys, checks.check_guided_eps, lambda s, e, t, gr, sc: guided_eps(s, e, t - 1, gr, sc),
+                 "off by one in t")
     assert_fails(capsys, checks.check_guided_eps, lambda s, e, t, gr, sc: guided_eps(s, e, t, gr, 1.0), "scale s is missing")
 
 

@@ -8,8 +8,8 @@ from ..schedules import make_schedule
 from .grading import Mistake, N_CASES, _generator, _grade, _images, _timesteps, f64
 
 
-def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_bar"):
-    one_minus = 1 - gather(getattr(s, coef), t, eps_pred)
+def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_bar", shift=0):
+    one_minus = 1 - gather(getattr(s, coef), t - shift, eps_pred)
     return eps_pred + sign * (one_minus.sqrt() if root else one_minus) * scale * grad
 
 
@@ -28,6 +28,8 @@ def check_guided_eps(fn, seed=None) -> bool:
         Mistake("the factor is √(1 − ᾱ_t), the noise's standard deviation, not 1 − ᾱ_t",
                 lambda *a: _guided_eps(*a, root=False)),
         Mistake("looks like α_t where ᾱ_t belongs: √(1 − ᾱ_t)", lambda *a: _guided_eps(*a, coef="alpha")),
+        Mistake("off by one in t: the factor is √(1 − ᾱ_t), s.alpha_bar[t] (index = the paper's t), and you used "
+                "ᾱ_{t−1}", lambda *a: _guided_eps(*a, shift=1)),
         Mistake("the guidance scale s is missing", lambda s, e, t, gr, sc: _guided_eps(s, e, t, gr, 1.0)),
     ]
     return _grade("guided_eps", fn, cases, _guided_eps, mistakes, ("ε̂",), (),
