@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -129,6 +127,9 @@ def prepare_output(path: str | Path, suffixes: tuple) -> Path:
         raise ValueError(f"--out {path} is a folder: name a file in it, e.g. {path / ('out' + suffixes[0])}")
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"--out {path}: the name must end in {' or '.join(suffixes)}")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"--out {path}: {folder} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -140,6 +141,27 @@ def save_with_card(blob: dict, path: str | Path, card: dict) -> dict:
     save_atomic(blob, path)
     card = {**card, "file": path.name, "sha256": file_sha256(path)}
     write_json(card, path.with_suffix(".json"))
+    return card
+
+
+def check_card(path: str | Path, required: bool = False) -> dict | None:
+    """The JSON card beside the weights file ``path`` (``path`` with ``.json``), once the file's sha256 is
+    checked against it. None when there is no card (a one-line ``ValueError`` when ``required``) or no
+    file; ``ValueError`` naming the card when it is not JSON, holds no sha256, or holds another one."""
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file() or not path.is_file():
+        if required and path.is_file():
+            raise ValueError(f"{path} has no card {card_path.name} to check its sha256 against")
+        return None
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the card {card_path} is not valid JSON ({err}): it is damaged") from None
+    sha256 = card.get("sha256") if isinstance(card, dict) else None
+    if file_sha256(path) != sha256:
+        why = "the file is damaged or was replaced" if sha256 else "the card holds none, so it is damaged"
+        raise ValueError(f"{path} does not match the sha256 in {card_path.name}: {why}")
     return card
 
 
@@ -165,7 +187,7 @@ def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no {what} file at {path}")
+        raise FileNotFoundError(f"no {what.removesuffix(' file')} file at {path}")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
@@ -291,36 +313,6 @@ def resume_training(path: Path, trainer, batches, config, unused: tuple = (), ra
 
 
 # ----------------------------------------------------------------------------- stopping and resuming
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
-    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
-
-    def __init__(self):
-        self.requested, self._previous = False, {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
-        text = "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step).encode()
-        _replace_atomically(path, lambda f: f.write(text))
-
 
 def model_spec(example_shape: tuple, preset: str, num_classes: int = 0) -> dict:
     """The architecture for examples of ``example_shape``: the toy MLP for points (D,), else the U-Net

@@ -112,9 +112,11 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_heldout: to
     minibatch is shifted at random by up to ``max_shift`` pixels. ``seed`` fixes the initial weights,
     the data order, the shifts and dropout. ``log(step, loss)`` is called after every step.
     """
-    if epochs < 1 or batch_size < 1 or batch_size > len(x_train) or max_shift < 0:
-        raise ValueError(f"need epochs ≥ 1, 1 ≤ batch_size ≤ {len(x_train)} (the training digits) and max_shift ≥ 0, "
-                         f"got epochs={epochs}, batch_size={batch_size}, max_shift={max_shift}")
+    side = x_train.shape[-1]
+    if epochs < 1 or batch_size < 1 or batch_size > len(x_train) or not 0 <= max_shift < side // 2 or not lr > 0:
+        raise ValueError(f"need epochs ≥ 1, 1 ≤ batch_size ≤ {len(x_train)} (the training digits), 0 ≤ max_shift < "
+                         f"{side // 2} (half the image side) and lr > 0, got epochs={epochs}, batch_size={batch_size}, "
+                         f"max_shift={max_shift}, lr={lr}")
     torch.manual_seed(seed)                                          # initial weights and dropout masks
     generator = torch.Generator().manual_seed(seed)                  # data order and shifts
     model = MNISTClassifier(**(model_config or {})).to(device)

@@ -21,7 +21,8 @@
     python -m ddpm_lib trilemma --ddpm data/ddpm_mnist.pt --ddgan data/ddgan_mnist.pt   # quality, NFE, speed
 
 A user error (bad flag value, missing or damaged checkpoint, data set not available offline, a loss
-that became NaN) ends with a one-line message and exit status 1; Ctrl-C saves a checkpoint first (130).
+that became NaN) ends with a one-line message and exit status 1. Ctrl-C (or SIGTERM) ends with status 130;
+``train`` and ``train-ddgan`` save a checkpoint first.
 """
 from __future__ import annotations
 
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train_classifier(args: argparse.Namespace, command: str) -> dict:
     """Train the FID-MNIST classifier on the train split, measure it on the held-out split, and write the
     weights and their JSON card (config, accuracy, sha256, ``command``); returns the card."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     prepare_output(args.out, (".pt",))
     x_train, y_train = load_images(args.data, root=args.data_root, train=True, pad_to_32=True)
     x_heldout, y_heldout = load_images(args.data, root=args.data_root, train=False, pad_to_32=True)
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 write_json(figures, args.out)
         elif args.command == "export":
-            card = export_ema_weights(args.checkpoint, args.out, command=args.training_command)
+            card = export_ema_weights(args.checkpoint, args.out, command=args.training_command
+                                      or shlex.join(["python", "-m", "ddpm_lib", *argv]))
             print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
                   f"{Path(args.out).with_suffix('.json')}")
         elif args.command == "train-noisy-classifier":
@@ -344,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt:
+        if args.command not in ("train", "train-ddgan"):         # the trainers save a checkpoint and say so
+            print(f"interrupted: {args.command} stopped before finishing (it writes its output at the end)",
+                  file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ when a loss becomes NaN. ``load_ddgan_generator`` and ``export_ddgan`` are for s
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,13 +34,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (StopRequest, check_same_run, file_sha256, checkpoint_to_resume, keep_metrics_up_to,
-                         load_checkpoint, load_model_state, read_tagged_file, resolve_checkpoint, save_checkpoint,
-                         save_with_card)
+from .checkpoint import (check_card, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
+                         read_tagged_file, resolve_checkpoint, save_checkpoint, save_with_card)
 from .data import IMAGE_SETS, EpochBatches, load_images
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .ema import ema_decay, make_ema_model, update_ema
+from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
 from .training import write_samples
 
@@ -186,7 +187,7 @@ def _check_ddgan_checkpoint(ckpt: dict, path) -> None:
     kind = ckpt.get("model_spec", {}).get("kind")
     if kind != "ddgan":
         raise ValueError(f"{path} is a checkpoint of a diffusion run (model kind {kind!r}), not of a DDGAN run: "
-                         f"use `python -m ddpm_lib sample` / `export` for it")
+                         f"use `python -m ddpm_lib train --resume`, `sample` or `export` for it")
 
 
 def load_ddgan_data(config: DDGANConfig, device) -> torch.Tensor:
@@ -230,6 +231,11 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     the step (and the last good checkpoint) when a loss becomes NaN or infinite, and
     ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C or SIGTERM asks it to stop.
     """
+    with run_lock(config.out_dir):                            # one run at a time writes into out_dir
+        return _train_ddgan(config)
+
+
+def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(config.out_dir)
     resume_from = checkpoint_to_resume(out_dir, config.resume)
@@ -291,7 +297,7 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
                 now, n = time.perf_counter(), step - step_at_mark
                 d_sum, g_sum, r1_sum = sums.tolist()
                 d_mean, g_mean = d_sum / n, g_sum / n
-                record = {"step": step, "d_loss": d_mean, "g_loss": g_mean,
+                record = {"step": step, "steps_averaged": n, "d_loss": d_mean, "g_loss": g_mean,
                           "r1": r1_sum / r1_count if r1_count else None, "time": elapsed + now - start,
                           "img_per_s": config.batch_size * config.d_steps * n / (now - mark - paused)}
                 with open(metrics_path, "a") as f:
@@ -316,13 +322,13 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     return trainer
 
 
-def _read_ddgan_file(path: Path, device) -> dict:
-    """A DDGAN training checkpoint or exported weights file, as a dict with its ``format`` tag."""
+def _read_ddgan_file(path: Path) -> dict:
+    """A DDGAN training checkpoint or exported weights file, read onto the CPU, as a dict with its ``format`` tag."""
     try:
-        blob = load_checkpoint(path, map_location=device)
+        blob = load_checkpoint(path, map_location="cpu")
     except ValueError:
         try:
-            return read_tagged_file(path, WEIGHTS_FORMAT, "DDGAN weights file", map_location=device)
+            return read_tagged_file(path, WEIGHTS_FORMAT, "DDGAN weights file")
         except ValueError:
             raise ValueError(f"{path} is neither a training checkpoint nor an exported DDGAN weights file") from None
     _check_ddgan_checkpoint(blob, path)
@@ -338,11 +344,10 @@ def load_ddgan_generator(path: str | Path, device="cpu", check_sha256: bool = Tr
     A diffusion checkpoint or any other file → ``ValueError``; a damaged one → ``RuntimeError``.
     """
     path = resolve_checkpoint(path)
-    blob = _read_ddgan_file(path, device)
+    blob = _read_ddgan_file(path)                 # onto the CPU, then G.to(device): a bad device is named as such
     exported = blob["format"] == WEIGHTS_FORMAT
-    card = path.with_suffix(".json")
-    if exported and check_sha256 and card.is_file() and file_sha256(path) != json.loads(card.read_text())["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in {card.name}: the file is damaged or was replaced")
+    if exported and check_sha256:
+        check_card(path)
     G = build_generator(blob["model_spec"])
     weights = {k: v.float() if v.is_floating_point() else v for k, v in blob["generator_ema"].items()}
     load_model_state(G, weights, source=str(path))
@@ -367,5 +372,5 @@ def export_ddgan(checkpoint: str | Path, out: str | Path, command: str | None = 
                                       "training_seconds": ckpt.get("elapsed"), "config": ckpt["config"],
                                       "model_spec": ckpt["model_spec"], "example_shape": list(ckpt["example_shape"]),
                                       "source": str(path),
-                                      "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])})
+                                      "command": command or shlex.join(["python", "-m", "ddpm_lib", *sys.argv[1:]])})
 

@@ -9,13 +9,13 @@ weights file), telling them apart by the format tag inside: ``sample`` and ``eva
 """
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 from pathlib import Path
 
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import (build_model, example_shape_of, file_sha256, load_checkpoint, load_model_state,
+from .checkpoint import (build_model, check_card, example_shape_of, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, save_with_card)
 from .schedules import make_schedule
 
@@ -39,19 +39,7 @@ def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | N
             "step": ckpt["step"], "example_shape": list(ckpt["example_shape"]), "config": config}
     return save_with_card(blob, out, {"step": ckpt["step"], "training_seconds": ckpt.get("elapsed"), "config": config,
                                       "model_spec": ckpt["model_spec"],
-                                      "command": command or " ".join(["python -m ddpm_lib", *sys.argv[1:]])})
-
-
-def _check_card(path: Path) -> dict | None:
-    """The JSON card beside ``path`` (None when there is none); ``ValueError`` when the file's sha256
-    differs from the card's."""
-    card_path = path.with_suffix(".json")
-    if not (path.is_file() and card_path.is_file()):
-        return None
-    card = json.loads(card_path.read_text())
-    if file_sha256(path) != card.get("sha256"):
-        raise ValueError(f"{path} does not match the sha256 in {card_path.name}: the file is damaged or was replaced")
-    return card
+                                      "command": command or shlex.join(["python", "-m", "ddpm_lib", *sys.argv[1:]])})
 
 
 def _model_from_weights(blob: dict, source: str):
@@ -68,7 +56,7 @@ def load_pretrained(path: str | Path, device="cpu", check_sha256: bool = True):
     """
     path = Path(path)
     if check_sha256:
-        _check_card(path)
+        check_card(path)
     blob = read_tagged_file(path, FORMAT, "weights file")
     model = _model_from_weights(blob, str(path))
     return model.to(device).eval(), make_schedule(blob["schedule"]["name"], blob["schedule"]["T"])
@@ -88,7 +76,7 @@ def load_sampling_model(path: str | Path, device="cpu", weights: str = "ema"):
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' (θ_ema) or 'raw' (θ), got {weights!r}")
     path = resolve_checkpoint(path)
-    card = _check_card(path)
+    card = check_card(path)
     blob = read_tagged_file(path, (CHECKPOINT_FORMAT, FORMAT), "checkpoint or exported weights file")
     if weights == "raw" and blob["format"] != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is an exported weights file, which holds θ_ema only: pass a training "

@@ -22,6 +22,7 @@ within-class FID-MNIST where enough digits exist, and the overall FID-MNIST.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def run_sample(args: argparse.Namespace) -> Path:
     schedule = schedule.to(device)                     # a CPU schedule would cost host copies at every step
     check_guidance_flags(info, args.label, args.cfg_scale, args.classifier, args.scale)
     example_shape = info["example_shape"]
-    if len(example_shape) != 3 and Path(args.out).suffix != ".pt":
+    if len(example_shape) != 3 and Path(args.out).suffix.lower() != ".pt":
         raise ValueError(f"this model draws {example_shape[0]}-D points, not images: pass --out with a .pt name")
     classifier = load_guide(args.classifier, schedule, example_shape, device) if args.classifier else None
     num_classes = classifier.num_classes if classifier is not None else getattr(model, "num_classes", 0)
@@ -247,12 +248,14 @@ def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x_train, y_train = load_images(args.data, root=args.data_root, train=True, pad_to_32=True)
     x_held, y_held = load_images(args.data, root=args.data_root, train=False, pad_to_32=True)
+    if args.batch_size > len(x_train):
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(x_train)} training digits")
     torch.manual_seed(args.seed)
     model = NoisyClassifier.from_preset(args.preset, num_classes=int(y_train.max()) + 1,
                                         in_channels=x_train.shape[1], image_size=x_train.shape[-1]).to(device)
     start = time.perf_counter()
     history = train_noisy_classifier(model, s.to(device), x_train.to(device), y_train.to(device), args.steps,
-                                     min(args.batch_size, len(x_train)), args.lr,
+                                     args.batch_size, args.lr,
                                      torch.Generator(device).manual_seed(args.seed), args.weight_decay, progress=True)
     seconds = time.perf_counter() - start
     accuracy = {str(t): noisy_classifier_accuracy(model, s.to(device), x_held, y_held, t,
@@ -349,8 +352,8 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         raise ValueError("--scales are classifier guidance scales: pass --classifier (a noisy classifier)")
     if sweep == "classifier-free" and args.classifier is not None:
         raise ValueError("--cfg-scales guide without a classifier: drop --classifier (or use --scales)")
-    if min(scales) < 0:
-        raise ValueError(f"{'--scales' if sweep == 'classifier' else '--cfg-scales'} must all be >= 0, got {scales}")
+    if not all(math.isfinite(v) and v >= 0 for v in scales):
+        raise ValueError(f"{'--scales' if sweep == 'classifier' else '--cfg-scales'} must all be finite and >= 0, got {scales}")
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.fid_classifier = classifier_path(args.fid_classifier)

@@ -20,7 +20,6 @@ were trained for and a JSON card (``python -m ddpm_lib train-noisy-classifier`` 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, load_model_state, read_tagged_file, save_with_card
+from .checkpoint import check_card, load_model_state, read_tagged_file, save_with_card
 from .forward import q_sample
 from .indexing import check_t
 from .schedules import Schedule, make_schedule
@@ -165,13 +164,8 @@ def load_noisy_classifier(path: str | Path, device="cpu", check_sha256: bool = T
     a truncated one → ``RuntimeError``, a file of another kind → ``ValueError``.
     """
     path = Path(path)
-    if check_sha256 and path.is_file():
-        card_path = path.with_suffix(".json")
-        if not card_path.is_file():
-            raise ValueError(f"{path} has no card {card_path.name} to check its sha256 against")
-        if file_sha256(path) != json.loads(card_path.read_text()).get("sha256"):
-            raise ValueError(f"{path} does not match the sha256 in {card_path.name}: the file is damaged or "
-                             f"was replaced")
+    if check_sha256:
+        check_card(path, required=True)
     saved = read_tagged_file(path, FORMAT, "noisy classifier")
     config = dict(saved["config"])
     model = NoisyClassifier(num_classes=config.pop("num_classes"), **config)

@@ -36,13 +36,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import (StopRequest, build_model, checkpoint_to_resume, keep_metrics_up_to,
-                         load_model_state, model_spec, resume_training, save_training)
+from .checkpoint import build_model, checkpoint_to_resume, load_model_state, model_spec, resume_training, save_training
 from .data import IMAGE_SETS, EpochBatches, load_images, to_pixel_range
 from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
 from .ema import ema_decay, make_ema_model, update_ema
+from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .sampling import sample_ddpm
 from .schedules import Schedule, make_schedule
 from .toy_data import TOY_SETS, make_toy
@@ -234,7 +234,7 @@ def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None) -
     about a square), or any tensor as ``.pt``."""
     from torchvision.utils import save_image
     path = Path(path)
-    if path.suffix == ".pt":
+    if path.suffix.lower() == ".pt":
         torch.save(x0.cpu(), path)
     elif x0.ndim == 4:
         save_image(to_pixel_range(x0), path, nrow=nrow or math.ceil(math.sqrt(x0.shape[0])))
@@ -272,7 +272,8 @@ def train(config: TrainConfig) -> Trainer:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if world == 1:
-        return _train(config, device, rank=0, world=1)
+        with run_lock(config.out_dir):
+            return _train(config, device, rank=0, world=1)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -280,7 +281,8 @@ def train(config: TrainConfig) -> Trainer:
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(config, device, rank=dist.get_rank(), world=dist.get_world_size())
+        with run_lock(config.out_dir) if dist.get_rank() == 0 else contextlib.nullcontext():   # rank 0 writes
+            return _train(config, device, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -358,7 +360,7 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 if world > 1:
                     stopping = bool(reduce(torch.tensor(float(stop.requested), device=device), dist.ReduceOp.MAX))
                 now, n = time.perf_counter(), step - step_at_mark
-                record = {"step": step, "loss": float(reduce(loss_sum.clone())) / (world * n),
+                record = {"step": step, "steps_averaged": n, "loss": float(reduce(loss_sum.clone())) / (world * n),
                           "lr": learning_rate(config, step), "time": elapsed + now - start,
                           "img_per_s": config.batch_size * n / (now - mark - paused)}
                 if main:

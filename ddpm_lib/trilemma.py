@@ -13,6 +13,7 @@ Each row draws ``n`` digits with one sampler and reports
 """
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from typing import Callable
@@ -120,7 +121,7 @@ def format_rows(rows: list[dict]) -> str:
 def add_trilemma_parser(commands) -> None:
     """The ``trilemma`` subcommand of ``python -m ddpm_lib``."""
     p = commands.add_parser("trilemma", help="FID-MNIST, NFE and seconds per 1,000 samples of DDPM, DDIM and DDGAN",
-                            description=__doc__.split("\n\n")[0])
+                            description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ddpm", required=True, help="the ε-model: exported weights, checkpoint or run folder")
     p.add_argument("--ddgan", required=True, help="the DDGAN generator: exported file, checkpoint or run folder")
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[50, 4], help="DDIM rows (η = 0)")
@@ -149,6 +150,9 @@ def run_trilemma(args) -> dict:
     if tuple(gan_info["example_shape"]) != shape:
         raise ValueError(f"the DDPM draws {shape} images and the DDGAN {tuple(gan_info['example_shape'])}: "
                          f"compare models of the same data")
+    bad = [k for k in args.ddim_steps if not 1 <= k <= s.T]
+    if bad or len(set(args.ddim_steps)) != len(args.ddim_steps):
+        raise ValueError(f"--ddim-steps must be distinct whole numbers in 1..T = 1..{s.T}, got {args.ddim_steps}")
     eps_counter, g_counter = CallCounter(eps_model), CallCounter(G)
     s = s.to(device)
     samplers = {f"DDPM ({s.T} steps)": (ddpm_draw(eps_counter, s, shape), eps_counter)}

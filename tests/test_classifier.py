@@ -109,6 +109,9 @@ def test_training_on_a_tiny_subset_lowers_the_loss_and_is_seeded(heldout):
         assert torch.equal(tensor, run2.state_dict()[name]), name
     with pytest.raises(ValueError, match="batch_size"):
         train_classifier(x, y, x_held, y_held, batch_size=500)
+    for bad in ({"lr": 0.0}, {"lr": float("nan")}, {"max_shift": 16}):   # a classifier at chance, written without a word
+        with pytest.raises(ValueError, match=r"0 ≤ max_shift < 16 \(half the image side\) and lr > 0"):
+            train_classifier(x, y, x_held, y_held, **{**settings, **bad})
 
 
 def test_save_writes_weights_and_a_card_with_the_files_sha256(tmp_path, heldout):

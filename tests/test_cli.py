@@ -3,6 +3,7 @@ errors."""
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -310,3 +311,32 @@ def test_evaluate_can_measure_the_raw_weights_of_a_checkpoint(tmp_path, capsys):
     assert "θ_ema only" in one_error_line(capsys)
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--bf16", "--n", "4", "--device", "cpu"]) == 1
     assert "needs a CUDA device" in one_error_line(capsys)
+
+
+def test_an_interrupted_command_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during evaluate (here: its work raises KeyboardInterrupt) ends with status 130 and one line on
+    stderr naming the command. Catches: a silent exit 130 that leaves the user guessing what was written."""
+    monkeypatch.setattr(cli, "run_evaluate", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "r.json")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("interrupted: evaluate stopped before finishing"), err
+
+
+def test_outputs_in_any_case_and_under_a_file(tmp_path, capsys):
+    """samples.PT is written as a tensor (the suffix check and the writer agree on case), a name under a plain
+    file is refused in one line before the work, and an export's card records a command that runs as written
+    (quoted). Catches: finished samples lost to 'unknown file extension', '[Errno 17] File exists'."""
+    assert main(["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--n", "5", "--out", str(tmp_path / "s.PT"),
+                 "--device", "cpu"]) == 0
+    assert torch.load(tmp_path / "s.PT", weights_only=True).shape == (5, 2)
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "afile" / "s.pt")]) == 1
+    assert "afile is a file, not a folder" in one_error_line(capsys)
+    out = tmp_path / "my models" / "toy.pt"
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 0
+    command = json.loads(out.with_suffix(".json").read_text())["command"]
+    assert shlex.split(command)[-2:] == ["--out", str(out)]
+

@@ -392,7 +392,8 @@ def test_a_save_cut_off_midway_leaves_the_previous_checkpoint_usable(tmp_path, m
     with pytest.raises(RuntimeError, match="simulated"):
         train_ddgan(toy_config(tmp_path, "split", steps=4, save_every=2))
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
-    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == ["ckpt_00000002.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [".lock", "ckpt_00000002.pt",
+                                                                          "metrics.jsonl"]
     _, _, info = load_ddgan_generator(tmp_path / "split")
     assert info["step"] == 2
     assert_same_state(whole, train_ddgan(toy_config(tmp_path, "split", steps=4, save_every=2, resume=True)))
@@ -460,8 +461,8 @@ def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2] and set(records[0]) == {"step", "d_loss", "g_loss", "r1", "time",
-                                                                         "img_per_s"}
+    assert [r["step"] for r in records] == [1, 2] and set(records[0]) == {"step", "steps_averaged", "d_loss", "g_loss",
+                                                                         "r1", "time", "img_per_s"}
     assert (tmp_path / "run" / "samples_00000002.png").exists()
     run = str(tmp_path / "run")
     assert main(["sample-ddgan", "--checkpoint", run, "--n", "4", "--out", str(tmp_path / "grid.png"),
@@ -489,6 +490,20 @@ def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
     out.write_bytes(out.read_bytes() + b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         load_ddgan_generator(out)
+    out.write_bytes(out.read_bytes()[:-len(b"tampered")])              # the file as exported, with a damaged card:
+    card_path = out.with_suffix(".json")
+    card_path.write_text(json.dumps({k: v for k, v in card.items() if k != "sha256"}))
+    with pytest.raises(ValueError, match="the card holds none"):        # no sha256 (was a KeyError traceback)
+        load_ddgan_generator(out)
+    card_path.write_text("{not json")
+    capsys.readouterr()
+    assert main(["sample-ddgan", "--checkpoint", str(out), "--n", "2", "--out", str(tmp_path / "f.png"),
+                 "--device", "cpu"]) == 1
+    assert "ddgan.json is not valid JSON" in one_error_line(capsys)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(Exception) as bad_device:                        # read onto the CPU, then moved:
+        load_ddgan_generator(out, device="cuda:99")                     # the device is named, not the file
+    assert "truncated" not in str(bad_device.value)
 
 
 def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):

@@ -163,7 +163,9 @@ def test_bad_evaluate_guidance_flags_end_with_one_line(models, tmp_path, capsys)
          "exactly one of --scales"),
         ((models / "uncond", "--scales", 0, 1), "pass --classifier"),
         ((models / "uncond", "--cfg-scales", 0, 1), "needs a class-conditional model"),
-        ((models / "uncond", "--classifier", models / "noisy.pt", "--scales", 0, -1), "must all be >= 0"),
+        ((models / "uncond", "--classifier", models / "noisy.pt", "--scales", 0, -1), "must all be finite and >= 0"),
+        ((models / "uncond", "--classifier", models / "noisy.pt", "--scales", 0, "nan"), "must all be finite"),
+        ((models / "cfg", "--cfg-scales", 0, "inf"), "must all be finite"),
         ((models / "uncond", "--classifier", models / "noisy_T20.pt", "--scales", 1), "with T = 20"),
         ((models / "cfg", "--cfg-scales", 1, "--n-per-class", 1), "--n-per-class must be at least 2"),
     ]

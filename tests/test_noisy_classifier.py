@@ -279,6 +279,10 @@ def test_train_noisy_classifier_command_end_to_end(tmp_path, capsys, monkeypatch
     for t, accuracy in card["heldout_accuracy_at_t"].items():
         assert 0 <= accuracy <= 1
         assert accuracy == noisy_classifier_accuracy(model, s, x_held, y_held, int(t), torch.Generator().manual_seed(3))
+    capsys.readouterr()                               # a batch larger than the 400 digits: refused, not shrunk
+    assert main([*args[:args.index("--batch-size")], "--batch-size", "401", *args[args.index("--batch-size") + 2:],
+                 "--out", str(tmp_path / "big.pt")]) == 1
+    assert "--batch-size 401 is larger than the 400 training digits" in capsys.readouterr().err
 
 
 def test_saved_noisy_classifier_round_trips_and_refuses_changed_files(tmp_path):

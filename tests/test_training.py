@@ -244,7 +244,8 @@ def test_toy_run_learns_and_writes_its_outputs(tmp_path):
     trainer = train(config)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [50, 100, 150, 200]
-    assert set(records[0]) == {"step", "loss", "lr", "img_per_s", "time"} and records[-1]["img_per_s"] > 0
+    assert set(records[0]) == {"step", "steps_averaged", "loss", "lr", "img_per_s", "time"}
+    assert records[-1]["img_per_s"] > 0
     assert records[-1]["loss"] < 0.7 * records[0]["loss"], records
     assert [p.name for p in list_checkpoints(config.out_dir)] == ["ckpt_00000200.pt"]        # keep=1
     samples = torch.load(tmp_path / "run" / "samples_00000200.pt", weights_only=True)
@@ -291,6 +292,16 @@ def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
         train(toy_config(tmp_path, steps=4))
     with pytest.raises(ValueError, match="T=50 there, 60 here"):
         train(toy_config(tmp_path, steps=8, T=60, resume=True))
+
+
+def test_each_metrics_line_says_how_many_steps_its_means_cover(tmp_path):
+    """Lines every 4 steps; the run stops at step 6 (its last line covers steps 5–6) and resumes to 11: the
+    lines at 8 and 11 cover 2 and 3 steps. Catches: a line after a resume or at the end that averages fewer
+    steps than log_every with nothing to say so."""
+    train(toy_config(tmp_path, steps=6, log_every=4, save_every=6))
+    train(toy_config(tmp_path, steps=11, log_every=4, save_every=6, resume=True))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(r["step"], r["steps_averaged"]) for r in records] == [(4, 4), (6, 2), (8, 2), (11, 3)]
 
 
 def test_resume_refuses_a_changed_training_setting_and_allows_run_control(tmp_path, capsys):

@@ -150,3 +150,22 @@ def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1
                                 torch.from_numpy(mu2), torch.from_numpy(np.cov(f2, rowvar=False)))
     assert np.sum((mu1 - mu2) ** 2) > 0.05 * expected                 # the means matter to the value
     assert row["fid_mnist"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_ddim_steps_are_checked_before_any_row_is_sampled(tmp_path, capsys, monkeypatch):
+    """--ddim-steps outside 1..T, or repeated, is refused in one line before the DDPM row (the slowest) runs.
+    Catches: the check left to the DDIM row's sampler, after hours of DDPM-1000 sampling."""
+    import ddpm_lib as dl
+    from ddpm_lib.cli import main
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=1, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(tmp_path / "ddpm"), progress=False, device="cpu"))
+    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "1", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    monkeypatch.setattr(trilemma, "trilemma_rows", lambda *a, **k: pytest.fail("a row ran before the check"))
+    capsys.readouterr()
+    for steps, message in ((["7"], "1..T = 1..6"), (["0"], "1..T = 1..6"), (["3", "3"], "distinct")):
+        assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--ddim-steps",
+                     *steps, "--n", "4", "--device", "cpu", "--out", str(tmp_path / "t.json")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+

@@ -1,0 +1,68 @@
+"""A training run's folder: one writer at a time, a stop between two steps, metrics cut back on resume.
+
+``train`` and ``train_ddgan`` hold ``run_lock`` while they write into ``--out-dir``, stop through
+``StopRequest`` (Ctrl-C or SIGTERM: save, then stop) and call ``keep_metrics_up_to`` when they resume.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from .checkpoint import _replace_atomically
+
+
+@contextmanager
+def run_lock(out_dir: str | Path):
+    """Hold an exclusive lock on ``out_dir/.lock`` while a training run writes into ``out_dir`` (created
+    here): a second run into the same folder, new or ``--resume``, is refused in one line instead of
+    interleaving its metrics and checkpoints with the first. The operating system drops the lock when
+    the process ends, however it ends. On Windows (no ``fcntl``) runs are not guarded."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file: name a folder for the run")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another training run is writing into {out_dir}: wait for it to end (then "
+                               f"--resume), or choose another --out-dir") from None
+        yield
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
+    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop metrics lines after ``step`` (an interrupted run wrote them; they will be written again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
+        text = "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step).encode()
+        _replace_atomically(path, lambda f: f.write(text))

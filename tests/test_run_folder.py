@@ -1,0 +1,80 @@
+"""ddpm_lib.run_folder: one training run at a time writes into a folder; a clean stop; metrics cut back on resume."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ddpm_lib import run_folder
+from ddpm_lib.ddgan_train import DDGANConfig, train_ddgan
+from ddpm_lib.training import TrainConfig, train
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_keeps_its_files(tmp_path):
+    """While one run holds the folder (here: run_lock held by this process), train and train_ddgan into it
+    are refused in one line before writing anything, new or --resume. Catches: two runs interleaving
+    their metrics and checkpoints, as two train-ddgan processes into one --out-dir did."""
+    out = tmp_path / "run"
+    ddpm = TrainConfig(data="two_moons", toy_n=64, T=50, steps=2, batch_size=8, log_every=1, save_every=1,
+                       sample_every=0, out_dir=str(out), device="cpu", progress=False)
+    gan = DDGANConfig(data="two_moons", toy_n=64, steps=2, batch_size=8, log_every=1, save_every=1,
+                      sample_every=0, out_dir=str(out), device="cpu", progress=False)
+    with run_folder.run_lock(out):
+        for run in (lambda: train(ddpm), lambda: train_ddgan(gan)):
+            with pytest.raises(RuntimeError, match="another training run is writing into"):
+                run()
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    train(ddpm)                                           # the folder is free again once the holder is done
+    assert (out / "metrics.jsonl").exists()
+
+
+def test_the_lock_is_dropped_when_the_holding_process_dies(tmp_path):
+    """A run killed with SIGKILL cannot clean up, yet the next run into its folder may start: the lock is the
+    operating system's and goes with the process. Catches: a lock file whose mere existence blocks."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from ddpm_lib.run_folder import run_lock
+        with run_lock({str(out)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RuntimeError, match="another training run"):
+        with run_folder.run_lock(out):
+            pass
+    holder.kill()
+    holder.wait()
+    with run_folder.run_lock(out):
+        pass
+
+
+def test_an_out_dir_that_is_a_file_gets_a_plain_message(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="--out-dir .*afile is a file"):
+        with run_folder.run_lock(tmp_path / "afile"):
+            pass
+
+
+def test_stop_request_turns_the_first_signal_into_a_flag_and_the_second_into_an_interrupt():
+    """Inside StopRequest, SIGINT sets ``requested`` (the loop saves, then stops); a second signal raises
+    KeyboardInterrupt at once; on exit the previous handlers are back. Catches: a second signal ignored
+    (a hung save could not be interrupted), handlers left installed after training."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with run_folder.StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_metrics_kept_up_to_a_step_drop_a_line_cut_short(tmp_path):
+    """keep_metrics_up_to keeps the complete lines with step ≤ the resumed step and drops a last line that
+    a kill cut in half. Catches: parsing the cut line (JSONDecodeError on resume), keeping later steps."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n{"step": 9, "loss": 0.4}\n{"step": 12, "lo')
+    run_folder.keep_metrics_up_to(path, 6)
+    assert path.read_text() == '{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n'
