@@ -43,10 +43,10 @@ from .classifier import classifier_path, load_classifier, save_classifier, train
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights, load_sampling_model
-from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_noisy_classifier_parser,
-                            add_sampler_arguments, check_sampler_flags, describe_sampler, draw_samples,
-                            guided_model, mnist_digits, run_evaluate_guidance, run_sample,
-                            run_train_noisy_classifier)
+from .cli_noisy_classifier import add_noisy_classifier_parser, run_train_noisy_classifier
+from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_sampler_arguments,
+                            check_sampler_flags, describe_sampler, draw_samples, guided_model, mnist_digits,
+                            run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS

@@ -13,7 +13,8 @@ import ddpm_lib as dl
 from ddpm_lib.classifier import load_classifier
 from ddpm_lib.cli import main
 from ddpm_lib.export import export_ema_weights
-from ddpm_lib.guidance_eval import class_statistics, default_eval_t, mean_pairwise_distance
+from ddpm_lib.cli_noisy_classifier import default_eval_t
+from ddpm_lib.guidance_eval import class_statistics, mean_pairwise_distance
 from ddpm_lib.metrics import classifier_outputs, fid_mnist
 from ddpm_lib.noisy_classifier import NoisyClassifier, load_noisy_classifier, save_noisy_classifier
 

@@ -254,12 +254,12 @@ def test_train_noisy_classifier_command_end_to_end(tmp_path, capsys, monkeypatch
     import hashlib
     import json
 
-    from ddpm_lib import guidance_eval
+    from ddpm_lib import cli_noisy_classifier
     from ddpm_lib.cli import main
     from ddpm_lib.noisy_classifier import load_noisy_classifier
     splits = {train: tuple(a[::10] for a in dl.load_images("mnist-5k", train=train, pad_to_32=True))
               for train in (True, False)}
-    monkeypatch.setattr(guidance_eval, "load_images", lambda name, root=None, train=True, pad_to_32=False: splits[train])
+    monkeypatch.setattr(cli_noisy_classifier, "load_images", lambda name, root=None, train=True, pad_to_32=False: splits[train])
     out = tmp_path / "models" / "noisy.pt"
     args = ["train-noisy-classifier", "--data", "mnist-5k", "--out", str(out), "--steps", "3", "--batch-size", "16",
             "--preset", "tiny", "--schedule", "cosine", "--T", "10", "--eval-t", "1", "10", "--seed", "2",
