@@ -126,6 +126,8 @@ def test_q_sample(capsys):
                  "α_t (s.alpha) where ᾱ_t (s.alpha_bar) is needed")
     assert_fails(capsys, checks.check_q_sample, q_sample_with("alpha_bar", root=False), "square roots are missing")
     assert_fails(capsys, checks.check_q_sample, q_sample_with("alpha_bar", shift=1), "off by one in t")
+    minus_noise = lambda s, x0, t, eps: q_sample_with("alpha_bar")(s, x0, t, -eps)
+    assert_fails(capsys, checks.check_q_sample, minus_noise, "the sign of the noise")
 
     def clean_at_one(s, x0, t, eps):          # an unknown mistake: a wrong special case at t = 1
         return torch.where((t == 1).view(-1, 1, 1, 1), x0, q_sample_with("alpha_bar")(s, x0, t, eps))
@@ -178,6 +180,7 @@ def test_x0_from_posterior_mean(capsys):
     check = checks.check_x0_from_posterior_mean
     assert_fails(capsys, check, lambda *a: answer(*a, subtract=False), "subtract the x_t part")
     assert_fails(capsys, check, lambda *a: answer(*a, root=False), "square root is missing")
+    assert_fails(capsys, check, lambda s, m, xt, t: answer(s, m, -xt, t), "the sign of the x_t part")
 
 
 # --------------------------------------------------------------------------- notebook 04
@@ -434,6 +437,8 @@ def test_check_ancestral_step_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, coef="alpha"), "α_t where ᾱ_t")
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, z_at_one=True), "no noise at t = 1")
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, var="beta_tilde"), "β̃_t")
+    plus_eps = lambda s, xt, e, t, z: ancestral_step(s, xt, -e, t, z)
+    assert_fails(capsys, checks.check_ancestral_step, plus_eps, "subtracts the predicted noise")
     assert_fails(capsys, checks.check_ancestral_step, lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) * 1.001,
                  "differs from the library's answer")
     no_noise_at_2 = lambda s, xt, e, t, z: ancestral_step(s, xt, e, t, z) - ((t == 2).view(-1, 1, 1, 1)

@@ -42,6 +42,8 @@ def check_q_sample(fn, seed=None) -> bool:
                 _mix(lambda *z: ab(*z).sqrt(), lambda s, t, x: gather(s.beta, t, x).sqrt())),
         Mistake("the coefficients are swapped: x_0 gets √ᾱ_t and ε gets √(1 − ᾱ_t)",
                 _mix(lambda *z: (1 - ab(*z)).sqrt(), lambda *z: ab(*z).sqrt())),
+        Mistake("the sign of the noise: x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε adds it (the same law, but not the same x_t "
+                "for the given ε)", _mix(lambda *z: ab(*z).sqrt(), lambda *z: -(1 - ab(*z)).sqrt())),
     ]
     n = 20_000
 

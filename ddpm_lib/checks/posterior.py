@@ -88,6 +88,8 @@ def check_x0_from_posterior_mean(fn, seed=None) -> bool:
     mistakes = [
         Mistake("subtract the x_t part first: x_0 = (μ̃_t − c_t·x_t) / a_t",
                 lambda s, m, xt, t: _x0_from_mean(s, m, xt, t, subtract=False)),
+        Mistake("the sign of the x_t part: μ̃_t = a_t·x_0 + c_t·x_t, so x_0 = (μ̃_t − c_t·x_t) / a_t",
+                lambda s, m, xt, t: _x0_from_mean(s, m, -xt, t)),
         Mistake("off by one in t: ᾱ_{t−1} is s.alpha_bar[t - 1] (index = the paper's t), and you used ᾱ_t",
                 lambda s, m, xt, t: _x0_from_mean(s, m, xt, t, prev=0)),
         Mistake("a square root is missing: a_t = √ᾱ_{t−1}·β_t / (1 − ᾱ_t)",

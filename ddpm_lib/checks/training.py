@@ -48,10 +48,10 @@ def check_ema_update(fn, seed=None) -> bool:
                   "the gap to θ shrinks by dⁿ", tol=((1e-12, 1e-12),))
 
 
-def _step(s, xt, eps_pred, t, z, denom="alpha_bar", root=True, sigma="beta", zero_at_1=True, outer="alpha"):
+def _step(s, xt, eps_pred, t, z, denom="alpha_bar", root=True, sigma="beta", zero_at_1=True, outer="alpha", sign=-1):
     at = lambda name: gather(getattr(s, name), t, xt)
     beta, one_minus = at("beta"), 1 - at(denom)
-    mean = (xt - beta / (one_minus.sqrt() if root else one_minus) * eps_pred) / at(outer).sqrt()
+    mean = (xt + sign * beta / (one_minus.sqrt() if root else one_minus) * eps_pred) / at(outer).sqrt()
     noise = at("beta") * z if sigma == "beta_as_std" else at(sigma).sqrt() * z
     if zero_at_1:
         noise = noise * (t > 1).to(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
@@ -76,6 +76,8 @@ def check_ancestral_step(fn, seed=None) -> bool:
                 lambda *a: _step(*a, denom="alpha")),
         Mistake("the square root over 1 − ᾱ_t is missing: β_t/√(1 − ᾱ_t)", lambda *a: _step(*a, root=False)),
         Mistake("divide by √α_t (one step), not √ᾱ_t (all steps)", lambda *a: _step(*a, outer="alpha_bar")),
+        Mistake("the sign of the noise term: the mean subtracts the predicted noise, (x_t − β_t/√(1 − ᾱ_t)·ε_θ)/√α_t",
+                lambda *a: _step(*a, sign=1)),
         Mistake("σ_t is √β_t: β_t is the variance, so the noise is √β_t·z", lambda *a: _step(*a, sigma="beta_as_std")),
         Mistake("that is σ_t² = β̃_t; this exercise uses σ_t² = β_t (the paper's first choice)",
                 lambda *a: _step(*a, sigma="beta_tilde")),
