@@ -1,11 +1,12 @@
 """The course's ``data/`` folder (shipped models, their cards, training logs and measured results),
 wherever the package runs.
 
-From a clone of the course (``make lab``, an editable install) it is the clone's own ``data/``. A
-package installed without the clone (``pip install "ddpm_lib @ git+…"`` on Colab) has no ``data/``: then
-the folder is fetched once, from the course repository's archive, into a cache folder
-(``$DDPM_COURSE_CACHE``, else ``$XDG_CACHE_HOME/ddpm_course``, else ``~/.cache/ddpm_course``), and found
-there afterwards.
+From a clone of the course it is the clone's own ``data/``: the one beside the package (``make lab``, an
+editable install), or else the one of the clone that the working folder lies in (a non-editable install
+used from a clone's ``notebooks/``). A package installed without any clone (``pip install "ddpm_lib @
+git+…"`` on Colab) has no ``data/``: then the folder is fetched once, from the course repository's
+archive, into a cache folder (``$DDPM_COURSE_CACHE``, else ``$XDG_CACHE_HOME/ddpm_course``, else
+``~/.cache/ddpm_course``), and found there afterwards.
 
     dl.course_data("laptop")            # notebooks 06–09: the CPU stand-in's models and results
     dl.course_data("mnist_classifier.pt")
@@ -38,18 +39,22 @@ def cache_folder() -> Path:
 def course_data(path: str | Path = ".", fetch: bool = True) -> Path:
     """``path`` inside the course's ``data/`` folder (an absolute ``path`` is returned as it is).
 
-    The folder is the clone's own ``data/`` when the package runs from a clone, else the cached copy,
+    The folder is a clone's own ``data/`` (beside the package, or around the working folder), else the cached copy,
     fetched first when there is none and ``fetch`` is true (``RuntimeError`` naming the remedy when the
     fetch fails, ``FileNotFoundError`` when ``fetch`` is false)."""
     path = Path(path)
     if path.is_absolute():
         return path
-    if (CLONE_DATA / MARKER).is_file():
-        return CLONE_DATA / path
+    clones = [CLONE_DATA] + [folder / "data" for folder in (Path.cwd(), *Path.cwd().parents)
+                             if (folder / "ddpm_lib").is_dir()]
+    clone = next((data for data in clones if (data / MARKER).is_file()), None)
+    if clone is not None:
+        return clone / path
     cached = cache_folder() / "data"
     if not (cached / MARKER).is_file():
         if not fetch:
-            raise FileNotFoundError(f"no course data/ folder: neither {CLONE_DATA} nor {cached} holds {MARKER}")
+            raise FileNotFoundError(f"no course data/ folder: no clone around the package or the working folder, "
+                                    f"and {cached} holds no {MARKER}")
         fetch_course_data(os.environ.get("DDPM_COURSE_ARCHIVE", ARCHIVE), cached)
     return cached / path
 

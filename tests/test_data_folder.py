@@ -24,9 +24,12 @@ def make_archive(path: Path, members: dict) -> str:
 
 @pytest.fixture
 def no_clone(tmp_path, monkeypatch):
-    """The package as pip installs it without the clone: no data/ beside it, an empty cache."""
+    """The package as pip installs it without the clone: no data/ beside it, a working folder outside any
+    clone, an empty cache."""
     monkeypatch.setattr(data_folder, "CLONE_DATA", tmp_path / "site-packages" / "data")
     monkeypatch.setenv("DDPM_COURSE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     return tmp_path
 
 
@@ -36,6 +39,15 @@ def test_from_a_clone_it_is_the_clones_data_folder(no_clone, monkeypatch):
     assert dl.course_data() == REPO / "data" / "."
     assert dl.course_data(no_clone / "elsewhere") == no_clone / "elsewhere"      # absolute: as it is
     assert not (no_clone / "cache").exists()                                    # nothing fetched
+
+
+def test_a_package_installed_apart_finds_the_clone_it_is_used_from(no_clone, monkeypatch):
+    """A non-editable install used from a clone's notebooks/ folder: the clone around the working folder is
+    found (a folder holding ddpm_lib/ and data/mnist_classifier.pt), and nothing is fetched. Catches: a
+    download from the internet while the clone's own data/ sits one folder up."""
+    monkeypatch.chdir(REPO / "notebooks")
+    assert dl.course_data("laptop") == REPO / "data" / "laptop"
+    assert not (no_clone / "cache").exists()
 
 
 def test_without_a_clone_the_folder_is_fetched_once_and_only_data_is_kept(no_clone, monkeypatch):
