@@ -190,7 +190,7 @@ def ddgan_sampling(preset: str, sample_batch: int, dev: torch.device, timed) -> 
     config = PRESETS[preset]
     torch.manual_seed(0)
     G = build_generator(ddgan_spec(preset, (config["in_channels"], config["image_size"], config["image_size"])))
-    G, s, amp = G.to(dev).eval(), ddgan_schedule(4), autocast_dtype(dev)
+    G, s, amp = G.to(dev).eval(), ddgan_schedule(4).to(dev), autocast_dtype(dev)
     shape = (sample_batch, config["in_channels"], config["image_size"], config["image_size"])
 
     def draw():

@@ -25,8 +25,6 @@ Timesteps: our ε-models take the paper's t ∈ 1..T; diffusers' schedulers numb
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import nn
 
@@ -34,8 +32,13 @@ from .unet import PRESETS
 
 
 def diffusers_available() -> bool:
-    """Whether the optional diffusers package can be imported."""
-    return importlib.util.find_spec("diffusers") is not None
+    """Whether the optional diffusers package imports, with the UNet2DModel the bench compares against (an
+    install that lacks one of diffusers' own dependencies counts as not installed)."""
+    try:
+        from diffusers import UNet2DModel  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def diffusers_config(preset: str | dict) -> dict:

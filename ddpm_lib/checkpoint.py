@@ -298,18 +298,32 @@ def resume_training(path: Path, trainer, batches, config, unused: tuple = (), ra
     check_same_run(path, ckpt["config"], config, unused)
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
-    if len(ckpt["rng"]) == world:
-        state = ckpt["rng"][rank]
-        torch.set_rng_state(state["torch_cpu"])
-        trainer.noise_generator.set_state(state["noise"])
-        if "labels" in state:                           # checkpoints from before label dropout lack it
-            trainer.label_generator.set_state(state["labels"])
-        if trainer.device.type == "cuda":
-            torch.cuda.set_rng_state(state["torch_cuda"], trainer.device)
-    elif rank == 0:
-        print(f"warning: {path} was written by {len(ckpt['rng'])} processes and this run has {world}: "
-              f"t, ε and dropout draw fresh random streams from the seed")
+    if len(ckpt["rng"]) != world:
+        why = f"was written by {len(ckpt['rng'])} processes and this run has {world}"
+    elif not restore_random_streams(ckpt["rng"][rank], trainer):
+        why = "was written on another kind of device"
+    else:
+        why = None
+    if why and rank == 0:
+        print(f"warning: {path} {why}: t, ε and dropout draw fresh random streams from the seed")
     return ckpt
+
+
+def restore_random_streams(state: dict, trainer) -> bool:
+    """Set the global generators and the trainer's to a checkpoint's ``state``, so the next step repeats the
+    interrupted run's draws. False, and nothing set, when the state comes from another kind of device (a CPU
+    generator's state does not fit a CUDA one): the streams then stay as seeded."""
+    on_cuda = trainer.device.type == "cuda"
+    if state["noise"].numel() != trainer.noise_generator.get_state().numel() \
+            or on_cuda != (state.get("torch_cuda") is not None):
+        return False
+    torch.set_rng_state(state["torch_cpu"])
+    trainer.noise_generator.set_state(state["noise"])
+    if "labels" in state and hasattr(trainer, "label_generator"):   # DDGAN and older checkpoints have none
+        trainer.label_generator.set_state(state["labels"])
+    if on_cuda:
+        torch.cuda.set_rng_state(state["torch_cuda"], trainer.device)
+    return True
 
 
 # ----------------------------------------------------------------------------- stopping and resuming

@@ -35,7 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import (check_card, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
-                         read_tagged_file, resolve_checkpoint, save_checkpoint, save_with_card)
+                         read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
+                         save_with_card)
 from .data import IMAGE_SETS, EpochBatches, load_images
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
@@ -216,10 +217,9 @@ def _resume(path: Path, trainer: DDGANTrainer, batches: EpochBatches, config: DD
     check_same_run(path, ckpt["config"], config, unused=() if config.data in TOY_SETS else ("toy_n",))
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
-    torch.set_rng_state(ckpt["rng"]["torch_cpu"])
-    trainer.noise_generator.set_state(ckpt["rng"]["noise"])
-    if trainer.device.type == "cuda" and ckpt["rng"]["torch_cuda"] is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["torch_cuda"], trainer.device)
+    if not restore_random_streams(ckpt["rng"], trainer):
+        print(f"warning: {path} was written on another kind of device: the noise draws fresh random streams "
+              f"from the seed")
     return ckpt
 
 

@@ -67,6 +67,20 @@ def _labels_for(y: torch.Tensor, batch: int, num_classes: int, device, what: str
     return y.to(device).expand(batch)
 
 
+def _placed_labels(y: torch.Tensor, what: str = "classes") -> Callable:
+    """``labels(batch, num_classes, device)``: y checked and put on the device once per (batch, classes,
+    device), so that a sampler's loop does not copy (or range-check) the labels again at every step."""
+    placed = {}
+
+    def labels(batch: int, num_classes: int, device) -> torch.Tensor:
+        key = (batch, num_classes, torch.device(device))
+        if key not in placed:
+            placed[key] = _labels_for(y, batch, num_classes, device, what)
+        return placed[key]
+
+    return labels
+
+
 def _check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
@@ -87,6 +101,7 @@ def classifier_grad_fn(classifier: Callable, y, scale: float) -> CondFn:
     Gradients are enabled inside, so f works within the samplers' ``torch.no_grad``.
     """
     y, scale = _labels(y), _check_scale(scale)
+    placed = _placed_labels(y)
 
     def cond_fn(xt: torch.Tensor, t) -> torch.Tensor:
         if isinstance(classifier, nn.Module) and classifier.training:
@@ -99,7 +114,7 @@ def classifier_grad_fn(classifier: Callable, y, scale: float) -> CondFn:
             if logits.ndim != 2 or logits.shape[0] != xt.shape[0]:
                 raise ValueError(f"the classifier must return logits of shape (B, K) = ({xt.shape[0]}, K), "
                                  f"got {tuple(logits.shape)}")
-            labels = _labels_for(y, xt.shape[0], logits.shape[1], logits.device)
+            labels = placed(xt.shape[0], logits.shape[1], logits.device)
             log_prob = torch.log_softmax(logits, dim=1).gather(1, labels[:, None])      # (B, 1)
             grad, = torch.autograd.grad(log_prob.sum(), x)
         return scale * grad
@@ -163,9 +178,10 @@ def cfg_eps_model(cond_model: Callable, y, w: float, null_label: int):
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
         raise ValueError(f"the guidance weight w must be a finite number, got {w!r}")
     _labels_for(y, y.shape[0] if y.ndim else 1, null_label + 1, "cpu", "classes and the null label")
+    placed = _placed_labels(y, "classes and the null label")
 
     def eps_model(xt: torch.Tensor, t) -> torch.Tensor:
-        labels = _labels_for(y, xt.shape[0], null_label + 1, xt.device, "classes and the null label")
+        labels = placed(xt.shape[0], null_label + 1, xt.device)
         eps_cond = cond_model(xt, t, labels)
         eps_uncond = cond_model(xt, t, torch.full_like(labels, null_label))
         return (1 - w) * eps_uncond + w * eps_cond
@@ -200,7 +216,13 @@ class ConditionalUNet(UNet):
         return self.num_classes
 
     def forward(self, xt: torch.Tensor, t, y) -> torch.Tensor:
-        labels = _labels_for(_labels(y), xt.shape[0], self.num_classes + 1, xt.device,
-                             "classes and the null label")
+        if isinstance(y, int) and not isinstance(y, bool):      # one label for all, made on the device: no copy
+            if not 0 <= y <= self.num_classes:
+                raise ValueError(f"labels must lie in 0..{self.num_classes} (the {self.num_classes} classes and "
+                                 f"the null label), got {y}")
+            labels = torch.full((xt.shape[0],), y, dtype=torch.long, device=xt.device)
+        else:
+            labels = _labels_for(_labels(y), xt.shape[0], self.num_classes + 1, xt.device,
+                                 "classes and the null label")
         temb = self.embed_time(xt, t)
         return self.forward_with_embedding(xt, temb + self.class_emb(labels).to(temb.dtype))   # the only change

@@ -327,3 +327,12 @@ def test_saved_activation_bytes_counts_what_autograd_keeps_for_the_backward():
         two, four, six = (saved_activation_bytes(lambda: net(torch.zeros(b, 1, 32, 32), torch.ones(b, dtype=torch.long))
                                                  .sum()) for b in (2, 4, 6))
     assert six - four == four - two > 0 and two > 0                  # affine in the batch, growing with it
+
+
+def test_a_diffusers_that_does_not_import_counts_as_not_installed(monkeypatch):
+    """diffusers present but unimportable (a wheel installed without its own dependencies): the bench must say
+    "not installed" for its rows rather than die in the middle. Catches: a check that only finds the package."""
+    import sys
+    monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers now raises ImportError
+    assert diffusers_available() is False
+

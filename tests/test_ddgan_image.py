@@ -419,6 +419,19 @@ def test_nan_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in ckpt["generator"].values())
 
 
+def test_resuming_a_gpu_checkpoint_on_the_cpu_restarts_the_noise_stream_and_says_so(tmp_path, capsys):
+    """Random streams drawn on a GPU (16-byte CUDA generator states) resumed on the CPU: a warning, the noise from
+    the seed, and training goes on. Catches: "RNG state is wrong size" when a run moves between devices."""
+    train_ddgan(toy_config(tmp_path, steps=4))
+    path = list_checkpoints(tmp_path / "run")[-1]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"]["noise"] = ckpt["rng"]["torch_cuda"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert train_ddgan(toy_config(tmp_path, steps=6, resume=True)).step == 6
+    assert "was written on another kind of device" in capsys.readouterr().out
+
+
 def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
     """Catches: a new run silently mixing with old checkpoints, resuming with another T or seed."""
     with pytest.raises(FileNotFoundError, match="--resume"):

@@ -134,7 +134,9 @@ def test_cuda_graph_sampling_equals_eager_on_the_gpu():
                      lambda net, g: sample_ddpm(net, s, shape, generator=g)):
             eager = draw(model, torch.Generator(dev).manual_seed(7))
             graphed = draw(eps, torch.Generator(dev).manual_seed(7))
-            torch.testing.assert_close(graphed, eager, atol=1e-3, rtol=1e-3)
+            # An untrained network's samples grow to about 10³ over the chain, and compiled kernels add in another
+            # order: compare to the samples' own scale (a wrong replay is off by O(1) of it).
+            assert (graphed - eager).abs().max() <= 1e-5 * eager.abs().max()
         bf16 = compiled_eps_model(model, shape, dev, cuda_graphs=True, amp_dtype=torch.bfloat16)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             reference = model(x1, t).float()

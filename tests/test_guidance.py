@@ -451,6 +451,40 @@ def test_conditional_unet_is_the_unet_plus_a_class_embedding():
         model(x, t, torch.tensor([0, 1, 2, 4]))
 
 
+def test_one_int_label_is_every_samples_label_and_is_checked():
+    """model(x, t, 2) equals model(x, t, [2, 2, 2, 2]) (the int is made into labels on x's device, with no copy
+    from the host), and an int outside 0..num_classes is refused. Catches: an int label broadcast wrongly or
+    let through unchecked into the embedding table."""
+    torch.manual_seed(0)
+    model = small_conditional_unet().double().eval()
+    x, t = randn(4, 1, 8, 8, seed=61), torch.tensor([1, 50, 200, 999])
+    torch.testing.assert_close(model(x, t, 2), model(x, t, torch.full((4,), 2)), rtol=0, atol=0)
+    torch.testing.assert_close(model(x, t, model.null_label), model(x, t, torch.full((4,), 3)), rtol=0, atol=0)
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=r"0\.\.3"):
+            model(x, t, bad)
+
+
+def test_guidance_places_its_labels_once_per_batch_shape(monkeypatch):
+    """A sampler calls cond_fn and the CFG ε-model once per step: the labels are checked and moved to the
+    device on the first call for a batch size, then reused (on a GPU each move would be a copy from the host
+    every step). Catches: the labels placed anew at every step."""
+    from ddpm_lib import guidance
+    calls, real = [], guidance._labels_for
+    monkeypatch.setattr(guidance, "_labels_for", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    clf, x, t = LinearClassifier().eval(), randn(4, 2, seed=42), torch.tensor([1, 2, 3, 4])
+    cond_fn = classifier_grad_fn(clf, torch.tensor([0, 1, 2, 0]), 1.0)
+    first = cond_fn(x, t)
+    torch.testing.assert_close(cond_fn(x, t), first)
+    assert calls == [4]
+    eps = cfg_eps_model(toy_cond_model, 1, 2.0, null_label=3)
+    calls.clear()
+    for _ in range(3):
+        eps(x, t)
+    eps(x[:2], t[:2])
+    assert calls == [4, 2]
+
+
 def test_class_embedding_starts_small_beside_the_time_embedding():
     """At initialisation every class row (the null one too) is at most a third of the smallest time-embedding
     norm over t = 1..T, for the tiny and mnist presets. Catches: nn.Embedding's default N(0, 1) rows (norm

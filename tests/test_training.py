@@ -344,6 +344,23 @@ def test_resuming_with_another_number_of_processes_restarts_the_random_streams_a
     assert all(torch.equal(p, ckpt["model"][k]) for k, p in trainer.model.state_dict().items())
 
 
+def test_resuming_on_another_kind_of_device_restarts_the_random_streams_and_says_so(tmp_path, capsys):
+    """A checkpoint whose random streams were drawn on a GPU (a CUDA generator's 16-byte state, a CUDA global
+    state) resumed on the CPU: θ and the step load, the streams restart from the seed, with a warning; the
+    run then trains on. Catches: "RNG state is wrong size" ending a resume that moves between a GPU and a CPU,
+    which the README allows."""
+    train(toy_config(tmp_path, steps=4))
+    path = list_checkpoints(tmp_path / "run")[-1]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"][0]["noise"] = torch.zeros(16, dtype=torch.uint8)                 # as torch.Generator("cuda") keeps
+    ckpt["rng"][0]["torch_cuda"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    resumed = train(toy_config(tmp_path, steps=6, resume=True))
+    assert "was written on another kind of device: t, ε and dropout draw fresh random streams" in capsys.readouterr().out
+    assert resumed.step == 6
+
+
 def test_config_rejects_unknown_names_and_bad_numbers():
     with pytest.raises(ValueError, match="unknown data set"):
         TrainConfig(data="imagenet")
