@@ -73,8 +73,12 @@ def fetch_course_data(url: str, dest: Path) -> Path:
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as err:
-            raise RuntimeError(f"could not download {url} ({err}): clone {COURSE_REPOSITORY} and run the notebooks "
-                               "from its notebooks/ folder, or set DDPM_COURSE_ARCHIVE to a copy of the archive") from None
+            raise RuntimeError(f"could not download {url} ({err}): clone {COURSE_REPOSITORY} and run the "
+                               "notebooks from its notebooks/ folder, or set DDPM_COURSE_ARCHIVE to a copy of the "
+                               "archive") from None
+        if not zipfile.is_zipfile(archive):
+            raise RuntimeError(f"{url} did not send a zip archive (a login or error page?): set DDPM_COURSE_ARCHIVE "
+                               "to the course repository's archive")
         staged = Path(tmp) / "data"
         with zipfile.ZipFile(archive) as zf:
             for member in zf.infolist():

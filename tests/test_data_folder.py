@@ -77,6 +77,11 @@ def test_a_failed_download_says_what_to_do_and_leaves_nothing(no_clone, monkeypa
     assert list((no_clone / "cache").iterdir()) == []
     with pytest.raises(FileNotFoundError, match="no course data/ folder"):
         dl.course_data("laptop", fetch=False)
+    (no_clone / "page.html").write_text("<html>rate limited</html>")
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", (no_clone / "page.html").as_uri())
+    with pytest.raises(RuntimeError, match="did not send a zip archive"):
+        dl.course_data("laptop")
+    assert list((no_clone / "cache").iterdir()) == []
 
 
 def test_an_archive_that_is_not_the_course_is_refused(no_clone, monkeypatch):
