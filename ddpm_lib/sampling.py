@@ -62,7 +62,6 @@ def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: t
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@torch.no_grad()
 def initial_latent(shape, generator: torch.Generator | None, device, dtype: torch.dtype,
                    x_T: torch.Tensor | None) -> torch.Tensor:
     """x_T of ``shape``: ``x_T`` itself when given (moved to ``device`` and ``dtype``), else a draw from N(0, I).
@@ -76,6 +75,7 @@ def initial_latent(shape, generator: torch.Generator | None, device, dtype: torc
     return x_T.to(device=device, dtype=dtype)
 
 
+@torch.no_grad()
 def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Generator | None = None,
                 var: str = "beta_tilde", device=None, dtype: torch.dtype = torch.float32,
                 x_T: torch.Tensor | None = None, callback: Callable | None = None,

@@ -4,10 +4,16 @@ import time
 
 import pytest
 import torch
+from test_training import toy_config
 
+import ddpm_lib as dl
 from ddpm_lib import checkpoint
-from ddpm_lib.checkpoint import (build_model, latest_checkpoint, list_checkpoints, load_checkpoint, load_ema_model,
-                                 load_model_state, save_checkpoint)
+from ddpm_lib import training as train_module
+from ddpm_lib.checkpoint import (build_model, check_card, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                 load_ema_model, load_model_state, prepare_output, resume_training, save_checkpoint,
+                                 save_with_card)
+from ddpm_lib.data import EpochBatches
+from ddpm_lib.training import Trainer, train
 from ddpm_lib.unet import UNet
 
 SMALL = dict(image_size=16, in_channels=1, base_width=8, width_mult=(1, 2), blocks_per_level=1, attn_res=(),
@@ -192,3 +198,35 @@ def test_recorded_path_is_relative_below_the_working_directory_and_a_bare_name_e
     assert checkpoint.recorded_path("data/model.pt") == "data/model.pt"
     monkeypatch.chdir(tmp_path / "data")
     assert checkpoint.recorded_path(tmp_path / "elsewhere" / "other.pt") == "other.pt"
+
+
+def test_an_out_two_folders_under_a_file_is_refused_in_one_line(tmp_path):
+    """K2: the first existing ancestor is a file, not only the direct parent."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile is a file, not a folder"):
+        prepare_output(tmp_path / "afile" / "sub" / "s.pt", (".pt",))
+
+
+def test_cards_without_a_file_or_not_an_object(tmp_path):
+    """K3: a card whose weights file is missing is no check (the loader names the missing file);
+    K7: a card that is JSON but not an object is damaged, not an AttributeError."""
+    path = tmp_path / "w.pt"
+    save_with_card({"x": torch.zeros(2)}, path, {"step": 1})
+    path.unlink()
+    assert check_card(path) is None
+    save_with_card({"x": torch.zeros(2)}, path, {"step": 1})
+    path.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="the card holds none"):
+        check_card(path)
+
+
+def test_only_rank_0_warns_about_the_random_streams(tmp_path, capsys):
+    """K25: every rank resumes, one warns."""
+    train(toy_config(tmp_path, steps=4))
+    path = list_checkpoints(tmp_path / "run")[-1]
+    config = toy_config(tmp_path, steps=8, resume=True)
+    trainer = Trainer(dl.ToyEpsModel(), config, torch.device("cpu"))
+    capsys.readouterr()
+    resume_training(path, trainer, EpochBatches(config.toy_n, config.batch_size, config.seed, 1, 2), config,
+                    train_module.unused_settings(config), rank=1, world=2)
+    assert "warning" not in capsys.readouterr().out

@@ -530,3 +530,78 @@ def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistake
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).sum() + sp(f).sum(), sp(-f).mean()), "not sums")
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(-f).mean(), sp(-f).mean()),
                  "both signs are flipped")
+
+
+def test_float32_answer_off_by_a_wrong_term_is_not_rounding(capsys):
+    """G5: a float32 answer 3 % off is a wrong formula, not float32 rounding."""
+    ok, out = verdict(capsys, checks.check_ema_update, lambda e, th, d: (ema_update(e, th, d) * 1.03).float())
+    assert not ok and "float64" not in out, out
+
+
+def test_rounding_sized_error_in_one_row_only_is_a_wrong_term(capsys):
+    """G7: a float64 answer off by 1e-4 (relative) only at t = 1 is not rounding."""
+    def off_at_one(s, x0, t, eps):
+        x = q_sample_with("alpha_bar")(s, x0, t, eps)
+        return x * (1 + 1e-4 * (t == 1).to(x.dtype).view(-1, 1, 1, 1))
+    ok, out = verdict(capsys, checks.check_q_sample, off_at_one)
+    assert not ok and "float64" not in out and "differs from the library's answer" in out, out
+
+
+def test_a_nan_answer_is_called_so(capsys):
+    """G14 (float64) and G10 (float32): NaN only at t = 1 is reported as inf or NaN."""
+    def nan_at_one(s, x0, t, eps):
+        x = q_sample_with("alpha_bar")(s, x0, t, eps)
+        return torch.where((t == 1).view(-1, 1, 1, 1), torch.nan, x)
+    assert_fails(capsys, checks.check_q_sample, nan_at_one, "gives inf or NaN only at t = 1")
+    assert_fails(capsys, checks.check_q_sample, lambda *a: nan_at_one(*a).float(), "gives inf or NaN only at t = 1")
+
+
+def test_a_full_shape_output_of_the_wrong_shape_offers_no_broadcast(capsys):
+    """G15: only broadcast outputs are offered a shorter shape."""
+    ok, out = verdict(capsys, checks.check_q_sample, lambda *a: q_sample_with("alpha_bar")(*a).flatten(1))
+    assert not ok and "has shape" in out and "broadcasts" not in out, out
+
+
+def test_every_bound_batch_holds_the_step_after_the_first(capsys):
+    """G20: with low = 2 every batch holds t = 3 too."""
+    g = torch.Generator().manual_seed(0)
+    s = dl.make_schedule("linear", 1000)
+    for _ in range(5):
+        t = checks.grading._timesteps(g, s, 7, low=2)
+        assert t[0] == 2 and (t == 3).any() and (t == 1000).any(), t
+
+
+def test_denoising_wrong_only_at_t_3_fails_every_seed(capsys):
+    """G20 behaviourally: the bound's batches start at t = 2, so t = 3 is the step after the first."""
+    wrong_at_3 = lambda s, x0, xt, e, t: denoising()(s, x0, xt, e, t) * (1 + 0.1 * (t == 3).to(x0.dtype))
+    for seed in range(6):
+        ok, out = verdict(capsys, checks.check_denoising_term, wrong_at_3, seed)
+        assert not ok, out
+
+
+
+def test_a_bound_written_as_log_of_the_gap_raises_value_error_and_is_told_t0(capsys):
+    """C3: log(|v_0 − 1| / 0.01) at v_0 = 1 is log(0), a ValueError (not ZeroDivisionError)."""
+    flipped = lambda beta, var0: math.ceil(math.log(abs(var0 - 1) / 0.01) / -math.log(1 - beta))
+    assert_fails(capsys, checks.check_steps_to_unit_variance, flipped, "raises ValueError", "t* = 0")
+
+
+def test_an_answer_that_refuses_a_negative_bound_is_told_t0(capsys):
+    """C2: guarded for v_0 == 1 only, raising on the negative bound at v_0 = 1.005."""
+    def refuses(beta, var0):
+        if var0 == 1:
+            return 0
+        t = unit_variance_steps(beta, var0)
+        if t < 0:
+            raise ValueError("negative number of steps")
+        return t
+    assert_fails(capsys, checks.check_steps_to_unit_variance, refuses, "raises ValueError", "v_0 = 1.005")
+
+
+def test_starts_near_1_are_checked_on_both_sides(capsys):
+    """C6b/C6c: a guard for starts just above 1 only, or just below 1 only, fails."""
+    above = lambda b, v: 0 if 1 <= v <= 1.01 else unit_variance_steps(b, v)
+    below = lambda b, v: 0 if 0.99 <= v <= 1 else unit_variance_steps(b, v)
+    for answer in (above, below):
+        ok, out = verdict(capsys, checks.check_steps_to_unit_variance, answer)
+        assert not ok, out

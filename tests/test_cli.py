@@ -18,6 +18,9 @@ from PIL import Image
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
 from ddpm_lib import cli, guidance_eval
 from ddpm_lib.cli import main
+import ddpm_lib as dl
+from ddpm_lib import cli_noisy_classifier, trilemma
+from ddpm_lib.ddgan_train import DDGANConfig, train_ddgan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -340,3 +343,62 @@ def test_outputs_in_any_case_and_under_a_file(tmp_path, capsys):
     command = json.loads(out.with_suffix(".json").read_text())["command"]
     assert shlex.split(command)[-2:] == ["--out", str(out)]
 
+
+def test_ddim_steps_equal_to_T_pass_the_check(tmp_path, capsys, monkeypatch):
+    """TR1: --ddim-steps T is in 1..T."""
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=1, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(tmp_path / "ddpm"), progress=False, device="cpu"))
+    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "1", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    def reached(*a, **k):
+        raise RuntimeError("rows reached")
+    monkeypatch.setattr(trilemma, "trilemma_rows", reached)
+    capsys.readouterr()
+    assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--ddim-steps",
+                 "1", "6", "--n", "4", "--device", "cpu", "--out", str(tmp_path / "t.json")]) == 1
+    assert "rows reached" in capsys.readouterr().err
+
+
+def test_noisy_classifier_batch_of_every_digit_and_lr_zero(tmp_path, capsys, monkeypatch):
+    """NC1: --batch-size equal to the training digits is allowed; NC3: --lr 0 is refused before any work."""
+    splits = {train: tuple(a[::100] for a in dl.load_images("mnist-5k", train=train, pad_to_32=True))
+              for train in (True, False)}
+    monkeypatch.setattr(cli_noisy_classifier, "load_images", lambda name, root=None, train=True, pad_to_32=False: splits[train])
+    n = len(splits[True][0])
+    base = ["train-noisy-classifier", "--out", str(tmp_path / "n.pt"), "--steps", "1", "--preset", "tiny",
+            "--schedule", "cosine", "--T", "10", "--device", "cpu"]
+    assert main(base + ["--batch-size", str(n)]) == 0
+    capsys.readouterr()
+    assert main(base + ["--batch-size", "4", "--lr", "0"]) == 1
+    assert "--lr > 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_ddgan_prints_no_second_line(monkeypatch, capsys):
+    """CLI1: the DDGAN trainer saves and says so itself; the CLI adds nothing."""
+    monkeypatch.setattr(cli, "run_ddgan_command", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["train-ddgan", "--data", "two_moons", "--out-dir", "x", "--device", "cpu"]) == 130
+    assert "interrupted" not in capsys.readouterr().err
+
+
+def test_threads_below_one_is_refused(tmp_path, capsys):
+    """CLI6."""
+    assert main(["train-classifier", "--threads", "0", "--out", str(tmp_path / "c.pt")]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_export_records_the_given_training_command(tmp_path):
+    """CLI5: --training-command wins over the export's own command line."""
+    assert main(["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
+    out = tmp_path / "toy.pt"
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
+                 "--training-command", "python -m ddpm_lib train --data two_moons"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["command"] == "python -m ddpm_lib train --data two_moons"
+
+
+def test_ddgan_last_partial_interval_says_how_many_steps(tmp_path):
+    """ST2: steps = 5, log_every = 2: the last line averages 1 step."""
+    train_ddgan(DDGANConfig(data="two_moons", toy_n=64, preset="tiny", steps=5, batch_size=8, log_every=2,
+                            save_every=5, sample_every=0, out_dir=str(tmp_path / "g"), device="cpu", progress=False))
+    records = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["steps_averaged"]) for r in records] == [(2, 2), (4, 2), (5, 1)]

@@ -3,6 +3,7 @@
 The fetch is tested on a local zip archive laid out as GitHub's (``<repo>-main/data/…``), opened through a
 ``file://`` URL: the real download is the same ``urllib`` call on an https URL.
 """
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -95,3 +96,58 @@ def test_an_archive_that_is_not_the_course_is_refused(no_clone, monkeypatch):
     with pytest.raises(RuntimeError, match="refusing the archive member"):
         dl.course_data("laptop")
     assert not (no_clone / "evil").exists() and list((no_clone / "cache").iterdir()) == []
+
+
+def test_cache_folder_follows_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("DDPM_COURSE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_folder.cache_folder() == tmp_path / "xdg" / "ddpm_course"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_folder.cache_folder() == tmp_path / "home" / ".cache" / "ddpm_course"
+
+
+def test_only_a_clone_with_the_package_and_the_marker_counts(no_clone, monkeypatch):
+    """DF5/DF6: a data/ with the marker but no ddpm_lib/ beside it, or a clone whose data/ lacks the marker."""
+    (no_clone / "data").mkdir()
+    (no_clone / "data" / "mnist_classifier.pt").write_bytes(b"x")     # around work/, but no ddpm_lib/
+    (no_clone / "work" / "ddpm_lib").mkdir()
+    (no_clone / "work" / "data").mkdir()                               # a clone-like folder without the marker
+    with pytest.raises(FileNotFoundError, match="no course data/ folder"):
+        dl.course_data("laptop", fetch=False)
+
+
+def github_archive(path):
+    shipped = DEFAULT_CLASSIFIER.read_bytes()
+    return make_archive(path, {
+        "ddpm-course-main/": b"", "ddpm-course-main/data/": b"", "ddpm-course-main/data/laptop/": b"",
+        "ddpm-course-main/data/laptop/results/": b"",
+        "ddpm-course-main/data/mnist_classifier.pt": shipped,
+        "ddpm-course-main/data/laptop/results/eval.json": "{}",
+        "ddpm-course-main/tests/data/fixture.bin": b"not course data",
+    })
+
+
+def test_a_github_archive_with_folder_entries_and_other_data_folders(no_clone, monkeypatch):
+    """DF16: GitHub's archives list folders as members; DF10: only the top data/ is kept."""
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", github_archive(no_clone / "c.zip"))
+    got = dl.course_data("laptop")
+    assert (got / "results" / "eval.json").read_text() == "{}"
+    assert sorted(p.name for p in got.parent.iterdir()) == ["laptop", "mnist_classifier.pt"]
+
+
+def test_a_folder_fetched_meanwhile_is_kept(no_clone):
+    """DF12: another process renamed its copy into place first: the fetch keeps it and leaves no temporary."""
+    dest = no_clone / "cache" / "data"
+    dest.mkdir(parents=True)
+    (dest / "mnist_classifier.pt").write_bytes(b"theirs")
+    assert data_folder.fetch_course_data(github_archive(no_clone / "c.zip"), dest) == dest
+    assert (dest / "mnist_classifier.pt").read_bytes() == b"theirs"
+    assert [p.name for p in (no_clone / "cache").iterdir()] == ["data"]
+
+
+def test_the_fetch_stages_beside_its_destination(no_clone, monkeypatch):
+    """DF15: staged in dest's folder (a rename across file systems fails), not the system temp folder."""
+    monkeypatch.setattr(tempfile, "tempdir", str(no_clone / "no-such-tmp"))
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", github_archive(no_clone / "c.zip"))
+    assert (dl.course_data("laptop") / "results" / "eval.json").is_file()

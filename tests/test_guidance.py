@@ -13,7 +13,7 @@ from helpers import hand_schedule
 from torch import nn
 
 import ddpm_lib as dl
-from ddpm_lib import ddim
+from ddpm_lib import ddim, guidance
 from ddpm_lib.guidance import (ConditionalUNet, cfg_eps_model, classifier_grad_fn, drop_labels,
                                exact_mixture_grad_fn)
 
@@ -514,3 +514,27 @@ def test_drop_labels_drops_about_p_and_only_to_the_null_label():
     assert (drop_labels(y, 1.0, 10) == 10).all()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         drop_labels(y, 1.5, 10)
+
+
+def test_placed_labels_are_kept_per_device_and_per_class_count():
+    """GU2: a second device gets its own copy; GU3: the range check is redone for another class count."""
+    labels = guidance._placed_labels(torch.tensor(5))
+    assert labels(4, 10, "cpu").device.type == "cpu"
+    assert labels(4, 10, "meta").device.type == "meta"
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        labels(4, 3, "cpu")
+
+
+def test_a_bool_label_is_refused():
+    """GU7: True is not label 1."""
+    model = small_conditional_unet().double().eval()
+    x, t = randn(2, 1, 8, 8, seed=61), torch.tensor([1, 50])
+    with pytest.raises(ValueError, match="integer class label"):
+        model(x, t, True)
+
+
+def test_an_int_label_is_made_on_the_models_device():
+    """GU9: on the meta device (shapes only) the int label must be made where x lives."""
+    model = small_conditional_unet().to("meta").eval()
+    x, t = torch.empty(2, 1, 8, 8, device="meta"), torch.tensor([1, 50], device="meta")
+    assert model(x, t, 2).device.type == "meta"

@@ -78,3 +78,10 @@ def test_metrics_kept_up_to_a_step_drop_a_line_cut_short(tmp_path):
     path.write_text('{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n{"step": 9, "loss": 0.4}\n{"step": 12, "lo')
     run_folder.keep_metrics_up_to(path, 6)
     assert path.read_text() == '{"step": 3, "loss": 1.0}\n{"step": 6, "loss": 0.5}\n'
+
+
+def test_run_lock_creates_nested_out_dirs(tmp_path):
+    """R11: --out-dir runs/mnist/a (parents missing) is created, as before the lock existed."""
+    with run_folder.run_lock(tmp_path / "runs" / "mnist" / "a"):
+        pass
+    assert (tmp_path / "runs" / "mnist" / "a").is_dir()

@@ -231,3 +231,29 @@ def test_a_given_x_T_keeps_its_device_when_no_generator_is_passed():
     for draw in (lambda: dl.sample_ddpm(lambda x, t: torch.zeros_like(x), s, (3, 2), x_T=x_T),
                  lambda: dl.sample_ddim(lambda x, t: torch.zeros_like(x), s, (3, 2), steps=5, x_T=x_T)):
         assert draw().device.type == "meta"
+
+
+def test_sample_ddpm_builds_no_autograd_graph():
+    """sample_ddpm runs under no_grad (as sample_ddim does): a network with parameters gives a plain tensor."""
+    s = dl.make_schedule("linear", 50)
+    m = dl.ToyEpsModel()
+    for draw in (lambda: dl.sample_ddpm(m, s, (4, 2), generator=torch.Generator().manual_seed(0)),
+                 lambda: dl.sample_ddim(m, s, (4, 2), steps=5, generator=torch.Generator().manual_seed(0))):
+        x = draw()
+        assert not x.requires_grad and x.grad_fn is None
+
+
+def test_sample_ddim_builds_no_autograd_graph():
+    s = dl.make_schedule("linear", 50)
+    x = dl.sample_ddim(dl.ToyEpsModel(), s, (4, 2), steps=5, generator=torch.Generator().manual_seed(0))
+    assert not x.requires_grad
+
+
+def test_a_given_x_T_takes_the_asked_dtype():
+    """SA4/SA5: x_T in float64 with dtype float32 (the default) is cast, and the caller's x_T is not the result."""
+    s = dl.make_schedule("linear", 50)
+    zero = lambda x, t: torch.zeros_like(x)
+    for draw in (lambda x_T: dl.sample_ddpm(zero, s, (3, 2), x_T=x_T),
+                 lambda x_T: dl.sample_ddim(zero, s, (3, 2), steps=5, x_T=x_T)):
+        x_T = torch.randn(3, 2, dtype=torch.float64)
+        assert draw(x_T).dtype == torch.float32
