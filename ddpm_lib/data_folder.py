@@ -93,7 +93,9 @@ def fetch_course_data(url: str, dest: Path) -> Path:
                     shutil.copyfileobj(src, out)
         if not (staged / MARKER).is_file():
             raise RuntimeError(f"{url} is not the course's archive: it has no data/{MARKER}")
-        if dest.exists():                        # another process fetched it meanwhile: keep that copy
+        if (dest / MARKER).is_file():            # another process fetched it meanwhile: keep that copy
             return dest
+        if dest.exists():                        # a cache folder left incomplete (not by a fetch): replace it
+            shutil.rmtree(dest)
         staged.rename(dest)
     return dest

@@ -151,3 +151,14 @@ def test_the_fetch_stages_beside_its_destination(no_clone, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(no_clone / "no-such-tmp"))
     monkeypatch.setenv("DDPM_COURSE_ARCHIVE", github_archive(no_clone / "c.zip"))
     assert (dl.course_data("laptop") / "results" / "eval.json").is_file()
+
+
+def test_an_incomplete_cache_folder_is_replaced_by_the_fetch(no_clone, monkeypatch):
+    """A cache data/ folder without the marker (copied in by hand, half deleted) is fetched over, once. Catches:
+    a fetch at every call that then keeps the incomplete folder, whose files the notebooks then lack."""
+    url = make_archive(no_clone / "course.zip", {"c-main/data/mnist_classifier.pt": b"x", "c-main/data/laptop/a": b"1"})
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", url)
+    (no_clone / "cache" / "data" / "stale").mkdir(parents=True)
+    assert (dl.course_data("laptop") / "a").read_bytes() == b"1"
+    assert sorted(p.name for p in (no_clone / "cache" / "data").iterdir()) == ["laptop", "mnist_classifier.pt"]
+
