@@ -172,7 +172,7 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
     """
     eta = _check_eta(eta)
     timesteps = step_grid(s.T, steps, grid)
-    x = initial_latent(shape, generator, device, dtype, x_T)
+    x = initial_latent(shape, generator, device, dtype, x_T, eps_model)
     for i, t in enumerate(tqdm(timesteps, desc="DDIM sampling", disable=not progress, leave=False)):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

@@ -63,11 +63,15 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def initial_latent(shape, generator: torch.Generator | None, device, dtype: torch.dtype,
-                   x_T: torch.Tensor | None) -> torch.Tensor:
+                   x_T: torch.Tensor | None, eps_model=None) -> torch.Tensor:
     """x_T of ``shape``: ``x_T`` itself when given (moved to ``device`` and ``dtype``), else a draw from N(0, I).
-    The device defaults to the generator's (each step draws its noise there), else x_T's, else the CPU."""
+    The device defaults to the generator's (each step draws its noise there), else that of ``eps_model``'s
+    parameters (an ``nn.Module`` loaded onto a GPU samples there), else x_T's, else the CPU."""
     if device is None:
-        device = generator.device if generator is not None else (x_T.device if x_T is not None else "cpu")
+        params = eps_model.parameters() if isinstance(eps_model, torch.nn.Module) else iter(())
+        model_device = next((p.device for p in params), None)
+        device = generator.device if generator is not None else model_device if model_device is not None \
+            else x_T.device if x_T is not None else "cpu"
     if x_T is None:
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     if tuple(x_T.shape) != tuple(shape):
@@ -92,7 +96,7 @@ def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Genera
     """
     if var not in VARIANCES:
         raise ValueError(f"unknown reverse variance {var!r}: choose one of {', '.join(VARIANCES)}")
-    x = initial_latent(shape, generator, device, dtype, x_T)
+    x = initial_latent(shape, generator, device, dtype, x_T, eps_model)
     steps = range(s.T, 0, -1)
     for t in tqdm(steps, desc="DDPM sampling", disable=not progress, leave=False):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

@@ -257,3 +257,15 @@ def test_a_given_x_T_takes_the_asked_dtype():
                  lambda x_T: dl.sample_ddim(zero, s, (3, 2), steps=5, x_T=x_T)):
         x_T = torch.randn(3, 2, dtype=torch.float64)
         assert draw(x_T).dtype == torch.float32
+
+
+def test_a_model_on_a_device_samples_there_without_a_generator():
+    """A network loaded onto another device (here the meta device) and no generator: x_T is drawn, or a given
+    CPU x_T moved, where the network's parameters are. Catches: x_T drawn on the CPU and fed to a GPU model
+    ("Expected all tensors to be on the same device"), as a notebook that loads its model with device=device did."""
+    s = dl.make_schedule("linear", 50)
+    model = dl.ToyEpsModel().to("meta")
+    for x_T in (None, torch.randn(3, 2)):
+        assert dl.sample_ddpm(model, s, (3, 2), x_T=x_T).device.type == "meta"
+        assert dl.sample_ddim(model, s, (3, 2), steps=5, x_T=x_T).device.type == "meta"
+
