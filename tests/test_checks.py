@@ -605,3 +605,17 @@ def test_starts_near_1_are_checked_on_both_sides(capsys):
     for answer in (above, below):
         ok, out = verdict(capsys, checks.check_steps_to_unit_variance, answer)
         assert not ok, out
+
+
+def test_steps_to_unit_variance_is_tried_on_the_pairs_its_verdict_claims(capsys):
+    """The verdict says "10 (β, v_0) pairs … starts near 1 included": the answer is called on at least 10 distinct
+    pairs, among them v_0 = 1, 1.005 and 0.995. Catches: a shorter case list behind the same message."""
+    seen = set()
+    right = within_tolerance_at_start(unit_variance_steps)
+
+    def recording(beta, var0):
+        seen.add((beta, var0))
+        return right(beta, var0)
+    ok, out = verdict(capsys, checks.check_steps_to_unit_variance, recording, seed=0)    # one call of the check
+    assert ok, out
+    assert len(seen) >= 10 and {1.0, 1.005, 0.995} <= {v for _, v in seen}
