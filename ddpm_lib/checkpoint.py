@@ -326,8 +326,6 @@ def restore_random_streams(state: dict, trainer) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------- stopping and resuming
-
 def model_spec(example_shape: tuple, preset: str, num_classes: int = 0) -> dict:
     """The architecture for examples of ``example_shape``: the toy MLP for points (D,), else the U-Net
     ``preset`` fitted to images (C, H, W); with ``num_classes`` K > 0 the class-conditional U-Net of

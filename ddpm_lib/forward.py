@@ -18,6 +18,14 @@ def q_step(s: Schedule, x_prev: torch.Tensor, t, eps: torch.Tensor) -> torch.Ten
     return torch.sqrt(1.0 - beta_t) * x_prev + torch.sqrt(beta_t) * eps
 
 
+def signal_noise_scales(s: Schedule, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """√ᾱ_t and √(1 − ᾱ_t), the two scales of eq. 4, shaped (B, 1, ..., 1) like ``gather``'s in like's dtype and
+    device. Formed in float64 and cast once: 1 − ᾱ_t taken from a float32 ᾱ_t ≈ 0.9999 keeps four digits."""
+    like64 = torch.empty((1,) * like.ndim, dtype=torch.float64, device=like.device)
+    alpha_bar_t = gather(s.alpha_bar, t, like64)
+    return torch.sqrt(alpha_bar_t).to(like.dtype), torch.sqrt(1.0 - alpha_bar_t).to(like.dtype)
+
+
 def q_sample(s: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """Closed form x_t ~ q(x_t | x_0) = N(√ᾱ_t·x_0, (1 − ᾱ_t)·I)   (eq. 4).
 
@@ -25,10 +33,7 @@ def q_sample(s: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tenso
     """
     check_same_shape(x0=x0, eps=eps)
     check_t(s, t, batch=x0.shape[0])
-    # The coefficients are taken in float64 and then cast: 1 − ᾱ_t formed in float32 keeps few digits
-    # near t = 1, where ᾱ_t ≈ 1 (at t = 1 √(1 − ᾱ_1) would be off by about 1e-4 relative).
-    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, x0)
-    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, x0)
+    sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t = signal_noise_scales(s, t, x0)
     return sqrt_alpha_bar_t * x0 + sqrt_one_minus_alpha_bar_t * eps
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .forward import signal_noise_scales
 from .indexing import check_same_shape, check_t, gather
 from .schedules import Schedule
 
@@ -37,8 +38,7 @@ def predict_x0_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> 
     xt, eps: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
-    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
-    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, xt)
+    sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t = signal_noise_scales(s, t, xt)
     return (xt - sqrt_one_minus_alpha_bar_t * eps) / sqrt_alpha_bar_t
 
 
@@ -47,8 +47,7 @@ def predict_eps_from_x0(s: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> t
     xt, x0: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, x0=x0)
     check_t(s, t, batch=xt.shape[0])
-    sqrt_alpha_bar_t = gather(torch.sqrt(s.alpha_bar), t, xt)          # coefficients in float64, then cast
-    sqrt_one_minus_alpha_bar_t = gather(torch.sqrt(1.0 - s.alpha_bar), t, xt)
+    sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t = signal_noise_scales(s, t, xt)
     return (xt - sqrt_alpha_bar_t * x0) / sqrt_one_minus_alpha_bar_t
 
 
@@ -57,6 +56,6 @@ def mu_from_eps(s: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Te
     xt, eps: (B, ...); t: int or long tensor (B,) in 1..T; returns xt's shape."""
     check_same_shape(xt=xt, eps=eps)
     check_t(s, t, batch=xt.shape[0])
-    eps_coef_t = gather(s.beta / torch.sqrt(1.0 - s.alpha_bar), t, xt)    # β_t/√(1 − ᾱ_t) in float64, then cast
-    sqrt_alpha_t = gather(torch.sqrt(s.alpha), t, xt)
-    return (xt - eps_coef_t * eps) / sqrt_alpha_t
+    beta_t, alpha_t = gather(s.beta, t, xt), gather(s.alpha, t, xt)
+    _, sqrt_one_minus_alpha_bar_t = signal_noise_scales(s, t, xt)
+    return (xt - beta_t / sqrt_one_minus_alpha_bar_t * eps) / torch.sqrt(alpha_t)
