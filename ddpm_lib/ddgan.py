@@ -34,6 +34,7 @@ from .embedding import timestep_embedding
 from .forward import q_step
 from .indexing import check_same_shape, check_t, gather
 from .posterior import q_posterior
+from .sampling import standard_normal
 from .schedules import Schedule, schedule_from_betas
 
 
@@ -246,7 +247,7 @@ def sample_ddgan(G: nn.Module, s: Schedule, shape, z_dim: int | None = None,
     x_{t−1} ~ q(x_{t−1} | x_t, x_0′). Exactly T generator calls; the last step adds no noise.
 
     shape: (B, D) for points or (B, C, H, W) for images; z_dim defaults to ``G.z_dim``. The noise is
-    drawn on the generator's device (CPU when none is given) and moved to G's. Returns x_0 of
+    drawn on the generator's device (G's when none is given) and moved to G's. Returns x_0 of
     ``shape`` in G's dtype, on G's device.
     """
     z_dim = G.z_dim if z_dim is None else z_dim
@@ -254,10 +255,9 @@ def sample_ddgan(G: nn.Module, s: Schedule, shape, z_dim: int | None = None,
     param = next(G.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    draw_on = generator.device if generator is not None else torch.device("cpu")
 
     def randn(*size):
-        return torch.randn(size, generator=generator, dtype=dtype, device=draw_on).to(device)
+        return standard_normal(size, generator, device, dtype)
 
     x = randn(*shape)
     for t in range(s.T, 0, -1):

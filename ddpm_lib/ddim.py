@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .indexing import check_same_shape, check_t, gather
-from .sampling import initial_latent
+from .sampling import initial_latent, standard_normal
 from .schedules import Schedule
 
 GRIDS = ("uniform", "quadratic")
@@ -161,7 +161,8 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
     (τ_S = T, …, τ_1 = 1), then one last step from τ_1 to t' = 0; returns x_0.
 
     ``eps_model(xt, t)`` gets t as a long tensor of shape (B,) holding the paper's t (a grid value).
-    ``generator`` fixes every draw; noise is drawn only where σ > 0 (never for η = 0, never on the
+    ``generator`` fixes every draw (made on its device, used where the network is, as in ``sample_ddpm``);
+    noise is drawn only where σ > 0 (never for η = 0, never on the
     step to 0), so with η = 0 the result depends on x_T alone. With steps = T and η = 1 the draws
     and the result are those of ``sample_ddpm`` with its default σ² = β̃. ``callback(t, xt, x0_pred)``
     is called after each step with the step's t, the new x_{t'} and the x̂_0 predicted at t.
@@ -178,8 +179,8 @@ def sample_ddim(eps_model: EpsModel, s: Schedule, shape, steps: int = 50, eta: f
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps_pred = eps_model(x, t_batch).to(x.dtype)
         cond_grad = cond_fn(x, t_batch).to(x.dtype) if cond_fn is not None else None
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
-            if (eta > 0 and t_prev > 0) else torch.zeros_like(x)
+        noise = standard_normal(x.shape, generator, x.device, x.dtype) if (eta > 0 and t_prev > 0) \
+            else torch.zeros_like(x)
         x, x0_pred = ddim_step(s, x, eps_pred, t, t_prev, eta, noise, clip_x0, cond_grad, return_x0=True)
         if callback is not None:
             callback(t, x, x0_pred)

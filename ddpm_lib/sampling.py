@@ -62,18 +62,35 @@ def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: t
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def standard_normal(shape, generator: torch.Generator | None, device, dtype: torch.dtype) -> torch.Tensor:
+    """z ~ N(0, I) of ``shape`` on ``device``. With a generator the numbers are drawn where it lives and then
+    moved, so one CPU generator gives the same draws whether the network runs on the CPU or on a GPU."""
+    draw_on = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)
+
+
+def sampling_device(device, eps_model, x_T: torch.Tensor | None, generator: torch.Generator | None) -> torch.device:
+    """Where a sampler computes: ``device`` when given, else where ``eps_model``'s parameters are (an
+    ``nn.Module`` loaded onto a GPU samples there), else where a given x_T is, else the generator's device,
+    else the CPU. A generator only decides where the random numbers are drawn (``standard_normal``)."""
+    if device is not None:
+        return torch.device(device)
+    params = eps_model.parameters() if isinstance(eps_model, torch.nn.Module) else iter(())
+    model_device = next((p.device for p in params), None)
+    if model_device is not None:
+        return model_device
+    if x_T is not None:
+        return x_T.device
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def initial_latent(shape, generator: torch.Generator | None, device, dtype: torch.dtype,
                    x_T: torch.Tensor | None, eps_model=None) -> torch.Tensor:
-    """x_T of ``shape``: ``x_T`` itself when given (moved to ``device`` and ``dtype``), else a draw from N(0, I).
-    The device defaults to the generator's (each step draws its noise there), else that of ``eps_model``'s
-    parameters (an ``nn.Module`` loaded onto a GPU samples there), else x_T's, else the CPU."""
-    if device is None:
-        params = eps_model.parameters() if isinstance(eps_model, torch.nn.Module) else iter(())
-        model_device = next((p.device for p in params), None)
-        device = generator.device if generator is not None else model_device if model_device is not None \
-            else x_T.device if x_T is not None else "cpu"
+    """x_T of ``shape`` on ``sampling_device(device, eps_model, x_T, generator)``: ``x_T`` itself when given
+    (moved there and cast to ``dtype``), else a draw from N(0, I) with ``standard_normal``."""
+    device = sampling_device(device, eps_model, x_T, generator)
     if x_T is None:
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return standard_normal(shape, generator, device, dtype)
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
     return x_T.to(device=device, dtype=dtype)
@@ -87,7 +104,8 @@ def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Genera
     """Algorithm 2: draw x_T ~ N(0, I) and apply ``ddpm_step`` for t = T, …, 1; returns x_0.
 
     ``eps_model(xt, t)`` gets t as a long tensor of shape (B,) holding the paper's t.
-    ``generator`` fixes every draw; pass ``x_T`` to start from a given latent instead.
+    ``generator`` fixes every draw (made on its device, used on ``sampling_device``'s: a CPU generator gives
+    the same x_T and noise for a network on a GPU); pass ``x_T`` to start from a given latent instead.
     ``callback(t, xt)`` is called after each step with the new x_{t−1} (for trajectories).
     ``cond_fn(xt, t)``, when given, returns s·∇_{x_t} log p_φ(y | x_t) (xt's shape; e.g. from
     ``guidance.classifier_grad_fn``) and every step's mean moves by σ_t² times it (classifier-guided
@@ -102,8 +120,7 @@ def sample_ddpm(eps_model: EpsModel, s: Schedule, shape, generator: torch.Genera
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps_pred = eps_model(x, t_batch)
         cond_grad = cond_fn(x, t_batch).to(x.dtype) if cond_fn is not None else None
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if t > 1 \
-            else torch.zeros_like(x)
+        noise = standard_normal(x.shape, generator, x.device, x.dtype) if t > 1 else torch.zeros_like(x)
         x = ddpm_step(s, x, eps_pred.to(x.dtype), t, noise, var, cond_grad)
         if callback is not None:
             callback(t, x)

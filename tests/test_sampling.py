@@ -269,3 +269,39 @@ def test_a_model_on_a_device_samples_there_without_a_generator():
         assert dl.sample_ddpm(model, s, (3, 2), x_T=x_T).device.type == "meta"
         assert dl.sample_ddim(model, s, (3, 2), steps=5, x_T=x_T).device.type == "meta"
 
+
+
+def test_a_cpu_generator_drives_a_model_on_another_device():
+    """A network on another device (here the meta device, standing in for a GPU) and a CPU generator, as on
+    Colab with ``torch.Generator().manual_seed(0)``: every sampler computes where the network is and draws its
+    numbers on the CPU, then moves them. Catches: x_T and the noise put on the generator's device and fed to
+    the network elsewhere ("Expected all tensors to be on the same device"), as sample_ddpm and sample_ddim
+    did while sample_ddgan already drew this way."""
+    s = dl.make_schedule("linear", 50)
+    model = dl.ToyEpsModel().to("meta")
+    g = torch.Generator().manual_seed(0)
+    assert dl.sample_ddpm(model, s, (3, 2), generator=g).device.type == "meta"
+    assert dl.sample_ddim(model, s, (3, 2), steps=5, eta=1.0, generator=g).device.type == "meta"
+    G = dl.ToyGenerator().to("meta")
+    assert dl.sample_ddgan(G, dl.ddgan_schedule(), (3, 2), generator=g).device.type == "meta"
+
+
+def test_a_given_x_T_decides_the_device_before_the_generator():
+    """A plain function as ε_θ (no parameters to place it), x_T on the meta device and a CPU generator: the
+    samplers compute where x_T is and only draw on the CPU. Catches: x_T moved to the generator's device."""
+    s = dl.make_schedule("linear", 50)
+    x_T = torch.empty(3, 2, device="meta")
+    zero = lambda x, t: torch.zeros_like(x)
+    g = torch.Generator().manual_seed(0)
+    assert dl.sample_ddpm(zero, s, (3, 2), x_T=x_T, generator=g).device.type == "meta"
+    assert dl.sample_ddim(zero, s, (3, 2), steps=5, eta=1.0, x_T=x_T, generator=g).device.type == "meta"
+
+
+def test_standard_normal_draws_where_the_generator_lives():
+    """The numbers come from the generator's stream whatever the target device: the same as a plain CPU draw
+    from the same seed, moved. Catches: a draw on the target device (another stream) or an unseeded draw."""
+    ref = torch.randn(4, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got = dl.sampling.standard_normal((4, 3), torch.Generator().manual_seed(7), "cpu", torch.float64)
+    assert torch.equal(got, ref)
+    moved = dl.sampling.standard_normal((4, 3), torch.Generator().manual_seed(7), "meta", torch.float64)
+    assert moved.device.type == "meta" and moved.shape == (4, 3)
