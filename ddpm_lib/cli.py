@@ -27,6 +27,7 @@ that became NaN) ends with a one-line message and exit status 1. Ctrl-C (or SIGT
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -48,6 +49,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             check_sampler_flags, describe_sampler, draw_samples, guided_model, mnist_digits,
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
+from .run_folder import RunLocked
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
@@ -55,6 +57,9 @@ from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
+# Errors that every rank of a torchrun job raises alike (settings, files, a NaN loss that the ranks agree on,
+# rank 0's lock refusal): only rank 0 prints them. Others (a rank's own failure, a lost peer) name their rank.
+SAME_ON_EVERY_RANK = (ValueError, FloatingPointError, FileExistsError, FileNotFoundError, RunLocked)
 
 
 def add_run_arguments(p: argparse.ArgumentParser, d) -> None:
@@ -353,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here
+        if rank == 0 or not isinstance(exc, SAME_ON_EVERY_RANK):
+            print(f"error: {exc}" if rank == 0 else f"error (rank {rank}): {exc}", file=sys.stderr)
         return 1
     return 0

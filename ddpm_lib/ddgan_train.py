@@ -24,6 +24,7 @@ when a loss becomes NaN. ``load_ddgan_generator`` and ``export_ddgan`` are for s
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -227,10 +228,15 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     """Train a DDGAN as ``config`` says (see the module docstring); returns the ``DDGANTrainer``:
     ``.G_ema`` is the generator to sample with, ``.step`` the step reached.
 
-    Raises ``FileExistsError`` over an existing run without ``resume``, ``FloatingPointError`` naming
+    One process only: under torchrun (WORLD_SIZE > 1) it raises ``ValueError``. Raises
+    ``FileExistsError`` over an existing run without ``resume``, ``FloatingPointError`` naming
     the step (and the last good checkpoint) when a loss becomes NaN or infinite, and
     ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C or SIGTERM asks it to stop.
     """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:      # every process would train alone on the full batch and race for out_dir's lock
+        raise ValueError(f"train-ddgan trains in one process, but this is one of {world} (WORLD_SIZE={world}, "
+                         f"torchrun?): run it as `python -m ddpm_lib train-ddgan ...`")
     with run_lock(config.out_dir):                            # one run at a time writes into out_dir
         return _train_ddgan(config)
 

@@ -14,6 +14,10 @@ from pathlib import Path
 from .checkpoint import _replace_atomically
 
 
+class RunLocked(RuntimeError):
+    """Another run holds the lock on ``--out-dir`` (every rank of a DDP run raises it, with rank 0's message)."""
+
+
 @contextmanager
 def run_lock(out_dir: str | Path):
     """Hold an exclusive lock on ``out_dir/.lock`` while a training run writes into ``out_dir`` (created
@@ -33,8 +37,8 @@ def run_lock(out_dir: str | Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another training run is writing into {out_dir}: wait for it to end (then "
-                               f"--resume), or choose another --out-dir") from None
+            raise RunLocked(f"another training run is writing into {out_dir}: wait for it to end (then "
+                        f"--resume), or choose another --out-dir") from None
         yield
 
 

@@ -11,9 +11,9 @@ bf16 autocast on GPUs with native bf16, fp16 autocast + GradScaler on older ones
 CPU, channels_last and optional torch.compile on CUDA, DDP under torchrun, a tqdm bar, metrics.jsonl,
 sample grids and atomic, resumable checkpoints (``checkpoint.py``). No step waits for the GPU: the loss
 and the first non-finite step stay on the device until a log step or a checkpoint reads them (except
-the fp16 GradScaler, which reads its overflow flag every step by design). For the same reason the
-processes of a DDP run agree on a Ctrl-C or SIGTERM only at log steps: keep ``log_every`` steps shorter
-than the launcher's grace period between SIGTERM and SIGKILL, or the last steps are lost.
+the fp16 GradScaler, which reads its overflow flag every step by design). The processes of a DDP run
+agree on a Ctrl-C or SIGTERM (torchrun forwards it, then kills after 30 s) one step after it reaches
+any of them, through a CPU all-reduce that never waits for the GPU (``StopAgreement``).
 
 With ``num_classes`` K > 0 the same loop trains the class-conditional ε_θ(x_t, t, y) of classifier-free
 guidance (Ho & Salimans 2021, Algorithm 1): the labels come with the images, each is replaced by the
@@ -42,7 +42,7 @@ from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
 from .ema import ema_decay, make_ema_model, update_ema
-from .run_folder import StopRequest, keep_metrics_up_to, run_lock
+from .run_folder import RunLocked, StopRequest, keep_metrics_up_to, run_lock
 from .sampling import sample_ddpm
 from .schedules import Schedule, make_schedule
 from .toy_data import TOY_SETS, make_toy
@@ -211,6 +211,35 @@ class Trainer:
         self.step = ckpt["step"]
 
 
+class StopAgreement:
+    """The processes of a DDP run agree, at every step, whether one of them was asked to stop (Ctrl-C or
+    SIGTERM), without waiting for the GPU: each call starts an all-reduce (MAX) of this process's flag on
+    a CPU (gloo) group and returns the agreed flag of the call before, long finished by then. Every rank
+    calls it once per step, so all of them stop after the same step, one step after the signal. With one
+    process it returns the flag as it is."""
+
+    def __init__(self, world: int):
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self.flag, self.work = None, None
+
+    def __call__(self, requested: bool) -> bool:
+        if self.group is None:
+            return requested
+        agreed = False
+        if self.work is not None:
+            self.work.wait()
+            agreed = bool(self.flag.item())
+        self.flag = torch.tensor(float(requested))
+        self.work = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed
+
+    def finish(self) -> None:
+        """Wait for the last all-reduce (every rank started it), so that none is left running."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+
+
 def load_training_data(config: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(x0, y)``: the whole data set as one float32 tensor on ``device``, images (N, C, 32, 32) in
     [−1, 1] (MNIST padded from 28 to 32) or toy points (N, 2) drawn with ``config.seed``; and, for a
@@ -281,7 +310,16 @@ def train(config: TrainConfig) -> Trainer:
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        with run_lock(config.out_dir) if dist.get_rank() == 0 else contextlib.nullcontext():   # rank 0 writes
+        with contextlib.ExitStack() as held:             # rank 0 writes, so rank 0 holds the lock
+            refusal = [None]
+            if dist.get_rank() == 0:
+                try:
+                    held.enter_context(run_lock(config.out_dir))
+                except (RunLocked, ValueError, OSError) as exc:
+                    refusal = [exc]
+            dist.broadcast_object_list(refusal, src=0)   # every rank stops with rank 0's error
+            if refusal[0] is not None:
+                raise refusal[0]
             return _train(config, device, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         if owns_group:
@@ -343,6 +381,7 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
     start = mark = time.perf_counter()
     step_at_mark, paused = trainer.step, 0.0             # paused: seconds spent sampling and saving
     bar = tqdm(total=config.steps, initial=trainer.step, desc="training", disable=not (config.progress and main))
+    agree = StopAgreement(world)
     with StopRequest() as stop, bar:
         while trainer.step < config.steps:
             indices = batches.next_indices()
@@ -354,11 +393,9 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
             loss_sum += loss
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < no_bad), first_bad, step)
             bar.update(1)
-            stopping = stop.requested and world == 1     # several ranks agree on a stop at log steps
+            stopping = agree(stop.requested)             # the same on every rank (StopAgreement)
             if step % config.log_every == 0 or last:
                 check_finite()
-                if world > 1:
-                    stopping = bool(reduce(torch.tensor(float(stop.requested), device=device), dist.ReduceOp.MAX))
                 now, n = time.perf_counter(), step - step_at_mark
                 record = {"step": step, "steps_averaged": n, "loss": float(reduce(loss_sum.clone())) / (world * n),
                           "lr": learning_rate(config, step), "time": elapsed + now - start,
@@ -377,8 +414,10 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 check_finite()
                 last_saved = save()
             if stopping:
+                agree.finish()
                 if main:
                     tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
                 raise KeyboardInterrupt
             paused += time.perf_counter() - side_work
+    agree.finish()
     return trainer

@@ -33,6 +33,20 @@ def ddpm_lib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def test_under_torchrun_only_rank_0_prints_an_error_every_rank_shares(tmp_path, monkeypatch, capsys):
+    base = ["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "2", "--batch-size", "8",
+            "--sample-every", "0", "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
+    monkeypatch.setenv("RANK", "1")
+    assert main(base + ["--lr", "0"]) == 1                          # a setting: rank 0 says it
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "train", lambda config: (_ for _ in ()).throw(RuntimeError("peer lost")))
+    assert main(base) == 1                                          # this rank's own failure names the rank
+    assert capsys.readouterr().err.strip() == "error (rank 1): peer lost"
+    monkeypatch.setenv("RANK", "0")
+    assert main(base + ["--lr", "0"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+
+
 def test_train_then_sample_on_mnist_5k(tmp_path):
     ddpm_lib("train", "--data", "mnist-5k", "--preset", "tiny", "--batch-size", "8", "--steps", "3", "--T", "25",
              "--log-every", "1", "--save-every", "3", "--sample-every", "0", "--out-dir", "run", "--device", "cpu",
@@ -402,3 +416,13 @@ def test_ddgan_last_partial_interval_says_how_many_steps(tmp_path):
                             save_every=5, sample_every=0, out_dir=str(tmp_path / "g"), device="cpu", progress=False))
     records = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["steps_averaged"]) for r in records] == [(2, 2), (4, 2), (5, 1)]
+
+
+def test_train_ddgan_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Under torchrun each process would train alone and race its siblings for --out-dir's lock."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "gan"
+    assert main(["train-ddgan", "--data", "two_moons", "--out-dir", str(out), "--device", "cpu", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "train-ddgan trains in one process" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -20,6 +20,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_rank_locked_out(rank: int, port: int, out_dir: str) -> None:
+    """Like ``run_rank`` into a folder another run holds: record what each rank raised."""
+    from ddpm_lib.run_folder import RunLocked
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    config = TrainConfig(data="two_moons", toy_n=512, T=50, steps=5, batch_size=32, sample_every=0, out_dir=out_dir,
+                         device="cpu", progress=False)
+    try:
+        train(config)
+    except RunLocked as exc:
+        with open(os.path.join(os.path.dirname(out_dir), f"refused{rank}"), "w") as f:
+            f.write(str(exc))
+
+
+def test_every_rank_is_refused_with_rank_0s_reason_when_the_folder_is_held(tmp_path):
+    from ddpm_lib.run_folder import run_lock
+    with run_lock(tmp_path / "run"):
+        context = mp.start_processes(run_rank_locked_out, args=(free_port(), str(tmp_path / "run")), nprocs=WORLD,
+                                     join=False, start_method="spawn")
+        deadline = time.monotonic() + TIMEOUT_S
+        try:
+            while not context.join(timeout=1):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+    reasons = [(tmp_path / f"refused{r}").read_text() for r in range(WORLD)]
+    assert reasons[0] == reasons[1] and "another training run is writing into" in reasons[0]
+    assert not list_checkpoints(tmp_path / "run")
+
+
 def run_rank(rank: int, port: int, out_dir: str) -> None:
     """One torchrun-like process: the environment torchrun would set, then the library's ``train``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -59,3 +93,44 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     assert len(ckpt["rng"]) == WORLD and not torch.equal(ckpt["rng"][0]["noise"], ckpt["rng"][1]["noise"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5                                               # rank 0 logs, once per step
+
+
+def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
+    """Like ``run_rank``, but rank 1 alone gets SIGTERM during step 3, far from a log step."""
+    import signal
+    import ddpm_lib.training as training
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    step = training.Trainer.train_step
+
+    def train_step(self, *args):
+        loss = step(self, *args)
+        if rank == 1 and self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    training.Trainer.train_step = train_step
+    config = TrainConfig(data="two_moons", toy_n=512, T=50, steps=50, batch_size=32, warmup=0, log_every=100,
+                         save_every=100, sample_every=0, out_dir=out_dir, device="cpu", progress=False)
+    try:
+        train(config)
+    except KeyboardInterrupt:
+        open(os.path.join(out_dir, f"stopped{rank}"), "w").close()
+
+
+def test_a_sigterm_to_one_rank_stops_both_after_the_next_step_with_a_checkpoint(tmp_path):
+    """torchrun kills 30 s after its SIGTERM: the ranks must not wait for a log step to agree on stopping."""
+    context = mp.start_processes(run_rank_signalled, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+    assert (tmp_path / "stopped0").exists() and (tmp_path / "stopped1").exists()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000004.pt"]
