@@ -53,16 +53,19 @@ def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: f
 
 def plain_log_ticks(axis, values=None):
     """Label a log-scaled axis (``ax.xaxis`` or ``ax.yaxis``) with plain numbers — 30, 50, 100 — instead of
-    matplotlib's 3 × 10¹: at ``values`` if given, else at 1, 2, 3 and 5 × 10^k inside the axis's limits (every
-    m × 10^k, m = 1…9, when they span less than a decade). Call it after the data are drawn and the limits set;
-    returns the axis."""
+    matplotlib's 3 × 10¹: at ``values`` if given, else at the sparsest of m × 10^k for m in (1, 2, 3, 5), then
+    m = 1…9, then m = 1, 1.5, …, 5, 6, …, 9 that puts at least four ticks inside the axis's limits (a narrow
+    axis, say 21 to 55, gets 25, 30, …, 50 rather than three labels). Call it after the data are drawn and the
+    limits set; returns the axis."""
     if axis.get_scale() != "log":
         raise ValueError(f"plain_log_ticks is for a log-scaled axis; this one is {axis.get_scale()}")
     lo, hi = sorted(axis.get_view_interval())
     if values is None:
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-        mantissas = (1, 2, 3, 5) if hi / lo > 10 else range(1, 10)
-        values = [m * 10.0 ** k for k in decades for m in mantissas]
+        for mantissas in ((1, 2, 3, 5), range(1, 10), (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9)):
+            values = [m * 10.0 ** k for k in decades for m in mantissas if lo <= m * 10.0 ** k <= hi]
+            if len(values) >= 4:
+                break
     axis.set_ticks([v for v in values if lo <= v <= hi])
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())

@@ -465,8 +465,8 @@ def test_check_ddim_sigma_passes_eq_16_and_names_its_mistakes(capsys):
 
 
 def ddim_update(s, xt, eps, t, t_prev, eta, noise, keep_sigma=False):
-    a, ap = s.alpha_bar[t], s.alpha_bar[t_prev]
-    sigma = ddim_sigma(s, t, t_prev, eta)
+    a, ap = dl.gather(s.alpha_bar, t, xt), dl.gather(s.alpha_bar, t_prev, xt)      # (B, 1, 1, 1) for a tensor t
+    sigma = eta * ((1 - ap) / (1 - a)).sqrt() * (1 - a / ap).sqrt()
     x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
     direction = (1 - ap - (0 if keep_sigma else sigma ** 2)).clamp(min=0).sqrt() * eps
     return ap.sqrt() * x0 + direction + sigma * noise
@@ -479,6 +479,20 @@ def test_check_ddim_update_passes_eq_12_and_names_its_mistakes(capsys):
                  + 0.1 * eta * z, "differs from the library's answer")
     assert_fails(capsys, checks.check_ddim_update, lambda s, xt, e, t, tp, eta, z: ddim_update(s, xt, e, t, tp, eta, z)
                  + 1e-3 * z, "must not depend on the noise")
+
+
+def test_check_ddim_update_asks_for_one_step_per_sample(capsys):
+    """7.2's instructions allow t and t_prev as long tensors (B,). An answer that works only for ints (float() of a
+    gathered ᾱ) crashed on the first batch after a ✓; one that gives every sample the first sample's step is wrong."""
+    def ints_only(s, xt, eps, t, t_prev, eta, noise):
+        return ddim_update(s, xt, eps, int(t), int(t_prev), eta, noise)
+
+    def first_step_for_all(s, xt, eps, t, t_prev, eta, noise):
+        t, t_prev = (v if isinstance(v, int) else int(v.flatten()[0]) for v in (t, t_prev))
+        return ddim_update(s, xt, eps, t, t_prev, eta, noise)
+
+    assert_fails(capsys, checks.check_ddim_update, ints_only, "one step per sample")
+    assert_fails(capsys, checks.check_ddim_update, first_step_for_all, "its own step t[b] → t_prev[b]")
 
 
 # --------------------------------------------------------------------------- notebook 08

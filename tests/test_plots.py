@@ -102,7 +102,7 @@ def test_scatter2d_returns_axes_with_points():
 
 def test_plain_log_ticks_labels_one_two_three_five_per_decade_inside_the_limits():
     """On a log axis from 25 to 260 the ticks are 30, 50, 100, 200, labelled as plain numbers, with the minor
-    ticks unlabelled; from 24 to 52, 30, 40, 50; given values, only those inside the limits are used; a linear
+    ticks unlabelled; from 24 to 110 every integer mantissa; from 21 to 55 halves as well; given values, only those inside the limits are used; a linear
     axis is refused. Catches: ticks outside the limits, labels left as powers of ten (matplotlib writes 3 × 10¹
     with mathtext), minor labels left on."""
     fig, ax = plt.subplots()
@@ -113,10 +113,14 @@ def test_plain_log_ticks_labels_one_two_three_five_per_decade_inside_the_limits(
     assert list(ax.get_yticks()) == [30, 50, 100, 200]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "50", "100", "200"]
     assert all(t.get_text() == "" for t in ax.yaxis.get_minorticklabels())
-    ax.set_ylim(24, 52)                                    # less than a decade: every integer mantissa
+    ax.set_ylim(24, 110)                                   # less than a decade: every integer mantissa
     plots.plain_log_ticks(ax.yaxis)
     fig.canvas.draw()
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "40", "50"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "40", "50", "60", "70", "80", "90", "100"]
+    ax.set_ylim(21, 55)                                    # a narrow axis: halves too, not just 30, 40, 50
+    plots.plain_log_ticks(ax.yaxis)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["25", "30", "35", "40", "45", "50"]
     ax.set_xlim(5, 200)
     plots.plain_log_ticks(ax.xaxis, values=[1, 10, 20, 50, 100, 1000])
     fig.canvas.draw()

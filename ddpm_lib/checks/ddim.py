@@ -56,7 +56,7 @@ def check_ddim_sigma(fn, seed=None) -> bool:
 def check_ddim_update(fn, seed=None) -> bool:
     """Exercise 7.2: ``fn(s, xt, eps_pred, t, t_prev, eta, noise)`` → x_{t'} of DDIM eq. 12:
     √ᾱ_{t'}·x̂_0 + √(1 − ᾱ_{t'} − σ²)·ε_θ + σ·noise with x̂_0 = (x_t − √(1 − ᾱ_t)·ε_θ)/√ᾱ_t and σ of eq. 16.
-    xt, eps_pred, noise: (B, C, H, W); t, t_prev: ints with 0 <= t_prev < t."""
+    xt, eps_pred, noise: (B, C, H, W); t, t_prev: ints, or long tensors (B,), with 0 <= t_prev < t."""
     g = _generator(seed)
     cases = []
     for k in range(N_CASES):
@@ -92,6 +92,22 @@ def check_ddim_update(fn, seed=None) -> bool:
         if not torch.equal(torch.as_tensor(a), torch.as_tensor(b)):
             return "with η = 0 the step must not depend on the noise (σ = 0)"
 
+    def batched(fn):           # t, t_prev as long tensors (B,): sample b takes its own step t[b] → t_prev[b]
+        s, x = make_schedule("linear", 1000), torch.randn(3, 1, 4, 4, generator=g, dtype=f64)
+        e, z = torch.randn(x.shape, generator=g, dtype=f64), torch.randn(x.shape, generator=g, dtype=f64)
+        t, tp = torch.tensor([1000, 600, 2]), torch.tensor([999, 350, 0])
+        try:
+            out = torch.as_tensor(fn(s, x, e, t, tp, 0.5, z))
+        except Exception as err:
+            return (f"t and t_prev may be long tensors of shape (B,), one step per sample; that failed with "
+                    f"{type(err).__name__}: {err}")
+        one_by_one = torch.cat([torch.as_tensor(fn(s, x[b:b + 1], e[b:b + 1], int(t[b]), int(tp[b]), 0.5, z[b:b + 1]))
+                                for b in range(len(t))])           # the answer's own steps, taken with int t
+        if out.shape != x.shape or not torch.allclose(out, one_by_one, rtol=1e-6, atol=1e-9):
+            return ("with tensors t, t_prev of shape (B,), sample b must take its own step t[b] → t_prev[b], "
+                    "as the call with the ints t[b], t_prev[b] does")
+
     return _grade("ddim_update", fn, cases, lambda s, xt, e, t, tp, eta, z: ddim_step(s, xt, e, t, tp, eta, z),
-                  mistakes, ("x_{t'}",), [deterministic],
-                  f"matches dl.ddim_step on {len(cases)} steps (η = 0, ½, 1; neighbours, jumps and t' = 0)")
+                  mistakes, ("x_{t'}",), [deterministic, batched],
+                  f"matches dl.ddim_step on {len(cases)} steps (η = 0, ½, 1; neighbours, jumps and t' = 0) "
+                  "and on a batch whose samples take different steps")
