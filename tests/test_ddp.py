@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo) train as one: DistributedDataParallel keeps their weights identical."""
+"""Two processes on CPU (gloo) train as one: DistributedDataParallel keeps their weights identical, a lock
+refusal and a SIGTERM to one rank reach them all."""
 import os
 import socket
 import time
@@ -20,12 +21,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_rank_locked_out(rank: int, port: int, out_dir: str) -> None:
-    """Like ``run_rank`` into a folder another run holds: record what each rank raised."""
-    from ddpm_lib.run_folder import RunLocked
+def as_torchrun_rank(rank: int, port: int) -> None:
+    """The environment torchrun would give process ``rank`` of ``WORLD``, one thread each."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
+
+
+def run_ranks(fn, *args) -> None:
+    """Run ``fn(rank, port, *args)`` in ``WORLD`` spawned processes; fail the test after ``TIMEOUT_S``."""
+    context = mp.start_processes(fn, args=(free_port(), *args), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {WORLD} DDP processes did not finish within {TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+
+
+def run_rank_locked_out(rank: int, port: int, out_dir: str) -> None:
+    """Like ``run_rank`` into a folder another run holds: record what each rank raised."""
+    from ddpm_lib.run_folder import RunLocked
+    as_torchrun_rank(rank, port)
     config = TrainConfig(data="two_moons", toy_n=512, T=50, steps=5, batch_size=32, sample_every=0, out_dir=out_dir,
                          device="cpu", progress=False)
     try:
@@ -38,17 +58,7 @@ def run_rank_locked_out(rank: int, port: int, out_dir: str) -> None:
 def test_every_rank_is_refused_with_rank_0s_reason_when_the_folder_is_held(tmp_path):
     from ddpm_lib.run_folder import run_lock
     with run_lock(tmp_path / "run"):
-        context = mp.start_processes(run_rank_locked_out, args=(free_port(), str(tmp_path / "run")), nprocs=WORLD,
-                                     join=False, start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT_S
-        try:
-            while not context.join(timeout=1):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
+        run_ranks(run_rank_locked_out, str(tmp_path / "run"))
     reasons = [(tmp_path / f"refused{r}").read_text() for r in range(WORLD)]
     assert reasons[0] == reasons[1] and "another training run is writing into" in reasons[0]
     assert not list_checkpoints(tmp_path / "run")
@@ -56,9 +66,7 @@ def test_every_rank_is_refused_with_rank_0s_reason_when_the_folder_is_held(tmp_p
 
 def run_rank(rank: int, port: int, out_dir: str) -> None:
     """One torchrun-like process: the environment torchrun would set, then the library's ``train``."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
+    as_torchrun_rank(rank, port)
     config = TrainConfig(data="two_moons", toy_n=512, T=50, steps=5, batch_size=32, lr=1e-2, warmup=0, log_every=1,
                          save_every=5, sample_every=0, out_dir=out_dir, device="cpu", progress=False)
     trainer = train(config)
@@ -68,17 +76,7 @@ def run_rank(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_processes_keep_identical_weights(tmp_path):
-    context = mp.start_processes(run_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
+    run_ranks(run_rank, str(tmp_path))
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert torch.equal(results[0]["weights"], results[1]["weights"])
     assert torch.equal(results[0]["ema"], results[1]["ema"])
@@ -99,9 +97,7 @@ def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
     """Like ``run_rank``, but rank 1 alone gets SIGTERM during step 3, far from a log step."""
     import signal
     import ddpm_lib.training as training
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
+    as_torchrun_rank(rank, port)
     step = training.Trainer.train_step
 
     def train_step(self, *args):
@@ -121,16 +117,6 @@ def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
 
 def test_a_sigterm_to_one_rank_stops_both_after_the_next_step_with_a_checkpoint(tmp_path):
     """torchrun kills 30 s after its SIGTERM: the ranks must not wait for a log step to agree on stopping."""
-    context = mp.start_processes(run_rank_signalled, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two DDP processes did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
+    run_ranks(run_rank_signalled, str(tmp_path))
     assert (tmp_path / "stopped0").exists() and (tmp_path / "stopped1").exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000004.pt"]
