@@ -490,3 +490,41 @@ def test_bad_input_raises_readable_errors():
         ddim.sample_ddim(toy_eps_model, s, (4, 3), steps=3, x_T=x[:, :2])
     with pytest.raises(ValueError, match="clip_x0"):
         ddim.ddim_step(s, x, x, 5, 3, 0.0, x, clip_x0=-1.0)
+
+
+def test_ddim_step_float32_sigma_has_float32_precision():
+    """float32 x_t with x_t = ε = 0 and noise = 1 returns σ itself; with η = 1 and t' = t − 1 that is √β̃_t, computed
+    here in float64 from β alone (ᾱ by hand). The coefficients must be formed in float64 and rounded once:
+    relative error below 1e-6. Catches: the coefficients gathered in x_t's dtype, where 1 − ᾱ_t/ᾱ_{t'} of two
+    float32 ᾱ ≈ 0.9997 keeps three or four digits (relative error ~1e-4 at small t)."""
+    s = dl.make_schedule("linear", 1000)
+    alpha_bar = hand_alpha_bar(s.beta[1:])
+    t = torch.tensor([2, 3, 10, 500, 1000])
+    zeros = torch.zeros(5, 1, dtype=torch.float32)
+    got = ddim.ddim_step(s, zeros, zeros, t, t - 1, 1.0, torch.ones_like(zeros))
+    assert got.dtype == torch.float32
+    exact = torch.tensor([math.sqrt((1 - alpha_bar[k - 1]) / (1 - alpha_bar[k]) * s.beta[k].item())
+                          for k in t.tolist()], dtype=F64)
+    assert ((got.double().flatten() - exact).abs() / exact).max() < 1e-6
+
+
+def test_ddim_step_is_finite_when_one_minus_alpha_bar_prev_minus_sigma_sq_rounds_below_zero():
+    """A schedule whose ᾱ_T (≈ 1e-36) is far below float64's resolution: from t = T to t' = 2 with η = 1,
+    1 − ᾱ_{t'} − σ² is ≈ 1e-33 exactly but rounds to −1.1e-16 here, so √ of it would be NaN. The step must
+    stay finite and equal eq. 12 with the exact coefficient
+    √(1 − ᾱ_{t'} − σ²) = (1 − ᾱ_{t'})·√(ᾱ_t/(ᾱ_{t'}(1 − ᾱ_t))) ≈ 3e-17 (for η = 1, written out here), to the 1e-7
+    that the rounding allows. Catches: the clamp at 0 dropped."""
+    betas = torch.tensor([0.02] + [0.999] * 12, dtype=F64)
+    s = dl.schedule_from_betas(betas)
+    alpha_bar = hand_alpha_bar(betas)
+    t, tp = 13, 2
+    a, ap = alpha_bar[t], alpha_bar[tp]
+    sig = hand_sigma(alpha_bar, t, tp, 1.0)
+    assert 1 - ap - sig ** 2 < 0                                   # the rounding this test is about
+    xt, eps_pred, noise = randn(3, 4, seed=30), randn(3, 4, seed=31), randn(3, 4, seed=32)
+    got = ddim.ddim_step(s, xt, eps_pred, t, tp, 1.0, noise)
+    assert torch.isfinite(got).all()
+    x0_pred = (xt - math.sqrt(1 - a) * eps_pred) / math.sqrt(a)
+    coef_eps = (1 - ap) * math.sqrt(a / (ap * (1 - a)))
+    expected = math.sqrt(ap) * x0_pred + coef_eps * eps_pred + sig * noise
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-7)

@@ -538,3 +538,13 @@ def test_an_int_label_is_made_on_the_models_device():
     model = small_conditional_unet().to("meta").eval()
     x, t = torch.empty(2, 1, 8, 8, device="meta"), torch.tensor([1, 50], device="meta")
     assert model(x, t, 2).device.type == "meta"
+
+
+def test_drop_labels_accepts_null_label_zero():
+    """The null label may be any non-negative int, 0 included (the docstring's rule): p = 1 turns every label
+    into 0, p = 0 keeps them all. Catches: a check that refuses null_label = 0 (e.g. `null_label < 1`)."""
+    y = torch.tensor([3, 1, 2, 5])
+    assert drop_labels(y, 1.0, null_label=0).tolist() == [0, 0, 0, 0]
+    assert torch.equal(drop_labels(y, 0.0, null_label=0), y)
+    with pytest.raises(ValueError, match="non-negative"):
+        drop_labels(y, 0.5, null_label=-1)

@@ -75,3 +75,16 @@ def test_check_t_accepts_1_to_T(t):
 def test_check_t_rejects_with_a_clear_message(t, phrase):
     with pytest.raises(ValueError, match=phrase):
         dl.check_t(dl.make_schedule("cosine", T=T), t, batch=3)
+
+
+def test_check_same_shape_names_every_tensor_when_any_one_differs():
+    """check_same_shape raises as soon as one shape differs from the others, for two tensors and for three of
+    which two agree, and names every tensor with its shape; equal shapes pass. Catches: a test that only fires
+    when all the shapes differ (e.g. counting more than two distinct shapes)."""
+    from ddpm_lib.indexing import check_same_shape
+    a, b = torch.zeros(3, 2), torch.zeros(3, 1)
+    assert check_same_shape(x=a, y=a.clone(), z=torch.ones(3, 2)) is None
+    with pytest.raises(ValueError, match=r"shapes must match: x \(3, 2\), y \(3, 1\)"):
+        check_same_shape(x=a, y=b)
+    with pytest.raises(ValueError, match=r"shapes must match: xt \(3, 2\), eps \(3, 2\), noise \(3, 1\)"):
+        check_same_shape(xt=a, eps=a, noise=b)

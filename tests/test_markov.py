@@ -111,3 +111,22 @@ def test_variance_preserving_chain_keeps_unit_variance():
     m, v = dl.gaussian_chain_moments(math.sqrt(1 - beta), math.sqrt(beta), 2.0, 1.0, 100)
     torch.testing.assert_close(v, torch.ones(101, dtype=torch.float64), rtol=0, atol=1e-13)
     assert m[100].item() == pytest.approx(2.0 * (1 - beta) ** 50, rel=1e-12)
+
+
+def test_power_iteration_returns_the_last_iterate_and_counts_its_products():
+    """With a loose tol = 1e-4 the returned π is start·Pⁿ for the returned n, and n is the first step whose
+    change |π_n − π_{n−1}| falls below tol. For the two-state chain π_n = π* + (π_0 − π*)·λⁿ, λ = 1 − p − q,
+    written out here. Catches: returning the previous iterate π_{n−1} (off by one product), a count off by one."""
+    p, q, tol = 0.3, 0.1, 1e-4
+    pi_star = torch.tensor([q, p], dtype=torch.float64) / (p + q)
+    start = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    lam = 1 - p - q
+
+    def pi_n(n):
+        return pi_star + (start - pi_star) * lam ** n
+
+    n_expected = next(n for n in range(1, 1000) if (pi_n(n) - pi_n(n - 1)).abs().max() < tol)
+    pi, n_iter = dl.stationary_by_power_iteration(two_state(p, q), start=start, tol=tol)
+    assert n_iter == n_expected == 17
+    torch.testing.assert_close(pi, pi_n(n_iter), rtol=0, atol=1e-15)
+    assert (pi - pi_n(n_iter - 1)).abs().max() > 1e-6            # the two candidates are distinguishable

@@ -313,3 +313,38 @@ def test_saved_noisy_classifier_round_trips_and_refuses_changed_files(tmp_path):
         load_noisy_classifier(DEFAULT_CLASSIFIER, check_sha256=False)
     with pytest.raises(FileNotFoundError):
         load_noisy_classifier(tmp_path / "none.pt")
+
+
+def test_training_noises_each_minibatch_with_uniform_t_replayed_from_the_generator():
+    """A probe model trained for 3 steps of batch 4 on 5 images (T = 3) sees, at each step, x_t = √ᾱ_t·x_0[idx] +
+    √(1 − ᾱ_t)·ε (eq. 4 with ᾱ written out from β) and t, where idx, t ~ U{1..T} and ε are replayed here from
+    the same seed in the documented order (idx, t, ε). Catches: the clean images fed to the model, t drawn from
+    1..T − 1 (randint's exclusive end), ᾱ indexed at t − 1."""
+    betas = torch.tensor([0.2, 0.4, 0.6], dtype=F64)
+    s = dl.schedule_from_betas(betas)
+    alpha_bar = torch.cat([torch.ones(1, dtype=F64), torch.cumprod(1 - betas, 0)])
+    x0 = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(20), dtype=F64) * 2 - 1
+    y = torch.tensor([0, 1, 0, 1, 1])
+    model = ProbeClassifier()
+    train_noisy_classifier(model, s, x0, y, steps=3, batch=4, lr=1e-3, generator=torch.Generator().manual_seed(21))
+    g = torch.Generator().manual_seed(21)
+    seen_t = []
+    assert len(model.calls) == 3
+    for xt, t in model.calls:
+        idx = torch.randint(0, 5, (4,), generator=g)
+        t_hand = torch.randint(1, 4, (4,), generator=g)
+        eps = torch.randn((4, 1, 4, 4), generator=g, dtype=F64)
+        ab = alpha_bar[t_hand].reshape(4, 1, 1, 1)
+        assert torch.equal(t, t_hand)
+        torch.testing.assert_close(xt, ab.sqrt() * x0[idx] + (1 - ab).sqrt() * eps, rtol=1e-12, atol=1e-12)
+        seen_t += t.tolist()
+    assert 3 in seen_t                                          # t = T is drawn (12 draws from {1, 2, 3})
+
+
+def test_accuracy_leaves_an_eval_model_in_eval_mode():
+    """noisy_classifier_accuracy puts the model back in the mode it found: eval stays eval (the training case is
+    in test_accuracy_counts_the_arg_max). Catches: the model switched to training mode after measuring."""
+    model = ConstantClassifier().eval()
+    noisy_classifier_accuracy(model, dl.make_schedule("cosine", 10), torch.zeros(4, 1, 4, 4),
+                              torch.tensor([1, 1, 0, 2]), t=3, generator=torch.Generator().manual_seed(0))
+    assert not model.training

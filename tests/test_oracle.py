@@ -199,3 +199,32 @@ def test_gaussian_model_marginal_matches_simulated_chain(var):
 def test_gaussian_model_marginal_refuses_an_unknown_variance():
     with pytest.raises(ValueError, match="unknown reverse variance 'sigma'"):
         dl.gaussian_model_marginal(dl.make_schedule("cosine", 20), 0.5, 0.3, var="sigma")
+
+
+@pytest.mark.parametrize("var", ["beta", "beta_tilde"])
+@pytest.mark.parametrize("last_step_noise", [False, True])
+def test_gaussian_model_marginal_exact_for_three_large_steps(var, last_step_noise):
+    """T = 3 with β = (0.1, 0.3, 0.5), data N(0.5, 0.3²): the reverse chain from x_3 ~ N(0, 1) propagated here by
+    hand in the posterior-mean form μ_θ(x_t) = c_0·E[x_0 | x_t] + c_1·x_t (eq. 7's coefficients, Tweedie's
+    E[x_0 | x_t] = μ + s²√ᾱ_t (x_t − √ᾱ_t μ)/(ᾱ_t s² + 1 − ᾱ_t)), not the ε form the library uses; agreement to
+    1e-12. With three large steps x_3's law still shows in x_0 (weight ≈ 0.1), so the start matters.
+    Catches: the chain started from a point mass (v_T = 0), A_t or B_t wrong, σ_1² added or not at t = 1."""
+    mu, sd = 0.5, 0.3
+    betas = [0.1, 0.3, 0.5]
+    s = dl.schedule_from_betas(torch.tensor(betas, dtype=F64))
+    ab = [1.0]
+    for b in betas:
+        ab.append(ab[-1] * (1 - b))
+    m, v, weight_of_x_T = 0.0, 1.0, 1.0
+    for t in (3, 2, 1):
+        b, a, abt, abp = betas[t - 1], 1 - betas[t - 1], ab[t], ab[t - 1]
+        k = sd ** 2 * math.sqrt(abt) / (abt * sd ** 2 + 1 - abt)            # E[x_0 | x_t] = mu + k (x_t − √ᾱ_t mu)
+        c0, c1 = math.sqrt(abp) * b / (1 - abt), math.sqrt(a) * (1 - abp) / (1 - abt)
+        slope, shift = c0 * k + c1, c0 * (mu - k * math.sqrt(abt) * mu)
+        sigma_sq = b if var == "beta" else (1 - abp) / (1 - abt) * b
+        m, v = slope * m + shift, slope ** 2 * v + (sigma_sq if (t > 1 or last_step_noise) else 0.0)
+        weight_of_x_T *= slope                                              # ∂x_0/∂x_3 along the chain
+    got_m, got_v = dl.gaussian_model_marginal(s, mu, sd, var=var, last_step_noise=last_step_noise)
+    assert got_m == pytest.approx(m, rel=1e-12, abs=1e-14)
+    assert got_v == pytest.approx(v, rel=1e-12)
+    assert weight_of_x_T > 0.05

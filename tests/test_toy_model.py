@@ -117,3 +117,24 @@ def test_unknown_loss_raises():
     s = dl.make_schedule("linear", T=30)
     with pytest.raises(ValueError, match="unknown loss"):
         train_toy(small_model(), s, torch.zeros(4, 2), steps=1, batch=2, loss="l1")
+
+
+def test_forward_feeds_the_time_embedding_to_every_hidden_layer():
+    """The forward pass written out from the model's own layers, in float64: emb = time_mlp(embedding(t)),
+    h = silu(inp(x) + emb), then h = silu(layer(h) + time_proj(emb)) for each hidden layer, out(h). Catches: the
+    time embedding added only at the input (a hidden layer without its time projection)."""
+    torch.manual_seed(3)
+    model = ToyEpsModel(dim=2, hidden=32, layers=3, emb_dim=16).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.tensor([1, 7, 50, 300, 1000])
+    silu = lambda v: v * torch.sigmoid(v)
+    with torch.no_grad():
+        emb = model.time_mlp(timestep_embedding(t, 16).double())
+        h = silu(model.inp(x) + emb)
+        for layer, proj in zip(model.hidden, model.time_proj):
+            h = silu(layer(h) + proj(emb))
+        expected = model.out(h)
+        torch.testing.assert_close(model(x, t), expected, rtol=1e-13, atol=1e-13)
+        for proj in model.time_proj:                         # and each projection matters
+            proj.bias.add_(1.0)
+        assert (model(x, t) - expected).abs().max() > 1e-3
