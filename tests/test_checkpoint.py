@@ -230,3 +230,68 @@ def test_only_rank_0_warns_about_the_random_streams(tmp_path, capsys):
     resume_training(path, trainer, EpochBatches(config.toy_n, config.batch_size, config.seed, 1, 2), config,
                     train_module.unused_settings(config), rank=1, world=2)
     assert "warning" not in capsys.readouterr().out
+
+
+def test_the_temporary_file_is_fsynced_before_it_is_renamed_and_the_folder_after(tmp_path, monkeypatch):
+    """The order of the durable write, recorded by wrapping os.fsync (by the inode of the descriptor) and
+    os.replace: fsync of the temporary file (the inode that ends up as ckpt_00000007.pt), then
+    os.replace(tmp, final), then fsync of the folder. Catches: the file's fsync dropped (after a power cut
+    the rename can land before the data: a complete-looking, empty ckpt_*.pt), the folder's fsync dropped,
+    the rename before the fsync."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(str(src)), os.path.basename(str(dst))))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = save_checkpoint(state(7), tmp_path, keep=1)
+    tmp = ".ckpt_00000007.pt.tmp-" + str(os.getpid())
+    assert events == [("fsync", os.stat(path).st_ino), ("replace", tmp, "ckpt_00000007.pt"),
+                      ("fsync", os.stat(tmp_path).st_ino)]
+
+
+def test_the_card_holds_the_sha256_of_the_files_bytes_and_a_required_card_must_exist(tmp_path):
+    """save_with_card writes sha256(file bytes), computed here with hashlib on the bytes read back; a file
+    with no card passes check_card as None, but raises ValueError with required=True. Catches: another
+    digest (sha3, md5) recorded under the name sha256, ``required`` ignored (an exported model shipped
+    without its card would load unchecked)."""
+    import hashlib
+    path = tmp_path / "w.pt"
+    card = save_with_card({"x": torch.arange(5.0)}, path, {"step": 3})
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_suffix(".json").unlink()
+    assert check_card(path) is None
+    with pytest.raises(ValueError, match="no card"):
+        check_card(path, required=True)
+
+
+def test_resume_refuses_every_setting_but_run_control():
+    """check_same_run refuses a checkpoint whose config differs in any TrainConfig field except the run
+    controls listed here (written out: steps, out_dir, log_every, sample_every, n_samples, save_every,
+    keep, device, compile, progress, resume, data_root), one field changed at a time. Catches: a training
+    setting (seed, T, schedule, batch size, …) silently added to the settings a resume may change."""
+    from dataclasses import asdict, fields
+    from pathlib import Path
+    from ddpm_lib.checkpoint import check_same_run
+    from ddpm_lib.training import TrainConfig
+    run_control = {"steps", "out_dir", "log_every", "sample_every", "n_samples", "save_every", "keep", "device",
+                   "compile", "progress", "resume", "data_root"}
+    config = TrainConfig(num_classes=10)
+    for f in fields(config):
+        saved = asdict(config)
+        value = saved[f.name]
+        saved[f.name] = (not value) if isinstance(value, bool) else (value + 1) if isinstance(value, (int, float)) \
+            else "other" if isinstance(value, str) or value is None else value
+        assert saved[f.name] != getattr(config, f.name), f.name
+        if f.name in run_control:
+            check_same_run(Path("ckpt.pt"), saved, config)
+        else:
+            with pytest.raises(ValueError, match=f"{f.name}="):
+                check_same_run(Path("ckpt.pt"), saved, config)

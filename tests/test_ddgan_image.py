@@ -563,3 +563,147 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     one_error_line(capsys)
     assert main(["export", "--checkpoint", run, "--out", str(tmp_path / "e.pt")]) == 1   # the other way round
     assert "export-ddgan" in one_error_line(capsys)
+
+
+def test_discriminator_sees_x_prev_then_x_t_on_channels(gen):
+    """D(x_{t−1}, x_t, t) concatenates the pair as [x_{t−1}, x_t] on channels before its first conv
+    (recorded with a forward hook on conv_in). Catches: [x_t, x_{t−1}] (same shapes, so only what the
+    input channels of a trained D mean changes: shipped weights would judge the pair backwards)."""
+    from ddpm_lib.ddgan_nets import DDGANDiscriminator
+    torch.manual_seed(0)
+    D = DDGANDiscriminator(image_size=16, in_channels=2, base_width=8, width_mult=(1, 2))
+    seen = []
+    D.conv_in.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x_prev, xt = torch.randn(3, 2, 16, 16, generator=gen), torch.randn(3, 2, 16, 16, generator=gen)
+    with torch.no_grad():
+        D(x_prev, xt, torch.tensor([1, 2, 3]))
+    assert torch.equal(seen[0], torch.cat([x_prev, xt], dim=1))
+
+
+def test_a_t_of_the_wrong_length_gets_a_value_error(gen):
+    """t must be one int or a long tensor of shape (B,): a tensor of 3 entries for a batch of 2 is refused
+    with ValueError naming the expected shape by both networks' shared check. Catches: a check that lets any
+    number of entries through (then a RuntimeError from expand, or a silent broadcast)."""
+    from ddpm_lib.ddgan_nets import DDGANDiscriminator
+    torch.manual_seed(0)
+    D = DDGANDiscriminator(image_size=16, in_channels=1, base_width=8, width_mult=(1, 2))
+    x = torch.randn(2, 1, 16, 16, generator=gen)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        D(x, x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        D(x, x, torch.tensor([[1, 2]]))
+    assert D(x, x, torch.tensor([4])).shape == (2,) and D(x, x, 4).shape == (2,)
+
+
+def test_d_update_scores_the_real_pair_as_real_and_takes_r1_on_the_real_x_prev(gen, monkeypatch):
+    """In one D update, d_loss's first argument (the logits pushed up, softplus(−·)) is D on the real pair
+    (x_{t−1}, x_t) that q_sample_pairs drew, recomputed here; its second is D on another (the fake) pair;
+    R1 is taken at that real x_{t−1}. Recorded by wrapping q_sample_pairs, d_loss and r1_penalty in the
+    trainer's module. Catches: the real and fake logits swapped (D learns to call real pairs fake, which
+    still lowers its loss), R1 taken on the fake pair."""
+    G, D = tiny_nets(size=16)
+    trainer = DDGANTrainer(G, D, DDGANConfig(batch_size=8, device="cpu", progress=False), torch.device("cpu"))
+    seen = {}
+    real_pairs, real_d_loss, real_r1 = (ddgan_train_module.q_sample_pairs, ddgan_train_module.d_loss,
+                                        ddgan_train_module.r1_penalty)
+
+    def pairs(s, x0, t, g):
+        x_prev, xt = real_pairs(s, x0, t, g)
+        seen["pair"] = (x_prev.clone(), xt.clone(), t.clone())
+        return x_prev, xt
+
+    def d_loss(real_logits, fake_logits):
+        with torch.no_grad():
+            seen["expected_real"] = D(*seen["pair"])
+        seen["logits"] = (real_logits.detach().clone(), fake_logits.detach().clone())
+        return real_d_loss(real_logits, fake_logits)
+
+    def r1(d_fn, x_real, xt, t):
+        seen["r1_x"] = x_real.detach().clone()
+        return real_r1(d_fn, x_real, xt, t)
+
+    monkeypatch.setattr(ddgan_train_module, "q_sample_pairs", pairs)
+    monkeypatch.setattr(ddgan_train_module, "d_loss", d_loss)
+    monkeypatch.setattr(ddgan_train_module, "r1_penalty", r1)
+    x0 = torch.where(torch.rand(8, 1, 16, 16, generator=gen) > 0.7, 1.0, -1.0)
+    trainer.d_update(x0, r1_weight=0.01)
+    real_logits, fake_logits = seen["logits"]
+    torch.testing.assert_close(real_logits, seen["expected_real"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fake_logits, seen["expected_real"], rtol=1e-3, atol=1e-4)
+    assert torch.equal(seen["r1_x"], seen["pair"][0])
+
+
+def test_g_ema_after_the_first_step_uses_the_ramped_decay(gen):
+    """θ_ema after step 1 is d₁·θ₀ + (1 − d₁)·θ₁ with d₁ = min(0.999, (1 + 1)/(10 + 1)) = 2/11 (θ₀ the
+    initial G, θ₁ G after the step), written out here. Catches: the full decay 0.999 from the first step
+    (G_ema stuck at the random initial G for thousands of steps), the decay used as the weight of θ."""
+    G, D = tiny_nets(size=16)
+    trainer = DDGANTrainer(G, D, DDGANConfig(batch_size=8, device="cpu", progress=False), torch.device("cpu"))
+    theta0 = [p.detach().clone() for p in G.parameters()]
+    trainer.train_step(torch.where(torch.rand(8, 1, 16, 16, generator=gen) > 0.7, 1.0, -1.0))
+    d1 = 2 / 11
+    for ema, p, p0 in zip(trainer.G_ema.parameters(), G.parameters(), theta0):
+        torch.testing.assert_close(ema, d1 * p0 + (1 - d1) * p.detach(), rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(p0, p) for p0, p in zip(theta0, G.parameters()))
+
+
+def test_optimisers_and_the_noise_stream_follow_the_config(gen, monkeypatch):
+    """Adam over D's parameters with lr_d and over G's with lr_g, both with the config's betas; the first D
+    update draws t from a generator seeded with seed + 1000 (t ~ U{1..T}, recomputed here). Catches: D
+    given G's learning rate (the 4× ratio the config documents lost), the noise generator seeded with the
+    bare seed (the data order's and the weights' seed)."""
+    G, D = tiny_nets(size=16)
+    config = DDGANConfig(batch_size=8, lr_g=1e-4, lr_d=3e-4, betas=(0.1, 0.95), seed=9, device="cpu", progress=False)
+    trainer = DDGANTrainer(G, D, config, torch.device("cpu"))
+    for opt, net, lr in ((trainer.opt_d, D, 3e-4), (trainer.opt_g, G, 1e-4)):
+        group, = opt.param_groups
+        assert group["lr"] == lr and group["betas"] == (0.1, 0.95)
+        assert [id(p) for p in group["params"]] == [id(p) for p in net.parameters()]
+    ts, real_pairs = [], ddgan_train_module.q_sample_pairs
+    monkeypatch.setattr(ddgan_train_module, "q_sample_pairs", lambda s, x0, t, g: ts.append(t) or real_pairs(s, x0, t, g))
+    trainer.d_update(torch.zeros(8, 1, 16, 16), 0.0)
+    assert torch.equal(ts[0], torch.randint(1, config.T + 1, (8,), generator=torch.Generator().manual_seed(9 + 1000)))
+
+
+def test_metrics_average_r1_over_the_steps_that_computed_it(tmp_path, monkeypatch):
+    """With lazy R1 every 2nd step and a log line every 4 steps, the line's "r1" is the mean over the 2 steps
+    that computed it: R1 is replaced here by a constant 0.25 (its gradient kept), so the mean is 0.25.
+    Catches: the sum divided by all 4 steps of the window (0.125: R1 looks half as large as it is)."""
+    real_r1 = ddgan_train_module.r1_penalty
+    monkeypatch.setattr(ddgan_train_module, "r1_penalty", lambda *a: real_r1(*a) * 0 + 0.25)
+    train_ddgan(toy_config(tmp_path, steps=8, lazy_r1=2, log_every=4, save_every=100))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [4, 8]
+    assert [r["r1"] for r in records] == pytest.approx([0.25, 0.25], rel=1e-6)
+
+
+def test_a_nan_r1_alone_stops_the_run_naming_its_step(tmp_path, monkeypatch):
+    """R1 whose value is NaN at step 3 while its gradient stays finite (so D, both losses and G stay finite):
+    the run stops with FloatingPointError naming step 3. Catches: R1 left out of the finiteness check (the
+    run trains on and logs r1 = NaN)."""
+    real_r1, calls = ddgan_train_module.r1_penalty, []
+
+    def nan_value_at_the_third_call(*args):
+        calls.append(1)
+        r1 = real_r1(*args)
+        return r1 + float("nan") if len(calls) == 3 else r1
+
+    monkeypatch.setattr(ddgan_train_module, "r1_penalty", nan_value_at_the_third_call)
+    with pytest.raises(FloatingPointError, match="at step 3;"):
+        train_ddgan(toy_config(tmp_path, steps=6, save_every=100, log_every=100))
+
+
+def test_discriminator_time_embedding_is_linear_leaky_linear_leaky(gen):
+    """D's conditioning vector for t, written out: LeakyReLU₀.₂(W₂·LeakyReLU₀.₂(W₁·emb(t) + b₁) + b₂) with
+    emb(t) = [sin(t·ω_k), cos(t·ω_k)], ω_k = 10000^(−k/(d/2)), d = base_width (as the DDGAN code's
+    discriminator applies its activation to the embedding MLP's output). Catches: the last activation
+    dropped, the embedding of another t."""
+    D = DDGANDiscriminator(image_size=16, in_channels=1, base_width=8, width_mult=(1, 2))
+    t = torch.tensor([1, 3, 4])
+    freqs = torch.tensor([10_000 ** (-k / 4) for k in range(4)])
+    emb = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)
+    l1, l2 = D.time_mlp[0], D.time_mlp[2]
+    leaky = lambda v: torch.nn.functional.leaky_relu(v, 0.2)
+    expected = leaky(leaky(emb @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(D.time_mlp(timestep_embedding(t, 8)), expected, rtol=1e-5, atol=1e-6)

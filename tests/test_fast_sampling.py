@@ -143,3 +143,36 @@ def test_cuda_graph_sampling_equals_eager_on_the_gpu():
         assert (bf16(x1, t).float() - reference).abs().max() <= 0.05 * reference.abs().max()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+class ChannelsLastDouble(torch.nn.Module):
+    """ε(x, t) = 2·x + w, returned in the channels_last layout (as a channels_last U-Net's output is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, xt, t):
+        return (2 * xt + self.w).contiguous(memory_format=torch.channels_last)
+
+
+def test_calls_return_standard_layout_tensors_that_record_no_gradient():
+    """A network whose output is channels_last and whose parameter requires grad, compiled with the
+    "eager" backend: each call returns 2x + w in the standard (contiguous) layout, with requires_grad False
+    and no graph. Catches: the network's output returned as it is (a channels_last x_t for the sampler, a
+    recompilation at the next call's layout), calls made outside no_grad (a graph kept alive per step)."""
+    model = ChannelsLastDouble().eval()
+    eps = compiled_eps_model(model, (2, 3, 4, 4), backend="eager", warmup=1)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = eps(x, torch.ones(2, dtype=torch.long))
+    assert out.is_contiguous() and not out.requires_grad and out.grad_fn is None
+    torch.testing.assert_close(out, 2 * x + 0.5, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [-1, -3, 1.5, True])
+def test_a_negative_or_fractional_warmup_is_refused(bad):
+    """warmup counts calls: a negative number, a fraction or a bool gives ValueError before compiling.
+    Catches: a bound that lets −1 through (range(−1) makes no warm-up call and compile time lands inside
+    the first timed sampler step)."""
+    with pytest.raises(ValueError, match="warmup"):
+        compiled_eps_model(ToyEpsModel(hidden=8).eval(), BATCH, backend="eager", warmup=bad)

@@ -305,3 +305,23 @@ def test_standard_normal_draws_where_the_generator_lives():
     assert torch.equal(got, ref)
     moved = dl.sampling.standard_normal((4, 3), torch.Generator().manual_seed(7), "meta", torch.float64)
     assert moved.device.type == "meta" and moved.shape == (4, 3)
+
+
+def test_standard_normal_asks_the_generators_device_for_the_draw(monkeypatch):
+    """With a CPU generator and another target device (meta, standing in for a GPU), torch.randn is called
+    on the CPU with that generator and only the result is moved: the draws are then the CPU stream's, the
+    same on any machine. Recorded by wrapping torch.randn. Catches: the draw made on the target device
+    (a GPU's stream: other numbers, or an error for a CPU generator on a real GPU), which meta's empty
+    tensors cannot show by their values."""
+    calls = []
+    real_randn = torch.randn
+
+    def spy(*args, **kwargs):
+        calls.append((torch.device(kwargs.get("device") or "cpu"), kwargs.get("generator")))
+        return real_randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", spy)
+    g = torch.Generator().manual_seed(3)
+    out = dl.sampling.standard_normal((4, 3), g, "meta", F64)
+    assert out.device.type == "meta" and out.shape == (4, 3)
+    assert calls == [(torch.device("cpu"), g)]

@@ -506,3 +506,83 @@ def test_the_compiled_step_computes_the_eager_steps_loss_and_gradients(backend):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * scale, msg=f"gradient of {name}")
     losses = [[trainer.train_step(x0).item() for _ in range(3)] for trainer in trainers]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_fp16_steps_clip_the_unscaled_gradient(monkeypatch):
+    """With fp16 autocast and its GradScaler (a T4's path, run here with CPU autocast), the optimizer must see
+    a gradient of norm grad_clip in true units: the scaled gradient is unscaled before clipping. Recorded by
+    wrapping the optimizer's step. Catches: the unscale_ dropped (the clip then acts on the gradient × 65536
+    and the step sees a norm of grad_clip/65536), clipping after the step."""
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda device: torch.float16)
+    config = TrainConfig(data="two_moons", T=50, batch_size=8, lr=1e-2, warmup=1, grad_clip=1e-3, seed=4,
+                         device="cpu", progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(dl.ToyEpsModel(hidden=16), config, torch.device("cpu"))
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 1000
+    norms, real_step = [], trainer.optimizer.step
+
+    def step_and_record(*args, **kwargs):
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                           for p in trainer.model.parameters()])).item())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_and_record)
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    for _ in range(4):                     # the scaler may skip a step that overflowed in fp16 (no call then)
+        trainer.train_step(x0)
+    assert len(norms) >= 2 and norms == pytest.approx([config.grad_clip] * len(norms), rel=1e-3)
+
+
+def test_a_nan_at_the_last_step_is_caught_before_the_final_save(tmp_path, monkeypatch):
+    """A loss that becomes NaN at the very last step (step = steps) stops the run with FloatingPointError
+    naming that step, and the NaN weights are never saved as the final checkpoint. Catches: the check
+    ``first_bad < steps`` (off by one), which lets the last step's NaN through into ckpt_<steps>.pt."""
+    calls = []
+
+    def nan_at_the_sixth_step(eps, eps_pred):
+        calls.append(1)
+        loss = dl.l_simple(eps, eps_pred)
+        return loss * float("nan") if len(calls) == 6 else loss
+
+    monkeypatch.setattr(train_module, "l_simple", nan_at_the_sixth_step)
+    config = toy_config(tmp_path, steps=6, save_every=4, log_every=100)
+    with pytest.raises(FloatingPointError, match="at step 6;"):
+        train(config)
+    assert [p.name for p in list_checkpoints(config.out_dir)] == ["ckpt_00000004.pt"]
+
+
+def test_a_label_equal_to_num_classes_is_refused(monkeypatch):
+    """Labels must lie in 0..num_classes − 1: the value num_classes is the null label of classifier-free
+    guidance, so data holding it is refused with ValueError. Catches: the bound checked with ``>`` (a data
+    label K would train as the null label)."""
+    images = torch.zeros(4, 1, 16, 16)
+    monkeypatch.setattr(train_module, "load_images", lambda *a, **k: (images, torch.tensor([0, 1, 2, 3])))
+    with pytest.raises(ValueError, match="labels 0..3"):
+        train_module.load_training_data(TrainConfig(data="mnist-5k", num_classes=3), "cpu")
+    x0, y = train_module.load_training_data(TrainConfig(data="mnist-5k", num_classes=4), "cpu")
+    assert torch.equal(y, torch.tensor([0, 1, 2, 3]))
+
+
+def test_metrics_lines_record_the_warmed_up_learning_rate_of_their_step(tmp_path):
+    """Each metrics line's "lr" is the rate of its step, lr·min(1, step/warmup) written out here (warmup 3,
+    lines at steps 2, 4, 6, 8). Catches: the configured lr logged during the warm-up."""
+    train(toy_config(tmp_path))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * min(1.0, s / 3) for s in (2, 4, 6, 8)], rel=1e-12)
+
+
+def test_dropout_masks_come_from_torch_seeded_with_seed_plus_1001_on_rank_0(tmp_path, monkeypatch):
+    """TrainConfig's contract: on rank r the dropout masks (torch's global CPU stream) start from
+    seed + 1000·(r + 1) + 1. Torch's state when the first step begins is compared with a generator seeded
+    so. Catches: that seeding dropped (the masks then follow the model's initialisation draws, and change
+    whenever the architecture does), another offset (the stream of t and ε)."""
+    states, original = [], Trainer.train_step
+
+    def record(self, x0, y=None):
+        states.append(torch.get_rng_state())
+        return original(self, x0, y)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    train(toy_config(tmp_path, steps=1, seed=5))
+    assert torch.equal(states[0], torch.Generator().manual_seed(5 + 1001).get_state())
