@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ddgan import ToyDiscriminator, ToyGenerator
-from .embedding import timestep_embedding
+from .embedding import batch_timesteps, timestep_embedding
 from .indexing import check_same_shape
 from .unet import UNet
 
@@ -53,14 +53,6 @@ DDGAN_PRESETS = {
              "discriminator": dict(base_width=16, width_mult=(1, 2, 2)),
              "toy": dict(z_dim=4, hidden=64, layers=2)},
 }
-
-
-def _check_t_like(t, batch: int, device) -> torch.Tensor:
-    """t (int or (B,)) as a long tensor (B,) on ``device``."""
-    t = torch.as_tensor(t, device=device)
-    if t.is_floating_point() or t.ndim > 1 or t.numel() not in (1, batch):
-        raise ValueError(f"t must be an int or an integer tensor of shape ({batch},), got {t!r}")
-    return t.reshape(-1).expand(batch)
 
 
 class DDGANGenerator(nn.Module):
@@ -154,7 +146,7 @@ class DDGANDiscriminator(nn.Module):
         check_same_shape(x_prev=x_prev, xt=xt)
         if xt.ndim != 4 or xt.shape[1] != self.in_channels:
             raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(xt.shape)}")
-        t = _check_t_like(t, xt.shape[0], xt.device)
+        t = batch_timesteps(t, xt.shape[0], xt.device)
         temb = self.time_mlp(timestep_embedding(t, self.base_width).to(xt.dtype))
         h = self.conv_in(torch.cat([x_prev, xt], dim=1))
         for block in self.blocks:

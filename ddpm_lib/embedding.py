@@ -19,3 +19,13 @@ def timestep_embedding(t: torch.Tensor | int, dim: int, max_period: float = 10_0
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.to(torch.float32).reshape(-1, 1) * freqs[None]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def batch_timesteps(t, batch: int, device) -> torch.Tensor:
+    """The time input of a network, t (an int, or an integer tensor of shape (1,) or (B,)), as a (B,) tensor on
+    ``device``; anything else (floats, bools, another length, more axes) is a ``ValueError``. The range 1..T is
+    not checked here: a network does not know T, and reading t back from a GPU would stall it."""
+    t = torch.as_tensor(t, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim > 1 or t.numel() not in (1, batch):
+        raise ValueError(f"t must be an int or an integer tensor of shape ({batch},), got {t!r}")
+    return t.reshape(-1).expand(batch)

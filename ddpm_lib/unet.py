@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import timestep_embedding
+from .embedding import batch_timesteps, timestep_embedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -217,7 +217,7 @@ class UNet(nn.Module):
         if xt.shape[-1] % factor or xt.shape[-2] % factor:
             raise ValueError(f"image size {tuple(xt.shape[-2:])} cannot be halved {self.levels - 1} times: "
                              f"height and width must be multiples of {factor}; pad them to the next multiple")
-        t = torch.as_tensor(t, device=xt.device).reshape(-1).expand(xt.shape[0])
+        t = batch_timesteps(t, xt.shape[0], xt.device)                 # (B,) integers; a ValueError otherwise
         return self.time_mlp(timestep_embedding(t, self.config["base_width"]).to(xt.dtype))
 
     def forward_with_embedding(self, xt: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
