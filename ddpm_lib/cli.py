@@ -42,6 +42,7 @@ from .checkpoint import (checkpoint_to_resume, file_sha256, load_checkpoint, pre
                          write_json)
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
+from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights, load_sampling_model
 from .cli_noisy_classifier import add_noisy_classifier_parser, run_train_noisy_classifier
@@ -76,7 +77,7 @@ def add_run_arguments(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir with "
                    "the run's settings; only steps, logging, grids, saving and device may be given anew")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide the progress bar (shown: %(default)s)")
+                   help="hide the progress bar")
 
 
 def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
@@ -121,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Train, sample and evaluate DDPMs (Ho et al. 2020).")
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train an ε-model (Algorithm 1); torchrun for several GPUs",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                                       formatter_class=HelpFormatter, allow_abbrev=False)
     _add_train_arguments(train_parser)
     sample_parser = commands.add_parser("sample", help="draw samples with the EMA weights (Algorithm 2), guided or not",
-                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                        formatter_class=HelpFormatter)
     sample_parser.add_argument("--checkpoint", required=True,
                                help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
     sample_parser.add_argument("--n", type=int, default=64, help="number of samples (of each class with --label all)")
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"Also the classifier's mean confidence and the predicted-class histogram with its entropy, "
                     f"for the samples and for the real digits. Prints a table and writes JSON. A class-conditional "
                     f"model is sampled unconditionally (its null label): evaluate-guidance measures it guided.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     evaluate_parser.add_argument("--checkpoint", required=True,
                                  help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
     evaluate_parser.add_argument("--n", type=int, default=10_000, help="number of samples (a GPU's job; "
@@ -158,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_arguments(evaluate_parser)
     classifier_parser = commands.add_parser(
         "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     classifier_parser.add_argument("--data", default="mnist-5k", choices=CLASSIFIER_DATA,
                                    help="train split for training; held-out/test split for the accuracy")
-    classifier_parser.add_argument("--data-root", default=None, help="cache folder of torchvision's MNIST")
+    classifier_parser.add_argument("--data-root", default=None,
+                                   help="cache folder of torchvision's MNIST (None: data/cache)")
     classifier_parser.add_argument("--out", default="data/mnist_classifier.pt",
                                    help="weights file; the JSON card goes beside it (.json)")
     classifier_parser.add_argument("--epochs", type=int, default=12, help="passes over the training digits")
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     classifier_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (reproducible timing)")
     export_parser = commands.add_parser(
         "export", help="write θ_ema in half precision with a JSON card (config, sha256, command) for shipping",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     export_parser.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file or a run folder (latest)")
     export_parser.add_argument("--out", required=True, help="weights file, e.g. data/ddpm_mnist.pt (card: .json)")
     export_parser.add_argument("--training-command", default=None,
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser(
         "bench", help="training and sampling images/s, TFLOP/s and peak memory of a U-Net preset, eager and "
                       "compiled, side by side with diffusers' UNet2DModel of the same architecture",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     bench_parser.add_argument("--preset", default="ddpm-cifar10", choices=list(PRESETS), help="U-Net preset")
     bench_parser.add_argument("--batch-size", type=int, default=128, help="training batch")
     bench_parser.add_argument("--sample-batch", type=int, default=256, help="batch of one sampling network evaluation")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import prepare_output
+from .cli_help import HelpFormatter
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
@@ -32,7 +33,7 @@ DDGAN_COMMANDS = ("train-ddgan", "sample-ddgan", "export-ddgan")
 def add_ddgan_commands(subparsers) -> None:
     """Add ``train-ddgan``, ``sample-ddgan`` and ``export-ddgan`` to the ``add_subparsers()`` object."""
     from .cli import add_run_arguments                  # cli imports this module: import at call time
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     d = DDGANConfig()
     p = subparsers.add_parser("train-ddgan", formatter_class=fmt, allow_abbrev=False,
                               help="train a Denoising Diffusion GAN (Xiao et al. 2022): T = 4 GAN-learned steps")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import prepare_output
+from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
 from .noisy_classifier import NoisyClassifier, noisy_classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from .schedules import SCHEDULES, make_schedule
@@ -29,9 +30,9 @@ def default_eval_t(T: int) -> list[int]:
 def add_noisy_classifier_parser(commands) -> None:
     p = commands.add_parser("train-noisy-classifier",
                             help="train the noise-aware classifier p(y | x_t, t) of classifier guidance",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=HelpFormatter)
     p.add_argument("--data", default="mnist-5k", choices=IMAGE_SETS, help="labelled image set (train split)")
-    p.add_argument("--data-root", default=None, help="cache folder of the torchvision sets")
+    p.add_argument("--data-root", default=None, help="cache folder of the torchvision sets (None: data/cache)")
     p.add_argument("--out", default="data/noisy_classifier_mnist.pt", help="weights file (card: .json beside it)")
     p.add_argument("--steps", type=int, default=3000, help="AdamW steps")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch (drawn with replacement)")

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import file_sha256, prepare_output, recorded_path, write_json
 from .classifier import classifier_path, load_classifier
+from .cli_help import HelpFormatter
 from .data import load_images
 from .ddim import GRIDS, sample_ddim
 from .export import load_sampling_model
@@ -214,7 +215,7 @@ def add_evaluate_guidance_parser(commands) -> None:
                     "every scale) and measure them with the clean MNIST classifier (--fid-classifier, not the "
                     f"noisy one that guides): accuracy on the target digit, confidence, {DIVERSITY}, "
                     f"within-class and overall {METRIC}. Prints a table and writes JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a ckpt_*.pt file, a run folder or an exported weights file")
     p.add_argument("--classifier", default=None, help="noisy classifier for --scales (classifier guidance)")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="classifier guidance scales s")

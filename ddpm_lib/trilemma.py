@@ -23,6 +23,7 @@ from torch import nn
 
 from .checkpoint import prepare_output, recorded_path, write_json
 from .classifier import load_classifier
+from .cli_help import HelpFormatter
 from .data import load_images
 from .ddgan import sample_ddgan
 from .ddgan_train import load_ddgan_generator
@@ -121,7 +122,7 @@ def format_rows(rows: list[dict]) -> str:
 def add_trilemma_parser(commands) -> None:
     """The ``trilemma`` subcommand of ``python -m ddpm_lib``."""
     p = commands.add_parser("trilemma", help="FID-MNIST, NFE and seconds per 1,000 samples of DDPM, DDIM and DDGAN",
-                            description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--ddpm", required=True, help="the ε-model: exported weights, checkpoint or run folder")
     p.add_argument("--ddgan", required=True, help="the DDGAN generator: exported file, checkpoint or run folder")
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[50, 4], help="DDIM rows (η = 0)")

@@ -185,6 +185,33 @@ def test_help_lists_both_commands(capsys):
         main(["train", "--preset", "enormous"])                     # argparse rejects an unknown choice
 
 
+def option_help(text: str) -> dict[str, str]:
+    """``--flag`` → its help text, from argparse's ``--help`` output (wrapped lines joined)."""
+    options = " ".join(text.split("options:", 1)[1].split())
+    return {chunk.split()[0]: chunk for chunk in ("--" + part for part in options.split(" --")[1:])}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "train-ddgan", "export", "train-classifier"])
+def test_help_gives_each_default_once_and_none_for_flags_or_required_options(command, capsys):
+    """Every option with a value shows "(default: …)" once; on/off flags, required options and None
+    defaults (whose help says what None means) show none. Catches: argparse's formatter, which printed
+    "(default: None)" after "(default: the course's …)" and "(default: False)" after every flag."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    helps = option_help(capsys.readouterr().out)
+    for flag, text in helps.items():
+        assert text.count("default") <= 1, text
+        assert "(default: None)" not in text and "(default: False)" not in text and "(default: True)" not in text
+    if command != "export":
+        assert helps["--seed"].endswith("(default: 0)")
+    if command in ("train", "train-ddgan"):
+        assert "(default:" not in helps["--compile" if command == "train" else "--resume"]
+        assert "(default:" not in helps["--no-progress"] and "(default:" not in helps["--device"]
+        assert "None: cuda" in helps["--device"]
+    if command in ("evaluate", "export"):
+        assert "(default:" not in helps["--checkpoint"]                    # required
+
+
 # ---- evaluate (FID-MNIST) and train-classifier ----
 
 SHIPPED_CLASSIFIER = ROOT / "data" / "mnist_classifier.pt"
