@@ -13,7 +13,6 @@ Each row draws ``n`` digits with one sampler and reports
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from typing import Callable
