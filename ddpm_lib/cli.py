@@ -50,7 +50,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             check_sampler_flags, describe_sampler, draw_samples, guided_model, mnist_digits,
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
-from .run_folder import RunLocked
+from .run_folder import RunLocked, is_locked
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
@@ -89,7 +89,14 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
     values = {f.name: getattr(args, f.name) for f in fields(config_class)}
     if args.resume:
         given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
-        saved = load_checkpoint(checkpoint_to_resume(args.out_dir, resume=True), mmap=True)["config"]  # weights unread
+        try:
+            found = checkpoint_to_resume(args.out_dir, resume=True)
+        except FileNotFoundError:                       # none yet: is a run still writing its first one?
+            if is_locked(args.out_dir):
+                raise RunLocked(f"another training run is writing into {args.out_dir} and has saved no checkpoint "
+                                f"yet: wait for it to end, then --resume") from None
+            raise
+        saved = load_checkpoint(found, mmap=True)["config"]                           # weights unread
         values.update({k: v for k, v in saved.items() if k in values and k not in given | {"resume", "progress"}})
     return config_class(**values)
 

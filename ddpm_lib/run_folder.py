@@ -42,6 +42,23 @@ def run_lock(out_dir: str | Path):
         yield
 
 
+def is_locked(out_dir: str | Path) -> bool:
+    """Whether a training run holds ``out_dir``'s lock now (a look only: the lock is taken and let go)."""
+    lock = Path(out_dir) / ".lock"
+    try:
+        import fcntl
+        handle = open(lock, "a")
+    except (ImportError, OSError):                        # no fcntl, or no lock file: nobody holds it
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
     in half; a second signal interrupts at once. Handlers are installed from the main thread only."""

@@ -85,3 +85,30 @@ def test_run_lock_creates_nested_out_dirs(tmp_path):
     with run_folder.run_lock(tmp_path / "runs" / "mnist" / "a"):
         pass
     assert (tmp_path / "runs" / "mnist" / "a").is_dir()
+
+
+def test_is_locked_sees_a_holder_and_takes_nothing_from_it(tmp_path):
+    """``is_locked`` answers without keeping the lock: after a look the folder is still free, and a held
+    folder stays held. Catches: a look that keeps the lock, or one that ignores the holder."""
+    out = tmp_path / "run"
+    assert not run_folder.is_locked(out)                              # no folder, no lock file
+    with run_folder.run_lock(out):
+        assert run_folder.is_locked(out) and run_folder.is_locked(out)
+    assert not run_folder.is_locked(out)
+    with run_folder.run_lock(out):                                    # the look let the lock go
+        pass
+
+
+@pytest.mark.parametrize("command", ["train", "train-ddgan"])
+def test_resume_into_a_folder_whose_run_has_not_saved_yet_says_it_is_in_use(command, tmp_path, capsys):
+    """``--resume`` while the first run is still before its first checkpoint: the message names the run in
+    progress, not a missing checkpoint (which would send the user looking for a lost file)."""
+    from ddpm_lib.cli import main
+    out = tmp_path / "run"
+    with run_folder.run_lock(out):
+        status = main([command, "--out-dir", str(out), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and "another training run is writing into" in err and "no checkpoint" in err
+    assert "ckpt_*.pt" not in err and err.count("\n") == 1
+    assert main([command, "--out-dir", str(out), "--resume", "--no-progress"]) == 1   # free and empty
+    assert "--resume: no checkpoint (ckpt_*.pt)" in capsys.readouterr().err
