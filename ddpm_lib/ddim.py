@@ -1,7 +1,7 @@
 """DDIM: the non-Markovian sampler of Song, Meng & Ermon 2021 ("Denoising Diffusion Implicit Models").
 
 Notation: DDIM's α_t is our ``alpha_bar`` (ᾱ_t = ∏_{s≤t} α_s of Ho et al.); every formula here is
-written with ᾱ. Index = the paper's t (DESIGN.md), so ``alpha_bar[0] = 1`` is the clean data and a
+written with ᾱ. Index = the paper's t (README, "The package"), so ``alpha_bar[0] = 1`` is the clean data and a
 step may land on t' = 0 with no special case. One step from t to t' < t (eq. 12):
 
     x̂_0      = (x_t − √(1 − ᾱ_t)·ε_θ(x_t, t)) / √ᾱ_t                    "predicted x_0"

@@ -1,4 +1,4 @@
-"""Checking timesteps and gathering schedule values at them (DESIGN.md: index = the paper's t)."""
+"""Checking timesteps and gathering schedule values at them (index = the paper's t: ``alpha_bar[t]`` is ᾱ_t)."""
 from __future__ import annotations
 
 import torch

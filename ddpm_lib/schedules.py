@@ -1,4 +1,4 @@
-"""Noise schedules β_t, indexed by the paper's t (DESIGN.md: index = the paper's t).
+"""Noise schedules β_t, indexed by the paper's t: ``beta[t]`` is β_t.
 
 Every tensor has length T + 1 and is float64. Entry 0 is the clean-data pad:
 ``beta[0] = 0``, ``alpha[0] = 1``, ``alpha_bar[0] = 1``, ``beta_tilde[0] = 0``.
@@ -46,7 +46,14 @@ class Schedule:
 
 
 def betas_for(name: str, T: int) -> torch.Tensor:
-    """β_1..β_T (length T, float64) for a named schedule; definitions in DESIGN.md."""
+    """β_1..β_T (length T, float64) for a named schedule:
+
+    linear     β_t evenly spaced from 10⁻⁴·(1000/T) to 0.02·(1000/T)     (Ho et al. 2020 at T = 1000)
+    quadratic  √β_t evenly spaced from √10⁻⁴ to √0.02
+    sigmoid    β_t = 10⁻⁴ + (0.02 − 10⁻⁴)·sigmoid(u_t), u_t evenly spaced on [−6, 6]
+    cosine     ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + 0.008)/1.008 · π/2), β_t = min(1 − ᾱ_t/ᾱ_{t−1}, 0.999)
+               (Nichol & Dhariwal 2021)
+    """
     if name == "linear":
         scale = 1000.0 / T  # keeps ᾱ_T about the same for any T (Nichol & Dhariwal 2021)
         beta = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)

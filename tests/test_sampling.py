@@ -51,7 +51,7 @@ def test_ddpm_step_matches_algorithm_2(var):
 
 
 def test_ddpm_step_default_variance_is_beta_tilde():
-    """DESIGN.md: σ_t² = β̃_t unless asked. Catches: β_t as the default."""
+    """σ_t² = β̃_t unless asked (``reverse_variance``'s default). Catches: β_t as the default."""
     s = dl.schedule_from_betas(BETAS)
     xt, eps_pred, noise = randn(4, 3, seed=3), randn(4, 3, seed=4), randn(4, 3, seed=5)
     torch.testing.assert_close(dl.ddpm_step(s, xt, eps_pred, 6, noise),

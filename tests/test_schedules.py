@@ -1,4 +1,4 @@
-"""Schedules against independent re-computations of their definitions (DESIGN.md, "Schedule definitions").
+"""Schedules against independent re-computations of their definitions (the table in ``betas_for``'s docstring).
 
 The reference code below is written again from the definitions with plain Python / numpy and
 never calls ddpm_lib, so a wrong library schedule cannot agree with it by construction.
@@ -17,7 +17,7 @@ NAMES = ("linear", "quadratic", "sigmoid", "cosine")
 
 # ---------------------------------------------------------------- independent reference code
 def ref_betas(name: str, T: int) -> list[float]:
-    """β_1..β_T (Python list, position t - 1) written out from DESIGN.md with a loop per step."""
+    """β_1..β_T (Python list, position t - 1) written out from those definitions with a loop per step."""
     def evenly(lo, hi, t):                       # the t-th of T evenly spaced points from lo to hi
         return lo + (hi - lo) * (t - 1) / (T - 1) if T > 1 else lo
 

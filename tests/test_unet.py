@@ -295,7 +295,7 @@ def test_the_head_count_and_dropout_reach_every_block():
 
 
 def test_the_unet_refuses_a_time_input_that_is_not_integer_timesteps_for_the_batch():
-    """model(xt, t) takes t as one int or an integer tensor (B,) (DESIGN.md: the paper's t). A float t (t/T by
+    """model(xt, t) takes t as one int or an integer tensor (B,) (the paper's t). A float t (t/T by
     mistake), a bool, three entries for a batch of two or a (1, 2) tensor is a ValueError naming the shape.
     Catches: t silently broadcast or embedded as given (t = 0.5 runs and gives noise-level nonsense), or a bare
     RuntimeError from expand."""
