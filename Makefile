@@ -42,7 +42,8 @@ clean:
 # The shipped models and the GPU results that notebooks 06–09 show. A GPU session runs `make results`
 # (or one group: results-ddpm, results-ddim, results-guidance, results-ddgan, results-bench). Each file
 # is made once; a training run stopped by a time limit (SIGTERM saves a checkpoint) resumes on the next
-# call. Small settings for a CPU rehearsal: `make results RESULTS_SCALE=smoke R=/tmp/r RUNS=/tmp/r/runs`.
+# call. Small settings for a CPU rehearsal (T = 100 and these DDIM steps let notebooks/rehearse.sh run 07):
+# `make results RESULTS_SCALE=smoke T=100 DDIM_STEPS="10 20 50 100" R=/tmp/r RUNS=/tmp/r/runs`.
 R        ?= data
 N_TRI   ?= $(N_TABLE)
 RUNS     ?= runs

@@ -270,7 +270,7 @@ def ratios(rows: list[dict]) -> dict:
 
     Images/s are divided by diffusers' highest; DDIM seconds divide diffusers' lowest by the row's.
     Also ``sampling_vs_diffusers_compiled``: ddpm_lib optimised over diffusers compiled, one evaluation
-    (the issue's target is at least 1.5). Figures without a diffusers counterpart are left out.
+    (the project's target is at least 1.5). Figures without a diffusers counterpart are left out.
     """
     ok = [r for r in rows if r["status"] == "ok"]
     theirs = [r for r in ok if r["row"].startswith("diffusers")]
@@ -330,5 +330,5 @@ def format_table(r: dict) -> str:
         lines.append(f"DDGAN-4 sampling: not measured ({g['status']})")
     if "sampling_vs_diffusers_compiled" in r["ratios"]:
         lines.append(f"sampling, one evaluation: ddpm_lib optimised / diffusers compiled = "
-                     f"{r['ratios']['sampling_vs_diffusers_compiled']:.2f} (the issue asks for at least 1.5)")
+                     f"{r['ratios']['sampling_vs_diffusers_compiled']:.2f} (target: at least 1.5)")
     return "\n".join(lines)

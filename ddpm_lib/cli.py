@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_guidance_arguments(sample_parser)
     evaluate_parser = commands.add_parser(
         "evaluate", help=f"FID-MNIST, confidence and class spread of EMA samples: {METRIC}",
-        description=f"Draw --n samples with θ_ema (Algorithm 2) and measure them against held-out real digits "
+        description=f"Draw --n samples with θ_ema (Algorithm 2; --sampler ddim for DDIM, --weights raw for a "
+                    f"checkpoint's raw θ) and measure them against held-out real digits "
                     f"(mnist-5k's 1,000 held-out digits, or the MNIST test set for a model of 'mnist'): {METRIC}. "
                     f"Also the classifier's mean confidence and the predicted-class histogram with its entropy, "
                     f"for the samples and for the real digits. Prints a table and writes JSON. A class-conditional "
