@@ -112,6 +112,31 @@ def test_steps_to_unit_variance_needs_the_start_within_tolerance(capsys):
                  "your bound is negative")
 
 
+def test_power_iteration_counts_depend_on_the_stopping_rule(capsys):
+    """Stopping on the L2 norm of π_{k+1} − π_k, or on its signed max (no .abs()), changes the count: the chains are
+    lazy, so the count moves with the size of the rule, and one starts where the largest move is a fall.
+    Catches: fast-mixing chains on which the wrong rules stopped at the same product as max |·|."""
+    def stop_on(rule):
+        def answer(P, start, tol=1e-12):
+            pi, n = start, 0
+            while True:
+                n += 1
+                nxt = pi @ P
+                if rule(nxt - pi) < tol:
+                    return nxt, n
+                pi = nxt
+        return answer
+    assert_fails(capsys, checks.check_power_iteration, stop_on(torch.linalg.vector_norm), "the number of products")
+    assert_fails(capsys, checks.check_power_iteration, stop_on(torch.max), ".abs() before .max()")
+
+
+def test_steps_to_unit_variance_tries_starts_just_outside_the_tolerance(capsys):
+    """A guard |v_0 − 1| < 0.1 (for ≤ 0.01) returns t* = 0 for starts that still need steps. Catches: starts drawn
+    either within 0.01 of 1 or more than 0.1 away, which let any guard up to 0.1 pass."""
+    wide_guard = lambda beta, var0: 0 if abs(var0 - 1) < 0.1 else unit_variance_steps(beta, var0)
+    assert_fails(capsys, checks.check_steps_to_unit_variance, wide_guard, "differs from the library's answer")
+
+
 # --------------------------------------------------------------------------- notebook 02
 def q_sample_with(values, shift=0, root=True):
     def answer(s, x0, t, eps):
@@ -238,6 +263,42 @@ def test_training_step(capsys):
     assert_fails(capsys, checks.check_training_step, training_step(use_generator=False), "generator=generator")
 
 
+def test_training_step_fixes_neither_the_batch_nor_the_dimension(capsys):
+    """x0 is (B, 3) with B drawn from 40..90, so an answer with the toy data's D = 2 or a batch of 64 written in
+    fails. Catches: a single (64, 2) batch, on which both hard-coded sizes passed."""
+    def with_sizes(B=None, D=None):
+        def answer(model, opt, s, x0, generator):
+            n = x0.shape[0] if B is None else B
+            t = torch.randint(1, s.T + 1, (n,), generator=generator)
+            eps = torch.randn((n, x0.shape[1] if D is None else D), generator=generator)
+            loss = ((eps - model(dl.q_sample(s, x0, t, eps), t)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return answer
+    assert_passes(capsys, checks.check_training_step, with_sizes())
+    for wrong in (with_sizes(D=2), with_sizes(B=64)):
+        with pytest.raises(ValueError, match="shapes must match"):
+            checks.check_training_step(wrong, seed=0)
+
+
+def test_training_step_does_not_blame_float32_for_a_wrong_term(capsys):
+    """The check trains a float32 model on purpose: an answer that feeds the network t − 1 changes the weights by
+    about 1e-4, and the verdict must not tell the student to keep float64. Catches: the rounding hint given for
+    outputs whose reference is itself float32."""
+    def network_sees_t_minus_1(model, opt, s, x0, generator):
+        t = torch.randint(1, s.T + 1, (x0.shape[0],), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        loss = ((eps - model(dl.q_sample(s, x0, t, eps), t - 1)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    ok, out = verdict(capsys, checks.check_training_step, network_sees_t_minus_1)
+    assert not ok and "float64" not in out and "differs from the library's answer" in out, out
+
+
 # --------------------------------------------------------------------------- notebook 05
 def embedding(layout="interleaved", divide_by="h"):
     def answer(t, dim):
@@ -271,7 +332,7 @@ def resblock(one_plus=True, skip=True, dropout=True, swap=False):
         else:
             h = block.norm2(h + proj)
         h = F.silu(h)
-        h = block.conv2(block.dropout(h) if dropout else h)
+        h = block.conv2(F.dropout(h, 0.25) if dropout == "functional" else block.dropout(h) if dropout else h)
         return h + block.skip(x) if skip else h
     return answer
 
@@ -282,6 +343,12 @@ def test_resblock_forward(capsys):
     assert_fails(capsys, checks.check_resblock_forward, resblock(skip=False), "residual path is missing")
     assert_fails(capsys, checks.check_resblock_forward, resblock(dropout=False), "dropout is missing")
     assert_fails(capsys, checks.check_resblock_forward, resblock(swap=True), "first half")
+
+
+def test_resblock_dropout_is_off_in_eval_mode(capsys):
+    """F.dropout(h, p) draws the same mask as block.dropout in training mode but keeps dropping after block.eval():
+    one block is graded in eval mode. Catches: blocks graded in training mode only."""
+    assert_fails(capsys, checks.check_resblock_forward, resblock(dropout="functional"), "drops in eval mode too")
 
 
 # --------------------------------------------------------------------------- behaviour common to all checks
@@ -410,6 +477,13 @@ def test_check_ema_update_passes_the_rule_and_names_its_mistakes(capsys):
                  "average of a constant is the constant")
 
 
+def test_ema_update_that_overwrites_theta_is_told_so(capsys):
+    """θ.mul_(1 − d).add_(θ_ema, alpha=d) returns the right average but writes it into the model's weights: the
+    verdict names that. Catches: a message about the gap shrinking by dⁿ, which the formula already does."""
+    assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: theta.mul_(1 - d).add_(ema, alpha=d),
+                 "changed θ in place")
+
+
 def test_an_answer_that_updates_its_inputs_in_place_is_graded_on_its_result(capsys):
     """ema.mul_(d).add_(θ, alpha=1 − d) is right (the library's EMA updates in place too), and so is an ancestral
     step that edits x_t in place: each call must get its own copy of the inputs. Catches: the reference run on
@@ -519,7 +593,7 @@ def test_check_cfg_combine_passes_the_rule_and_names_its_mistakes(capsys):
 
 # --------------------------------------------------------------------------- notebook 09
 def ddgan_step(s, x0_pred, xt, t, noise, var="beta_tilde", scale=1.0):
-    a, ab, ab_prev, b = s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1], s.beta[t]
+    a, ab, ab_prev, b = (dl.gather(v, i, xt) for v, i in ((s.alpha, t), (s.alpha_bar, t), (s.alpha_bar, t - 1), (s.beta, t)))
     mean = ab_prev.sqrt() * b / (1 - ab) * x0_pred + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt
     var_t = (1 - ab_prev) / (1 - ab) * b if var == "beta_tilde" else b
     return mean + scale * var_t.sqrt() * noise
@@ -532,6 +606,18 @@ def test_check_ddgan_step_passes_the_posterior_draw_and_names_its_mistakes(capsy
     assert_fails(capsys, checks.check_ddgan_step, beta_but_clean_at_1, "not β_t", "no special case for t = 1")
     assert_fails(capsys, checks.check_ddgan_step, lambda s, x0, xt, t, z: ddgan_step(s, x0, xt, t, z) + 1e-3 * xt,
                  "must be x_0′ itself")
+
+
+def test_check_ddgan_step_asks_for_one_step_per_sample(capsys):
+    """9.1's t may be a long tensor (B,): s.alpha[t] without reshaping is right for an int t only, and an `if t == 1`
+    special case cannot take a tensor. Catches: grading on int t alone, which passed both."""
+    def ints_only(s, x0_pred, xt, t, noise):
+        a, ab, ab_prev, b = s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1], s.beta[t]
+        mean = ab_prev.sqrt() * b / (1 - ab) * x0_pred + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+        return mean + ((1 - ab_prev) / (1 - ab) * b).sqrt() * noise
+    special_case = lambda s, x0, xt, t, z: x0 if t == 1 else ddgan_step(s, x0, xt, t, z)
+    assert_fails(capsys, checks.check_ddgan_step, ints_only, "one step per sample")
+    assert_fails(capsys, checks.check_ddgan_step, special_case, "one step per sample", "ambiguous")
 
 
 def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistakes(capsys):

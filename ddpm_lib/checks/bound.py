@@ -137,15 +137,17 @@ def _step(model, opt, s, x0, generator, draw="t_first", target="eps", reduce="me
 def check_training_step(fn, seed=None) -> bool:
     """Exercise 4.3: ``fn(model, opt, s, x0, generator)`` takes one step of Algorithm 1 and returns the loss.
 
-    The check calls it twice in a row on a small ``ToyEpsModel`` with SGD (float32, like training) and
-    replays the same draws: first t ~ U{1..T} with torch.randint, then ε with torch.randn, both from
-    ``generator``; L_simple is the mean squared error on ε (dl.l_simple).
+    The check calls it twice in a row on a small ``ToyEpsModel`` with SGD (float32, like training; 3-D points,
+    40 to 90 of them, so that no size is fixed) and replays the same draws: first t ~ U{1..T} with
+    torch.randint, then ε with torch.randn, both from ``generator``; L_simple is the mean squared error on ε
+    (dl.l_simple).
     """
     g = _generator(seed)
     with torch.random.fork_rng(devices=[]):             # the model's initialisation leaves the caller's RNG alone
         torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=g)))
-        model0 = ToyEpsModel(dim=2, hidden=32, layers=2)
-    case = (make_schedule("linear", 100), torch.randn(64, 2, generator=g),
+        model0 = ToyEpsModel(dim=3, hidden=32, layers=2)
+    B = int(torch.randint(40, 91, (1,), generator=g))
+    case = (make_schedule("linear", 100), torch.randn(B, 3, generator=g),
             int(torch.randint(0, 2 ** 31, (1,), generator=g)))           # s, x0 and the seed of `generator`
 
     def run(step_fn):
@@ -159,7 +161,7 @@ def check_training_step(fn, seed=None) -> bool:
             if any(v is None or v.numel() != 1 for v in losses):
                 return "no number", None
             weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-            return torch.stack([v.reshape(()) for v in losses]), weights
+            return torch.stack([v.reshape(()) for v in losses]).float(), weights      # float32, as computed
         return runner
 
     first, again = run(fn)(*case, global_seed=1), run(fn)(*case, global_seed=2)

@@ -23,10 +23,14 @@ def check_power_iteration(fn, seed=None) -> bool:
     """Exercise 1.1: ``fn(P, start, tol)`` → (π, number of products π ← π P until max |π_{k+1} − π_k| < tol)."""
     g = _generator(seed)
     cases = []
-    for S in (3, 4, 5, 6, 7):
-        P = torch.rand(S, S, generator=g, dtype=f64) + 0.05
+    for S in (3, 4, 5, 6, 7):        # lazy chains (staying put with probability 0.8) converge slowly enough that
+        P = torch.rand(S, S, generator=g, dtype=f64) + 0.05          # another stopping rule changes the count
+        P = 0.8 * torch.eye(S, dtype=f64) + 0.2 * P / P.sum(1, keepdim=True)
         start = torch.rand(S, generator=g, dtype=f64)
-        cases.append((P / P.sum(1, keepdim=True), start / start.sum(), 1e-12 if S % 2 else 1e-10))
+        cases.append((P, start / start.sum(), 1e-12 if S % 2 else 1e-10))
+    pi = torch.rand(7, generator=g, dtype=f64) + 0.1      # P = 0.9 I + 0.1·1π scales π_k − π by 0.9 per product;
+    pi, one = pi / pi.sum(), torch.eye(7, dtype=f64)[int(pi.argmin())]     # from (π + e_j)/2, the largest move
+    cases.append((0.9 * torch.eye(7, dtype=f64) + 0.1 * pi.expand(7, 7), (pi + one) / 2, 1e-12))   # is a fall, at j
     count = ("the count is off by one: count every product π ← π P, including the last one, "
              "which moved π by less than tol")
     mistakes = [
@@ -36,6 +40,9 @@ def check_power_iteration(fn, seed=None) -> bool:
         Mistake(count, lambda P, st, tol: _power(P, st, tol, shift=1)[1], part=1),
         Mistake("stop when the largest entry of |π_{k+1} − π_k| is below tol (a max, not a sum)",
                 lambda P, st, tol: _power(P, st, tol, stop=lambda d: d.abs().sum())[1], part=1),
+        Mistake("stop on the largest |π_{k+1} − π_k|: .abs() before .max() (the differences sum to 0, so the signed "
+                "max misses entries that fall)",
+                lambda P, st, tol: _power(P, st, tol, stop=lambda d: d.max())[1], part=1),
         Mistake("start from the given `start`, not from the uniform distribution",
                 lambda P, st, tol: _power(P, st, tol, uniform=True)[1], part=1),
     ]
@@ -47,7 +54,7 @@ def check_power_iteration(fn, seed=None) -> bool:
 
     return _grade("power_iteration", fn, cases, stationary_by_power_iteration, mistakes,
                   ("π", "the number of products"), [stationary],
-                  "π and the number of products match the library on 5 random chains, and π P = π",
+                  "π and the number of products match the library on 6 random chains, and π P = π",
                   tol=((0, 1e-9), (0, 0)))
 
 
@@ -68,7 +75,8 @@ def check_steps_to_unit_variance(fn, seed=None) -> bool:
         except (ArithmeticError, ValueError) as err:
             return _verdict("steps_to_unit_variance", False, f"raises {type(err).__name__} for β = {beta}, v_0 = "
                             f"{var0}: a chain that starts within 0.01 of 1 needs no step, so t* = 0 there")
-    cases = [(0.001, 0.0), (0.02, 25.0), (0.1, 0.0), (0.3, 25.0), (0.05, 1.005), (0.1, 0.995)]
+    cases = [(0.001, 0.0), (0.02, 25.0), (0.1, 0.0), (0.3, 25.0), (0.05, 1.005), (0.1, 0.995),
+             (0.02, 1.015), (0.1, 0.985)]                                   # and just outside 0.01 of 1
     while len(cases) < 10:
         u, v = torch.rand(2, generator=g, dtype=f64).tolist()
         beta, var0 = 10 ** (-3 + 2.7 * u), 30 * v                     # β from 0.001 to 0.5, v_0 from 0 to 30

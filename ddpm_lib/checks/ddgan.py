@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..ddgan import d_loss, ddgan_schedule, g_loss, posterior_sample
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, f64
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _one_step_per_sample, _timesteps, f64
 
 
 def _step(s, x0_pred, xt, t, noise, var="beta_tilde", no_noise_at_1=False):
@@ -19,7 +19,8 @@ def _step(s, x0_pred, xt, t, noise, var="beta_tilde", no_noise_at_1=False):
 
 def check_ddgan_step(fn, seed=None) -> bool:
     """Exercise 9.1: ``fn(s, x0_pred, xt, t, noise)`` → x_{t−1} = μ̃_t(x_t, x_0′) + √β̃_t·noise, a draw from
-    q(x_{t−1} | x_t, x_0′) (DDPM eqs. 6–7); t an int in 1..T; at t = 1, β̃_1 = 0 and the draw is x_0′."""
+    q(x_{t−1} | x_t, x_0′) (DDPM eqs. 6–7); t an int in 1..T, or a long tensor (B,); at t = 1, β̃_1 = 0 and the
+    draw is x_0′."""
     g = _generator(seed)
     cases = []
     for k in range(N_CASES):
@@ -42,8 +43,13 @@ def check_ddgan_step(fn, seed=None) -> bool:
         if not torch.allclose(torch.as_tensor(out, dtype=f64), x0p, atol=1e-10):
             return "at t = 1 the draw must be x_0′ itself (ᾱ_0 = 1 makes μ̃_1 = x_0′ and β̃_1 = 0)"
 
-    return _grade("ddgan_step", fn, cases, posterior_sample, mistakes, ("x_{t-1}",), [last_step],
-                  f"matches dl.posterior_sample on {len(cases)} draws (t = 1, 2 and T; T = 4 and T = 50)")
+    s = make_schedule("cosine", 50)                             # t as a tensor (B,): one step per sample
+    x0_pred, xt, noise = torch.randn(3, *_images(g, 4).shape, generator=g, dtype=f64)
+    batch = (s, x0_pred, xt, _timesteps(g, s, 4), noise)
+    return _grade("ddgan_step", fn, cases, posterior_sample, mistakes, ("x_{t-1}",),
+                  [last_step, lambda fn: _one_step_per_sample(fn, batch, 3)],
+                  f"matches dl.posterior_sample on {len(cases)} draws (t = 1, 2 and T; T = 4 and T = 50), and on "
+                  "a batch whose samples take different steps")
 
 
 def check_gan_losses(fn, seed=None) -> bool:

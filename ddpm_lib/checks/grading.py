@@ -121,6 +121,9 @@ def _precision(outs, refs, k):
     result within 1e-2 (relative to the reference's scale) of it, or a float64 one whose entries nearly all
     differ, each by a relative error of float32's size (median below 1e-5). A wrong term differs by more, or
     only in some rows (one case of t)."""
+    if any(isinstance(r[k], torch.Tensor) and r[k].dtype in (torch.float32, torch.float16, torch.bfloat16)
+           for r in refs):          # the reference itself is in low precision (the training step's float32 model)
+        return None
     rel, low, errors = 0.0, set(), []
     for o, r in zip(outs, refs):
         a, b = _tensor(o[k]), _tensor(r[k])
@@ -160,6 +163,24 @@ def _where(outs, refs, cases, k, timesteps):
                 "or the log or square root of a negative number, e.g. from an index off by one in t")
     return (f"differs from the library's answer{where} (largest error {err:.3g}); "
             "compare it with the equation term by term")
+
+
+def _one_step_per_sample(fn, args, t_pos):
+    """A property: with t (argument ``t_pos`` of ``args``) a long tensor (B,), row b of the answer equals the answer
+    called on row b of every tensor argument with the int t[b]; an exercise whose t may be an int or a tensor (B,)
+    must handle both."""
+    t = args[t_pos]
+    row = lambda b: [int(t[b]) if k == t_pos else a[b:b + 1] if isinstance(a, torch.Tensor) else a
+                     for k, a in enumerate(args)]
+    try:
+        out = _tensor(fn(*_fresh(args)))
+        one_by_one = torch.cat([_tensor(fn(*_fresh(row(b)))) for b in range(len(t))])
+    except Exception as err:
+        return (f"t may be an int or a long tensor of shape (B,), one step per sample; the answer failed on one of "
+                f"them with {type(err).__name__}: {err}")
+    if out.shape != one_by_one.shape or not torch.allclose(out, one_by_one, rtol=1e-6, atol=1e-9):
+        return ("with a tensor t of shape (B,), sample b must take its own step t[b], as the call with the int t[b] "
+                "does")
 
 
 # --------------------------------------------------------------------------- random inputs

@@ -40,6 +40,8 @@ def check_ema_update(fn, seed=None) -> bool:
         ema, theta, d, n = torch.zeros(5, dtype=f64), torch.ones(5, dtype=f64), 0.9, 20
         for _ in range(n):
             ema = fn(ema, theta, d)
+        if not torch.equal(theta, torch.ones(5, dtype=f64)):
+            return "the update changed θ in place: θ is the model's weights, so change (or return) only the average"
         if not _same(ema, torch.full((5,), 1 - d ** n, dtype=f64), (1e-10, 1e-12)):
             return f"after {n} updates from 0 towards 1 with d = {d} the average should be 1 − dⁿ = {1 - d ** n:.6f}"
 

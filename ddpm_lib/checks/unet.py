@@ -65,23 +65,25 @@ def _resblock(block, x, temb, one_plus=True, swap=False, silu_temb=True, skip=Tr
         h = block.norm2(h) + proj if add_after_norm else block.norm2(h + proj)
     h = F.silu(h)
     h = {"in": lambda: block.conv2(block.dropout(h)), "none": lambda: block.conv2(h),
-         "after": lambda: block.dropout(block.conv2(h))}[dropout]()
+         "after": lambda: block.dropout(block.conv2(h)),
+         "always": lambda: block.conv2(F.dropout(h, block.dropout.p, training=True))}[dropout]()
     return h + block.skip(x) if skip else h
 
 
 def check_resblock_forward(fn, seed=None) -> bool:
     """Exercise 5.2: ``fn(block, x, temb)`` → the forward pass of a library ``ResBlock`` (5.6), both time modes.
 
-    Blocks are in training mode with dropout 0.25; the answer and the reference start from the same RNG
-    state, so the dropout mask matches when block.dropout is applied where the lecture applies it.
+    Blocks are in training mode with dropout 0.25 (one more in eval mode, where dropout is off); the answer and
+    the reference start from the same RNG state, so the dropout mask matches when block.dropout is applied where
+    the lecture applies it.
     """
     g = _generator(seed)
     cases = []
     with torch.random.fork_rng(devices=[]):
-        for time_cond, c_in, c_out in (("scale_shift", 8, 16), ("scale_shift", 16, 16),
-                                       ("add", 8, 16), ("add", 16, 16)):
+        for time_cond, c_in, c_out, train in (("scale_shift", 8, 16, True), ("scale_shift", 16, 16, True),
+                                              ("add", 8, 16, True), ("add", 16, 16, True), ("add", 8, 16, False)):
             torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=g)))
-            block = ResBlock(c_in, c_out, temb_dim=12, dropout=0.25, time_cond=time_cond).to(f64).train()
+            block = ResBlock(c_in, c_out, temb_dim=12, dropout=0.25, time_cond=time_cond).to(f64).train(train)
             with torch.no_grad():
                 for p in block.parameters():       # non-trivial norms and a strong time signal
                     p.add_(0.3 * torch.randn(p.shape, dtype=f64))
@@ -106,8 +108,11 @@ def check_resblock_forward(fn, seed=None) -> bool:
         Mistake("GroupNorm comes before SiLU: h = conv1(SiLU(norm1(x)))", variant(norm_first=False)),
         Mistake("block.dropout is missing (it sits between the second SiLU and conv2)", variant(dropout="none")),
         Mistake("dropout goes before conv2, not after it", variant(dropout="after")),
+        Mistake("F.dropout(h, p) drops in eval mode too: apply block.dropout, which block.eval() turns off",
+                variant(dropout="always")),
     ]
     return _grade("resblock_forward", seeded(fn), cases, seeded(lambda b, x, temb: b(x, temb)), mistakes,
                   ("the output",), (),
-                  "matches ResBlock.forward for both time conditionings, with and without the 1×1 skip, dropout on",
+                  "matches ResBlock.forward for both time conditionings, with and without the 1×1 skip, dropout on "
+                  "and off (eval mode)",
                   tol=((1e-6, 1e-8),))
