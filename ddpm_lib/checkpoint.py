@@ -134,6 +134,33 @@ def prepare_output(path: str | Path, suffixes: tuple) -> Path:
     return path
 
 
+def check_files(inputs: dict, out: str | Path | None = None, writes_card: bool = False) -> None:
+    """Before any work, a one-line ``ValueError`` when an input flag names a JSON card instead of the file
+    it describes, or when ``out`` (and, with ``writes_card``, its ``.json`` card) would overwrite an input
+    file or an input's card. ``inputs``: flag → path (None: not given); a run folder stands for its latest
+    checkpoint."""
+    protected = {}
+    for flag, given in inputs.items():
+        if given is None:
+            continue
+        path = Path(given)
+        if path.suffix.lower() == ".json":
+            raise ValueError(f"{flag} {path} is a JSON card: pass the file it describes, {path.with_suffix('.pt')}")
+        if path.is_dir():
+            path = latest_checkpoint(path)
+        if path is not None:
+            for kept in (path, path.with_suffix(".json")):
+                protected.setdefault(kept.resolve(), (flag, kept))
+    if out is None:
+        return
+    out = Path(out)
+    for written in (out, out.with_suffix(".json")) if writes_card else (out,):
+        if written.resolve() in protected:
+            flag, kept = protected[written.resolve()]
+            what = "card" if kept.suffix.lower() == ".json" else "file"
+            raise ValueError(f"--out {out} would overwrite the {flag} {what} {kept}: write to another name")
+
+
 def save_with_card(blob: dict, path: str | Path, card: dict) -> dict:
     """Write the weights file ``blob`` atomically to ``path`` (a ``.pt`` name) and its JSON card beside it
     (``path`` with ``.json``): ``card`` plus the file's name and sha256, which loaders check. Returns the card."""

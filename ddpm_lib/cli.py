@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -38,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from .bench import bench, format_table
-from .checkpoint import (checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output, recorded_path,
+from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output, recorded_path,
                          write_json)
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
@@ -256,9 +258,10 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     if args.n < 2 or args.batch_size < 1:
         raise ValueError(f"--n must be at least 2 (a covariance needs two samples) and --batch-size at least 1, "
                          f"got {args.n} and {args.batch_size}")
+    args.classifier = classifier_path(args.classifier)
+    check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    args.classifier = classifier_path(args.classifier)
     classifier = load_classifier(args.classifier, device)
     if args.bf16 and device.type != "cuda":
         raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")
@@ -325,9 +328,17 @@ def print_results(r: dict) -> None:
     print(f"{'':24}{' '.join(map(str, h['class_counts']))}   (held-out real)")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does; the trainers put their own handler
+    # on top while they train (save, then stop). Handlers can be set from the main thread only.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         if hasattr(args, "sampler"):
             check_sampler_flags(args)
@@ -341,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluate(args)
         elif args.command == "bench":
             from .bench import ROW_KEYS
+            if min(args.batch_size, args.sample_batch, args.iters, args.ddim_steps) < 1 or args.warmup < 0:
+                raise ValueError(f"--batch-size, --sample-batch, --iters and --ddim-steps must be at least 1 and "
+                                 f"--warmup at least 0, got {args.batch_size}, {args.sample_batch}, {args.iters}, "
+                                 f"{args.ddim_steps} and {args.warmup}")
             if args.out:
                 prepare_output(args.out, (".json",))
             figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup, args.device,
@@ -372,4 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 or not isinstance(exc, SAME_ON_EVERY_RANK):
             print(f"error: {exc}" if rank == 0 else f"error (rank {rank}): {exc}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0

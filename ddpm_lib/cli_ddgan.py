@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import prepare_output
+from .checkpoint import check_files, prepare_output
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
@@ -73,6 +73,7 @@ def run_sample_ddgan(args: argparse.Namespace) -> Path:
     """Sample ``args.n`` examples with G_ema and write them to ``args.out``; returns the path."""
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    check_files({"--checkpoint": args.checkpoint}, args.out)
     prepare_output(args.out, (".png", ".pt"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     G, schedule, info = load_ddgan_generator(args.checkpoint, device)
@@ -95,6 +96,7 @@ def run_ddgan_command(args: argparse.Namespace, argv: list[str]) -> None:
         run_sample_ddgan(args)
     elif args.command == "export-ddgan":
         command = args.training_command or shlex.join(["python", "-m", "ddpm_lib", *argv])
+        check_files({"--checkpoint": args.checkpoint}, args.out, writes_card=True)
         card = export_ddgan(args.checkpoint, args.out, command=command)
         print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
               f"{Path(args.out).with_suffix('.json')}")

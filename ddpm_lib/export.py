@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import (build_model, check_card, example_shape_of, load_checkpoint, load_model_state,
+from .checkpoint import (build_model, check_card, check_files, example_shape_of, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, save_with_card)
 from .schedules import make_schedule
 
@@ -26,6 +26,7 @@ def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | N
     """Write θ_ema of a training checkpoint (file or run folder) as fp16 to ``out`` and a card
     ``out.with_suffix('.json')``; returns the card (sha256, step, config, model_spec, command).
     Any model kind (U-Net, class-conditional U-Net, toy MLP) is exported the same way."""
+    check_files({"--checkpoint": checkpoint}, out, writes_card=True)
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     if "ema" not in ckpt:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, prepare_output, recorded_path, write_json
+from .checkpoint import check_files, file_sha256, prepare_output, read_tagged_file, recorded_path, write_json
 from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
@@ -38,6 +38,7 @@ from .ddim import GRIDS, sample_ddim
 from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
+from .noisy_classifier import FORMAT as NOISY_CLASSIFIER_FORMAT
 from .noisy_classifier import NoisyClassifier, load_noisy_classifier
 from .sampling import sample_ddpm
 from .training import write_samples
@@ -123,6 +124,7 @@ def parse_label(text: str | None, num_classes: int) -> list[int] | None:
 def load_guide(path: str, schedule, example_shape: tuple, device) -> NoisyClassifier:
     """The noisy classifier at ``path``, checked against the model: the same T and schedule (β_t for
     every t) and the same image shape; ``ValueError`` naming both otherwise."""
+    read_tagged_file(path, NOISY_CLASSIFIER_FORMAT, "noisy classifier", mmap=True)   # its kind before its card
     classifier, classifier_schedule = load_noisy_classifier(path, device)
     if classifier_schedule.T != schedule.T or not torch.allclose(classifier_schedule.beta, schedule.beta.cpu(),
                                                                  rtol=1e-12, atol=0):
@@ -181,6 +183,7 @@ def run_sample(args: argparse.Namespace) -> Path:
     writes ``args.out`` and returns its path."""
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".png", ".pt"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, schedule, info = load_sampling_model(args.checkpoint, device)
@@ -286,9 +289,11 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         raise ValueError("--cfg-scales guide without a classifier: drop --classifier (or use --scales)")
     if not all(math.isfinite(v) and v >= 0 for v in scales):
         raise ValueError(f"{'--scales' if sweep == 'classifier' else '--cfg-scales'} must all be finite and >= 0, got {scales}")
+    args.fid_classifier = classifier_path(args.fid_classifier)
+    check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier,
+                 "--fid-classifier": args.fid_classifier}, args.out)
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    args.fid_classifier = classifier_path(args.fid_classifier)
     clean = load_classifier(args.fid_classifier, device)
     model, schedule, info = load_sampling_model(args.checkpoint, device)
     if sweep == "classifier-free" and not is_conditional(info):
@@ -312,7 +317,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
             y = labels[i:i + args.batch_size].to(device)
             eps_model, cond_fn, _ = guided_model(model, info, y, scale if guide is None else None, guide, scale)
             samples.append(draw_samples(eps_model, schedule, (len(y), *info["example_shape"]), generator, args,
-                                        cond_fn=cond_fn).clamp(-1, 1).cpu())
+                                        progress=True, cond_fn=cond_fn).clamp(-1, 1).cpu())  # minutes a batch
         seconds = time.perf_counter() - start
         features, probs = classifier_outputs(torch.cat(samples), clean, args.batch_size)
         stats = class_statistics(features, probs, labels, K, real_features, real_y)

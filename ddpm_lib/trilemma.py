@@ -10,6 +10,8 @@ Each row draws ``n`` digits with one sampler and reports
   equally often) and the classifier's mean confidence,
 - the network evaluations per sample, *counted* by wrapping the network (not taken from the sampler's
   name), and the wall-clock seconds per 1,000 samples (CUDA synchronised before the clock is read).
+
+The JSON names the two models and the classifier with their sha256; a progress bar shows each row's samples.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from .checkpoint import prepare_output, recorded_path, write_json
-from .classifier import load_classifier
+from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
+from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
 from .ddgan import sample_ddgan
@@ -51,10 +54,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, device, seed: int = 0):
+def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, device, seed: int = 0,
+                    desc: str | None = None):
     """``(samples, seconds, nfe)``: ``n`` samples drawn in batches of ``batch_size`` on ``device``, the
     wall-clock seconds it took, and the network evaluations per sample (calls per batch, which must be
-    the same for every batch)."""
+    the same for every batch). ``desc``: show a progress bar over the samples with this name."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
     device = torch.device(device)
@@ -62,10 +66,13 @@ def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, d
     calls, batches = set(), []
     _synchronize(device)
     start = time.perf_counter()
+    bar = tqdm(total=n, desc=desc, unit="sample", disable=desc is None, leave=False)
     for i in range(0, n, batch_size):
         before = counter.calls
         batches.append(draw(min(batch_size, n - i), generator).clamp(-1, 1))
         calls.add(counter.calls - before)
+        bar.update(len(batches[-1]))
+    bar.close()
     _synchronize(device)
     seconds = time.perf_counter() - start
     if len(calls) != 1:
@@ -73,14 +80,16 @@ def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, d
     return torch.cat(batches).float().cpu(), seconds, calls.pop()
 
 
-def ddpm_draw(eps_model: nn.Module, s, example_shape: tuple) -> Draw:
-    """Algorithm 2 over all T steps (one network evaluation per step)."""
-    return lambda b, g: sample_ddpm(eps_model, s, (b, *example_shape), generator=g)
+def ddpm_draw(eps_model: nn.Module, s, example_shape: tuple, progress: bool = False) -> Draw:
+    """Algorithm 2 over all T steps (one network evaluation per step); ``progress``: a bar over the steps."""
+    return lambda b, g: sample_ddpm(eps_model, s, (b, *example_shape), generator=g, progress=progress)
 
 
-def ddim_draw(eps_model: nn.Module, s, example_shape: tuple, steps: int, eta: float = 0.0) -> Draw:
+def ddim_draw(eps_model: nn.Module, s, example_shape: tuple, steps: int, eta: float = 0.0,
+              progress: bool = False) -> Draw:
     """DDIM on a uniform grid of ``steps`` steps (one network evaluation per step)."""
-    return lambda b, g: sample_ddim(eps_model, s, (b, *example_shape), steps=steps, eta=eta, generator=g)
+    return lambda b, g: sample_ddim(eps_model, s, (b, *example_shape), steps=steps, eta=eta, generator=g,
+                                    progress=progress)
 
 
 def _in_bf16(draw: Draw) -> Draw:
@@ -91,14 +100,16 @@ def _in_bf16(draw: Draw) -> Draw:
 
 
 def trilemma_rows(samplers: dict[str, tuple[Draw, CallCounter]], real: torch.Tensor, classifier: nn.Module,
-                  n: int, batch_size: int, device, seed: int = 0) -> list[dict]:
+                  n: int, batch_size: int, device, seed: int = 0, progress: bool = False) -> list[dict]:
     """One row per sampler (name → (draw, the counter wrapping its network)): FID-MNIST against
     ``real``, class entropy, confidence, network evaluations per sample and seconds per 1,000 samples.
-    A line is printed as each row is done: the slow rows take minutes on a CPU."""
+    A line is printed as each row is done, and with ``progress`` a bar shows each row's samples: the slow
+    rows take minutes on a CPU."""
     ref = image_statistics(real, classifier, batch_size)
     rows = []
     for name, (draw, counter) in samplers.items():
-        samples, seconds, nfe = measure_sampler(draw, counter, n, batch_size, device, seed)
+        samples, seconds, nfe = measure_sampler(draw, counter, n, batch_size, device, seed,
+                                                desc=name if progress else None)
         stats = image_statistics(samples, classifier, batch_size)
         rows.append({"sampler": name, "nfe": nfe, "n": n,
                      "fid_mnist": frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
@@ -137,8 +148,11 @@ def add_trilemma_parser(commands) -> None:
 
 def run_trilemma(args) -> dict:
     """Measure the rows and write the JSON table (the command's work)."""
-    if args.n < 2:
-        raise ValueError(f"--n must be at least 2 (a covariance needs two samples), got {args.n}")
+    if args.n < 2 or args.batch_size < 1:
+        raise ValueError(f"--n must be at least 2 (a covariance needs two samples) and --batch-size at least 1, "
+                         f"got {args.n} and {args.batch_size}")
+    args.classifier = classifier_path(args.classifier)
+    check_files({"--ddpm": args.ddpm, "--ddgan": args.ddgan, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".json",))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.bf16 and device.type != "cuda":
@@ -155,20 +169,23 @@ def run_trilemma(args) -> dict:
         raise ValueError(f"--ddim-steps must be distinct whole numbers in 1..T = 1..{s.T}, got {args.ddim_steps}")
     eps_counter, g_counter = CallCounter(eps_model), CallCounter(G)
     s = s.to(device)
-    samplers = {f"DDPM ({s.T} steps)": (ddpm_draw(eps_counter, s, shape), eps_counter)}
+    samplers = {f"DDPM ({s.T} steps)": (ddpm_draw(eps_counter, s, shape, progress=True), eps_counter)}
     for steps in args.ddim_steps:
-        samplers[f"DDIM ({steps} steps, η = 0)"] = (ddim_draw(eps_counter, s, shape, steps), eps_counter)
+        samplers[f"DDIM ({steps} steps, η = 0)"] = (ddim_draw(eps_counter, s, shape, steps, progress=True),
+                                                     eps_counter)
     samplers[f"DDGAN ({s_gan.T} steps)"] = (
         lambda b, g: sample_ddgan(g_counter, s_gan, (b, *shape), z_dim=G.z_dim, generator=g), g_counter)
     real, _ = load_images(info["config"].get("data", "mnist-5k"), train=False, pad_to_32=True)
     if args.bf16:                          # the networks in bf16; the classifier's features stay float32
         samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
     rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
-                         device, args.seed)
+                         device, args.seed, progress=True)
     table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-             else "cpu", "ddpm": recorded_path(args.ddpm), "ddgan": recorded_path(args.ddgan), "reference": {"n": len(real),
-             "split": "held-out"}, "seed": args.seed, "precision": "bf16 autocast" if args.bf16 else "float32",
-             "rows": rows}
+             else "cpu", "ddpm": recorded_path(info["path"]), "ddpm_sha256": file_sha256(info["path"]),
+             "ddgan": recorded_path(gan_info["source"]), "ddgan_sha256": file_sha256(gan_info["source"]),
+             "classifier": recorded_path(args.classifier), "classifier_sha256": file_sha256(args.classifier),
+             "reference": {"n": len(real), "split": "held-out"}, "seed": args.seed,
+             "precision": "bf16 autocast" if args.bf16 else "float32", "rows": rows}
     write_json(table, args.out)
     print(format_rows(rows))
     print(f"wrote {args.out}")
