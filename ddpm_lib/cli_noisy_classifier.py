@@ -35,7 +35,8 @@ def add_noisy_classifier_parser(commands) -> None:
     p.add_argument("--data-root", default=None, help="cache folder of the torchvision sets (None: data/cache)")
     p.add_argument("--out", default="data/noisy_classifier_mnist.pt", help="weights file (card: .json beside it)")
     p.add_argument("--steps", type=int, default=3000, help="AdamW steps")
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch, drawn with replacement (at most the number of training images)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="minibatch, drawn with replacement (at most the number of training images)")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="the schedule of the models it will guide")
