@@ -140,7 +140,7 @@ def test_steps_to_unit_variance_tries_starts_just_outside_the_tolerance(capsys):
 # --------------------------------------------------------------------------- notebook 02
 def q_sample_with(values, shift=0, root=True):
     def answer(s, x0, t, eps):
-        c = getattr(s, values)[t - shift].view(-1, 1, 1, 1)
+        c = getattr(s, values)[t - shift].view(-1, 1, 1, 1).to(x0.dtype)
         return (c.sqrt() * x0 + (1 - c).sqrt() * eps) if root else (c * x0 + (1 - c) * eps)
     return answer
 
@@ -499,7 +499,7 @@ def test_an_answer_that_updates_its_inputs_in_place_is_graded_on_its_result(caps
 
 def ancestral_step(s, xt, eps_pred, t, z, coef="alpha_bar", z_at_one=False, var="beta"):
     def at(v):
-        return v[t].reshape(-1, *([1] * (xt.ndim - 1)))
+        return v[t].reshape(-1, *([1] * (xt.ndim - 1))).to(xt.dtype)
     mean = (xt - at(s.beta) / (1 - at(getattr(s, coef))).sqrt() * eps_pred) / at(s.alpha).sqrt()
     sigma = at(getattr(s, var)).sqrt()
     keep = torch.ones_like(sigma) if z_at_one else at((torch.arange(s.T + 1) > 1).to(xt.dtype))
@@ -571,7 +571,7 @@ def test_check_ddim_update_asks_for_one_step_per_sample(capsys):
 
 # --------------------------------------------------------------------------- notebook 08
 def guided_eps(s, eps_pred, t, grad, scale, sign=-1, root=True):
-    one_minus = (1 - s.alpha_bar[t]).view(-1, *([1] * (eps_pred.ndim - 1)))
+    one_minus = (1 - s.alpha_bar[t]).view(-1, *([1] * (eps_pred.ndim - 1))).to(eps_pred.dtype)
     return eps_pred + sign * (one_minus.sqrt() if root else one_minus) * scale * grad
 
 
@@ -582,6 +582,23 @@ def test_check_guided_eps_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_fails(capsys, checks.check_guided_eps, lambda s, e, t, gr, sc: guided_eps(s, e, t - 1, gr, sc),
                  "off by one in t")
     assert_fails(capsys, checks.check_guided_eps, lambda s, e, t, gr, sc: guided_eps(s, e, t, gr, 1.0), "scale s is missing")
+
+
+def in_float64(answer):
+    """The answer computed with the schedule's float64 values left uncast: float32 inputs give float64."""
+    return lambda s, x, *rest: answer(s, x.double(), *(r.double() if torch.is_tensor(r) and r.is_floating_point()
+                                                       else r for r in rest))
+
+
+@pytest.mark.parametrize("check, answer", [
+    (checks.check_q_sample, q_sample_with("alpha_bar")), (checks.check_ancestral_step, ancestral_step),
+    (checks.check_ddim_update, ddim_update), (checks.check_guided_eps, guided_eps)], ids=["2.1", "6.2", "7.2", "8.1"])
+def test_answers_that_turn_float32_into_float64_are_told_to_cast(check, answer, capsys):
+    """Their docstrings promise the inputs' dtype, as the library keeps it; an answer that multiplies by the
+    schedule's float64 values uncast returns float64 for float32 images (slow on a GPU, wrong under autocast).
+    Catches: grading on float64 inputs only, where the mistake cannot show."""
+    assert_passes(capsys, check, answer)
+    assert_fails(capsys, check, in_float64(answer), "given float32 inputs the result is torch.float64")
 
 
 def test_check_cfg_combine_passes_the_rule_and_names_its_mistakes(capsys):

@@ -109,5 +109,5 @@ def check_ddim_update(fn, seed=None) -> bool:
 
     return _grade("ddim_update", fn, cases, lambda s, xt, e, t, tp, eta, z: ddim_step(s, xt, e, t, tp, eta, z),
                   mistakes, ("x_{t'}",), [deterministic, batched],
-                  f"matches dl.ddim_step on {len(cases)} steps (η = 0, ½, 1; neighbours, jumps and t' = 0) "
-                  "and on a batch whose samples take different steps")
+                  f"matches dl.ddim_step on {len(cases)} steps (η = 0, ½, 1; neighbours, jumps and t' = 0), "
+                  "on a batch whose samples take different steps, and float32 stays float32", keeps_dtype=True)

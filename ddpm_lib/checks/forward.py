@@ -59,9 +59,9 @@ def check_q_sample(fn, seed=None) -> bool:
             return f"over {n:,} draws of ε the variance of x_t is {var:.4g}, but 1 − ᾱ_t = {1 - ab_t:.4g} (t = {t})"
 
     return _grade("q_sample", fn, cases, q_sample, mistakes, ("x_t",), [moments],
-                  f"matches dl.q_sample on {N_CASES} random image batches (t = 1…T, linear and cosine), and over "
-                  f"{n:,} draws of ε x_t has mean √ᾱ_t·x_0 and variance 1 − ᾱ_t",
-                  timesteps=lambda s, x0, t, eps: (t, s.T))
+                  f"matches dl.q_sample on {N_CASES} random image batches (t = 1…T, linear and cosine), over "
+                  f"{n:,} draws of ε x_t has mean √ᾱ_t·x_0 and variance 1 − ᾱ_t, and float32 stays float32",
+                  timesteps=lambda s, x0, t, eps: (t, s.T), keeps_dtype=True)
 
 
 def _first_snr_below_one(s):

@@ -78,8 +78,10 @@ def _try(fn, args):
 
 
 def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), properties=(), passed="",
-           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None) -> bool:
-    """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict."""
+           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None, keeps_dtype=False) -> bool:
+    """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict. With ``keeps_dtype``
+    a right answer must also return float32 for the first case in float32 (checked last: a wrong value is
+    the mistake to name first)."""
     n = len(labels)
     tol = tol * n if len(tol) == 1 else tol
     split = lambda v: (v,) if n == 1 else (tuple(v) if isinstance(v, (tuple, list)) and len(v) == n else None)
@@ -100,7 +102,7 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
                                              f"{least}{shape_note}")
     wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
     if not wrong:
-        for prop in properties:
+        for prop in (*properties, *([lambda fn: _keeps_dtype(fn, cases[0])] if keeps_dtype else [])):
             message = prop(fn)
             if message:
                 return _verdict(name, False, message)
@@ -181,6 +183,16 @@ def _one_step_per_sample(fn, args, t_pos):
     if out.shape != one_by_one.shape or not torch.allclose(out, one_by_one, rtol=1e-6, atol=1e-9):
         return ("with a tensor t of shape (B,), sample b must take its own step t[b], as the call with the int t[b] "
                 "does")
+
+
+def _keeps_dtype(fn, args, dtype=torch.float32):
+    """A property: with the floating tensors of ``args`` in float32 (a schedule stays float64, as the library
+    keeps it), the answer returns float32, the inputs' dtype, as the library's function does."""
+    low = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    out = fn(*low)
+    if isinstance(out, torch.Tensor) and out.dtype != dtype:
+        return (f"given float32 inputs the result is {out.dtype}: a schedule's tensors are float64, so cast what "
+                "you take from them to the inputs' dtype (e.g. s.alpha_bar[t].to(xt.dtype), or dl.gather)")
 
 
 # --------------------------------------------------------------------------- random inputs

@@ -33,7 +33,8 @@ def check_guided_eps(fn, seed=None) -> bool:
         Mistake("the guidance scale s is missing", lambda s, e, t, gr, sc: _guided_eps(s, e, t, gr, 1.0)),
     ]
     return _grade("guided_eps", fn, cases, _guided_eps, mistakes, ("ε̂",), (),
-                  f"matches ε_θ − √(1 − ᾱ_t)·s·∇ log p_φ on {N_CASES} random batches", timesteps=lambda s, e, t, gr, sc: (t, s.T))
+                  f"matches ε_θ − √(1 − ᾱ_t)·s·∇ log p_φ on {N_CASES} random batches, and float32 stays float32",
+                  timesteps=lambda s, e, t, gr, sc: (t, s.T), keeps_dtype=True)
 
 
 def check_cfg_combine(fn, seed=None) -> bool:

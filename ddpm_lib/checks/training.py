@@ -87,5 +87,6 @@ def check_ancestral_step(fn, seed=None) -> bool:
                 lambda *a: _step(*a, zero_at_1=False)),
     ]
     return _grade("ancestral_step", fn, cases, reference, mistakes, ("x_{t-1}",), (),
-                  f"matches dl.ddpm_step(…, var='beta') on {N_CASES} random batches, t = 1 and t = T included",
-                  timesteps=lambda s, xt, e, t, z: (t, s.T))
+                  f"matches dl.ddpm_step(…, var='beta') on {N_CASES} random batches, t = 1 and t = T included, "
+                  "and float32 stays float32",
+                  timesteps=lambda s, xt, e, t, z: (t, s.T), keeps_dtype=True)
