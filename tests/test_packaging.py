@@ -53,3 +53,16 @@ def test_only_the_plotting_module_imports_matplotlib():
     offenders = [p.name for p in (ROOT / "ddpm_lib").glob("*.py")
                  if p.name != "plots.py" and re.search(r"^\s*(import|from) matplotlib", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_every_lecture_installs_the_package_from_the_course_repository():
+    """On Colab each lecture's set-up cell pip-installs ddpm_lib from the repository that ``course_data`` also
+    fetches data/ from: one address, ``data_folder.COURSE_REPOSITORY``. Catches: the address changed in one
+    place only (a lecture that installs from the old repository, or fetches models from another)."""
+    import json
+    from ddpm_lib.data_folder import COURSE_REPOSITORY
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        setup = next("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                     if c["cell_type"] == "code" and "import ddpm_lib as dl" in "".join(c["source"]))
+        installs = re.findall(r'%pip install --quiet "ddpm_lib @ git\+(\S+)"', setup)
+        assert installs == [COURSE_REPOSITORY], (path.name, installs)
