@@ -40,8 +40,8 @@ import torch
 from tqdm import tqdm
 
 from .bench import bench, format_table
-from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output, recorded_path,
-                         write_json)
+from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output,
+                         recorded_path, write_json)
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_help import HelpFormatter
