@@ -649,6 +649,22 @@ def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistake
                  "both signs are flipped")
 
 
+def test_check_gan_losses_asks_for_losses_that_stay_finite_for_a_confident_discriminator(capsys):
+    """log(1 + eˣ) and −log σ(x) are softplus on paper but overflow to inf for logits of a few hundred, which a
+    discriminator that wins reaches; softplus and logaddexp stay finite. Catches: logits of about ±3 only, on
+    which the unstable forms passed."""
+    assert_passes(capsys, checks.check_gan_losses,
+                  lambda r, f: (torch.logaddexp(torch.zeros_like(r), -r).mean()
+                                + torch.logaddexp(torch.zeros_like(f), f).mean(),
+                                torch.logaddexp(torch.zeros_like(f), -f).mean()))
+    naive = lambda x: torch.log(1 + torch.exp(x))
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (naive(-r).mean() + naive(f).mean(), naive(-f).mean()),
+                 "inf or NaN", "F.softplus")
+    log_sigmoid = lambda r, f: (-torch.log(torch.sigmoid(r)).mean() - torch.log(1 - torch.sigmoid(f)).mean(),
+                                -torch.log(torch.sigmoid(f)).mean())
+    assert_fails(capsys, checks.check_gan_losses, log_sigmoid, "inf or NaN")
+
+
 def test_float32_answer_off_by_a_wrong_term_is_not_rounding(capsys):
     """G5: a float32 answer 3 % off is a wrong formula, not float32 rounding."""
     ok, out = verdict(capsys, checks.check_ema_update, lambda e, th, d: (ema_update(e, th, d) * 1.03).float())

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..ddgan import d_loss, ddgan_schedule, g_loss, posterior_sample
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, _one_step_per_sample, _timesteps, f64
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _one_step_per_sample, _same, _timesteps, f64
 
 
 def _step(s, x0_pred, xt, t, noise, var="beta_tilde", no_noise_at_1=False):
@@ -70,5 +70,15 @@ def check_gan_losses(fn, seed=None) -> bool:
                 lambda r, f: F.softplus(-r).sum() + F.softplus(f).sum(), 0),
         Mistake("the losses are means over the batch, not sums", lambda r, f: F.softplus(-f).sum(), 1),
     ]
-    return _grade("gan_losses", fn, cases, reference, mistakes, ("loss_d", "loss_g"), (),
-                  f"match the non-saturating losses on {N_CASES} batches of logits")
+    def confident_discriminator(fn):                 # logits of a D that is sure: e^800 overflows float64
+        real, fake = torch.tensor([800.0, -800.0, 3.0], dtype=f64), torch.tensor([-800.0, 800.0], dtype=f64)
+        losses = [torch.as_tensor(v, dtype=f64) for v in fn(real, fake)]
+        if not all(torch.isfinite(v).all() for v in losses):
+            return ("for logits of ±800 (a confident D) a loss is inf or NaN: log(1 + eˣ) overflows and log σ(x) "
+                    "reaches log 0; F.softplus(x) (or torch.logaddexp(0, x)) gives the same values and stays finite")
+        want = reference(real, fake)
+        if not all(_same(v, w, (1e-9, 1e-9)) for v, w in zip(losses, want)):
+            return "for logits of ±800 (a confident D) the losses differ from softplus's: keep every term"
+
+    return _grade("gan_losses", fn, cases, reference, mistakes, ("loss_d", "loss_g"), [confident_discriminator],
+                  f"match the non-saturating losses on {N_CASES} batches of logits, and stay finite for logits of ±800")
