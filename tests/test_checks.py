@@ -601,6 +601,14 @@ def test_answers_that_turn_float32_into_float64_are_told_to_cast(check, answer, 
     assert_fails(capsys, check, in_float64(answer), "given float32 inputs the result is torch.float64")
 
 
+def test_check_guided_eps_takes_an_int_t_as_its_docstring_allows(capsys):
+    """8.1's t may be a long tensor (B,) or an int: an answer that indexes a batch axis of s.alpha_bar[t] fails on
+    an int t. Catches: grading on tensors t alone, which passed it."""
+    def tensor_t_only(s, eps_pred, t, grad, scale):
+        return eps_pred - (1 - s.alpha_bar[t])[:, None, None, None].sqrt().to(eps_pred.dtype) * scale * grad
+    assert_fails(capsys, checks.check_guided_eps, tensor_t_only, "t may be an int or a long tensor")
+
+
 def test_check_cfg_combine_passes_the_rule_and_names_its_mistakes(capsys):
     assert_passes(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 - w) * eu + w * ec)
     assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 + w) * ec - w * eu, "Ho & Salimans")

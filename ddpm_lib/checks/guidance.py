@@ -5,7 +5,7 @@ import torch
 
 from ..indexing import gather
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, _timesteps, f64
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _one_step_per_sample, _timesteps, f64
 
 
 def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_bar", shift=0):
@@ -15,7 +15,7 @@ def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_b
 
 def check_guided_eps(fn, seed=None) -> bool:
     """Exercise 8.1: ``fn(s, eps_pred, t, grad, scale)`` → ε̂ = ε_θ − √(1 − ᾱ_t)·s·∇_{x_t} log p_φ(y | x_t)
-    (Dhariwal & Nichol 2021, eq. 14 / Algorithm 2). eps_pred, grad: (B, C, H, W); t: long (B,); scale: float."""
+    (Dhariwal & Nichol 2021, eq. 14 / Algorithm 2). eps_pred, grad: (B, C, H, W); t: long (B,) or an int; scale: float."""
     g = _generator(seed)
     cases = []
     for k in range(N_CASES):
@@ -33,8 +33,9 @@ def check_guided_eps(fn, seed=None) -> bool:
         Mistake("the guidance scale s is missing", lambda s, e, t, gr, sc: _guided_eps(s, e, t, gr, 1.0)),
     ]
     return _grade("guided_eps", fn, cases, _guided_eps, mistakes, ("ε̂",), (),
-                  f"matches ε_θ − √(1 − ᾱ_t)·s·∇ log p_φ on {N_CASES} random batches, and float32 stays float32",
-                  timesteps=lambda s, e, t, gr, sc: (t, s.T), keeps_dtype=True)
+                  f"matches ε_θ − √(1 − ᾱ_t)·s·∇ log p_φ on {N_CASES} random batches, for an int t too, and float32 "
+                  "stays float32", timesteps=lambda s, e, t, gr, sc: (t, s.T), keeps_dtype=True,
+                  requirements=[lambda fn: _one_step_per_sample(fn, cases[0], 2)])
 
 
 def check_cfg_combine(fn, seed=None) -> bool:
