@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (check_card, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
+from .checkpoint import (check_card, check_files, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
                          save_with_card)
 from .data import IMAGE_SETS, EpochBatches, load_images
@@ -368,6 +368,7 @@ def export_ddgan(checkpoint: str | Path, out: str | Path, command: str | None = 
     """Write G_ema of a DDGAN checkpoint (file or run folder) as fp16 to ``out`` and a JSON card
     ``out.with_suffix('.json')`` (sha256, step, training seconds, config, architecture, command);
     returns the card. ``load_ddgan_generator(out)`` reads it back (in float32)."""
+    check_files({"--checkpoint": checkpoint}, out, writes_card=True)
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     _check_ddgan_checkpoint(ckpt, path)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import check_files, file_sha256, prepare_output, read_tagged_file, recorded_path, write_json
+from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
 from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
@@ -38,7 +38,6 @@ from .ddim import GRIDS, sample_ddim
 from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
-from .noisy_classifier import FORMAT as NOISY_CLASSIFIER_FORMAT
 from .noisy_classifier import NoisyClassifier, load_noisy_classifier
 from .sampling import sample_ddpm
 from .training import write_samples
@@ -124,7 +123,6 @@ def parse_label(text: str | None, num_classes: int) -> list[int] | None:
 def load_guide(path: str, schedule, example_shape: tuple, device) -> NoisyClassifier:
     """The noisy classifier at ``path``, checked against the model: the same T and schedule (β_t for
     every t) and the same image shape; ``ValueError`` naming both otherwise."""
-    read_tagged_file(path, NOISY_CLASSIFIER_FORMAT, "noisy classifier", mmap=True)   # its kind before its card
     classifier, classifier_schedule = load_noisy_classifier(path, device)
     if classifier_schedule.T != schedule.T or not torch.allclose(classifier_schedule.beta, schedule.beta.cpu(),
                                                                  rtol=1e-12, atol=0):

@@ -164,9 +164,9 @@ def load_noisy_classifier(path: str | Path, device="cpu", check_sha256: bool = T
     a truncated one → ``RuntimeError``, a file of another kind → ``ValueError``.
     """
     path = Path(path)
+    saved = read_tagged_file(path, FORMAT, "noisy classifier")          # its kind first, then its card
     if check_sha256:
         check_card(path, required=True)
-    saved = read_tagged_file(path, FORMAT, "noisy classifier")
     config = dict(saved["config"])
     model = NoisyClassifier(num_classes=config.pop("num_classes"), **config)
     load_model_state(model, {k: v.float() for k, v in saved["state_dict"].items()}, source=str(path))

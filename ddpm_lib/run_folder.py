@@ -47,7 +47,7 @@ def is_locked(out_dir: str | Path) -> bool:
     lock = Path(out_dir) / ".lock"
     try:
         import fcntl
-        handle = open(lock, "a")
+        handle = open(lock, "r")                          # never creates the file
     except (ImportError, OSError):                        # no fcntl, or no lock file: nobody holds it
         return False
     with handle:

@@ -92,6 +92,8 @@ def test_is_locked_sees_a_holder_and_takes_nothing_from_it(tmp_path):
     folder stays held. Catches: a look that keeps the lock, or one that ignores the holder."""
     out = tmp_path / "run"
     assert not run_folder.is_locked(out)                              # no folder, no lock file
+    out.mkdir()
+    assert not run_folder.is_locked(out) and not (out / ".lock").exists()   # a look creates no lock file
     with run_folder.run_lock(out):
         assert run_folder.is_locked(out) and run_folder.is_locked(out)
     assert not run_folder.is_locked(out)

@@ -7,7 +7,7 @@ import torch
 
 from ..ddim import ddim_step
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, f64
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, f64
 
 
 def _pairs(g, s):
@@ -110,4 +110,5 @@ def check_ddim_update(fn, seed=None) -> bool:
     return _grade("ddim_update", fn, cases, lambda s, xt, e, t, tp, eta, z: ddim_step(s, xt, e, t, tp, eta, z),
                   mistakes, ("x_{t'}",), [deterministic, batched],
                   f"matches dl.ddim_step on {len(cases)} steps (η = 0, ½, 1; neighbours, jumps and t' = 0), "
-                  "on a batch whose samples take different steps, and float32 stays float32", keeps_dtype=True)
+                  "on a batch whose samples take different steps, and float32 stays float32",
+                  requirements=[lambda fn: _keeps_dtype(fn, cases[0])])

@@ -8,7 +8,7 @@ import torch
 from ..forward import q_sample
 from ..indexing import gather
 from ..schedules import make_schedule, schedule_from_betas
-from .grading import Mistake, N_CASES, _generator, _grade, _images, _schedules, _timesteps, f64
+from .grading import Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _schedules, _timesteps, f64
 
 
 def _mix(signal, noise):
@@ -61,7 +61,7 @@ def check_q_sample(fn, seed=None) -> bool:
     return _grade("q_sample", fn, cases, q_sample, mistakes, ("x_t",), [moments],
                   f"matches dl.q_sample on {N_CASES} random image batches (t = 1…T, linear and cosine), over "
                   f"{n:,} draws of ε x_t has mean √ᾱ_t·x_0 and variance 1 − ᾱ_t, and float32 stays float32",
-                  timesteps=lambda s, x0, t, eps: (t, s.T), keeps_dtype=True)
+                  timesteps=lambda s, x0, t, eps: (t, s.T), requirements=[lambda fn: _keeps_dtype(fn, cases[0])])
 
 
 def _first_snr_below_one(s):

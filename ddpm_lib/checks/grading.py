@@ -78,11 +78,9 @@ def _try(fn, args):
 
 
 def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), properties=(), passed="",
-           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None, keeps_dtype=False,
-           requirements=()) -> bool:
+           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None, requirements=()) -> bool:
     """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict. ``requirements`` are
-    checked like ``properties`` but only for right values (they never explain a wrong one), and with
-    ``keeps_dtype`` a right answer must also return float32 for the first case in float32."""
+    checked like ``properties`` but only for right values (they never explain a wrong one)."""
     n = len(labels)
     tol = tol * n if len(tol) == 1 else tol
     split = lambda v: (v,) if n == 1 else (tuple(v) if isinstance(v, (tuple, list)) and len(v) == n else None)
@@ -103,7 +101,7 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
                                              f"{least}{shape_note}")
     wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
     if not wrong:
-        for prop in (*properties, *requirements, *([lambda fn: _keeps_dtype(fn, cases[0])] if keeps_dtype else [])):
+        for prop in (*properties, *requirements):
             message = prop(fn)
             if message:
                 return _verdict(name, False, message)

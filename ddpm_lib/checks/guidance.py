@@ -5,7 +5,8 @@ import torch
 
 from ..indexing import gather
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, _one_step_per_sample, _timesteps, f64
+from .grading import (Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _one_step_per_sample, _timesteps,
+                      f64)
 
 
 def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_bar", shift=0):
@@ -34,8 +35,9 @@ def check_guided_eps(fn, seed=None) -> bool:
     ]
     return _grade("guided_eps", fn, cases, _guided_eps, mistakes, ("ε̂",), (),
                   f"matches ε_θ − √(1 − ᾱ_t)·s·∇ log p_φ on {N_CASES} random batches, for an int t too, and float32 "
-                  "stays float32", timesteps=lambda s, e, t, gr, sc: (t, s.T), keeps_dtype=True,
-                  requirements=[lambda fn: _one_step_per_sample(fn, cases[0], 2)])
+                  "stays float32", timesteps=lambda s, e, t, gr, sc: (t, s.T),
+                  requirements=[lambda fn: _one_step_per_sample(fn, cases[0], 2),
+                                lambda fn: _keeps_dtype(fn, cases[0])])
 
 
 def check_cfg_combine(fn, seed=None) -> bool:
