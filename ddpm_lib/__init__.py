@@ -5,7 +5,7 @@ Index convention: every schedule tensor has length T + 1 and index = the paper's
 """
 from .checkpoint import load_ema_model
 from .classifier import MNISTClassifier, load_classifier, train_classifier
-from .data import IMAGE_SETS, load_images, mnist_5k_split, to_model_range, to_pixel_range
+from .data import IMAGE_SETS, load_images, mnist_5k_split, random_hflip, to_model_range, to_pixel_range
 from .ddgan import (ToyDiscriminator, ToyGenerator, d_loss, ddgan_schedule, g_loss, posterior_sample,
                     q_sample_pairs, r1_penalty, sample_ddgan, train_ddgan_toy)
 from .ddgan_nets import DDGANDiscriminator, DDGANGenerator

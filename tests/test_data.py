@@ -176,3 +176,24 @@ def test_torchvision_cifar10_channel_order_with_fake(tmp_path, monkeypatch):
     torch.testing.assert_close(x, expected, rtol=0, atol=0)
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]))
     assert y.dtype == torch.long and y.tolist() == [0, 7, 2, 9, 7]
+
+
+def test_random_hflip_mirrors_each_image_by_its_own_fair_coin():
+    """Each output image is its input's mirror exactly where a uniform draw of the generator (re-drawn
+    here by hand, one per image) falls below 1/2, and is untouched elsewhere; about half are mirrored.
+    Catches: one coin for the whole batch, a flip of the height axis or of the channels, a coin of
+    another bias, a draw from the global generator (not reproducible from the given one)."""
+    B = 4000
+    x0 = torch.randn(B, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = dl.random_hflip(x0, torch.Generator().manual_seed(3))
+    mirror = torch.rand(B, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert torch.equal(out[mirror], x0[mirror].flip(-1)) and torch.equal(out[~mirror], x0[~mirror])
+    assert out.dtype == x0.dtype and out.shape == x0.shape
+    assert abs(mirror.double().mean().item() - 0.5) < 4 * 0.5 / B ** 0.5       # four standard errors
+    assert 0 < int(mirror[:8].sum()) < 8                                      # both kinds in a small batch
+
+
+def test_random_hflip_refuses_points():
+    """Catches: mirroring the coordinates of 2-D toy points (x ↦ y), a meaningless augmentation."""
+    with pytest.raises(ValueError, match="mirrors images"):
+        dl.random_hflip(torch.zeros(8, 2), torch.Generator())

@@ -443,6 +443,37 @@ def test_a_run_folder_is_never_overwritten_and_resume_checks_the_run(tmp_path):
         train_ddgan(toy_config(tmp_path, steps=4, T=2, resume=True))
 
 
+def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                                        micro_images):
+    """With hflip and two D updates per step, every minibatch D and G see is the data order's batch with
+    each image mirrored or not, some of each; a run killed after step 3 resumes to step 5 exactly as the
+    uninterrupted run (the coins come from the checkpointed noise generator). Catches: the flag ignored,
+    a whole minibatch flipped at once, coins from a stream that a resume restarts."""
+    seen = []
+    real_d = DDGANTrainer.d_update
+
+    def record_d(self, x0, weight):
+        seen.append(x0.clone())
+        return real_d(self, x0, weight)
+
+    monkeypatch.setattr(DDGANTrainer, "d_update", record_d)
+    whole = train_ddgan(image_config(tmp_path, "whole", steps=5, d_steps=2, hflip=True))
+    order = EpochBatches(32, 8, seed=0)
+    n_mirrored = 0
+    for x0 in seen:
+        batch = micro_images[order.next_indices()]
+        same = (x0 == batch).flatten(1).all(1)
+        mirrored = (x0 == batch.flip(-1)).flatten(1).all(1)
+        assert bool((same | mirrored).all())
+        n_mirrored += int((mirrored & ~same).sum())
+    assert len(seen) == 10 and 0 < n_mirrored < 80
+    train_ddgan(image_config(tmp_path, "split", steps=3, d_steps=2, hflip=True))
+    resumed = train_ddgan(image_config(tmp_path, "split", steps=5, d_steps=2, hflip=True, resume=True))
+    assert_same_state(whole, resumed)
+    with pytest.raises(ValueError, match="hflip mirrors images"):
+        toy_config(tmp_path, hflip=True)
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"preset": "huge"}, "unknown DDGAN preset 'huge'"), ({"T": 0}, "T must be a whole number >= 1"),
     ({"data": "imagenet"}, "unknown data set"), ({"lazy_r1": 0}, "lazy_r1 must be"),

@@ -174,9 +174,11 @@ def test_a_few_steps_overfit_a_fixed_batch():
     assert last < 0.5 * first, (first, last)
 
 
-def test_resume_continues_bit_for_bit(tmp_path, micro_images):
+@pytest.mark.parametrize("hflip", [False, True])
+def test_resume_continues_bit_for_bit(tmp_path, micro_images, hflip):
+    """With hflip the mirror coins come from the checkpointed noise generator, so they resume too."""
     common = dict(data="mnist-5k", preset="micro", T=50, batch_size=8, lr=1e-3, warmup=2, log_every=1,
-                  save_every=3, sample_every=0, keep=5, device="cpu", progress=False)
+                  save_every=3, sample_every=0, keep=5, device="cpu", progress=False, hflip=hflip)
     whole = train(TrainConfig(steps=6, out_dir=str(tmp_path / "whole"), **common))
     split = tmp_path / "split"
     train(TrainConfig(steps=5, out_dir=str(split), **common))      # saves at 3 and 5 (an epoch is 4 steps)
@@ -185,6 +187,39 @@ def test_resume_continues_bit_for_bit(tmp_path, micro_images):
     assert_same_training_state(whole, resumed)
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]                             # steps 4 and 5 logged once, not twice
+
+
+def test_hflip_feeds_the_step_each_image_or_its_mirror_by_a_coin_of_the_noise_generator(tmp_path, micro_images,
+                                                                                         monkeypatch):
+    """With hflip every image train_step receives is a data image x_0[i] of the step's batch, mirrored
+    exactly where a uniform draw of the noise generator (seed + 1000, drawn before the step's t and ε,
+    replayed here by hand with the data order) falls below 1/2; without it, the batch as it is. Catches:
+    the flag ignored, the coins from another stream, the flip applied to the whole batch or after the step."""
+    fed = []
+    original = Trainer.train_step
+
+    def record(self, x0, y=None):
+        fed.append(x0.clone())
+        return original(self, x0, y)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    common = dict(data="mnist-5k", preset="micro", T=50, steps=6, batch_size=8, warmup=0, log_every=3, save_every=6,
+                  sample_every=0, device="cpu", progress=False, seed=2)
+    train(TrainConfig(out_dir=str(tmp_path / "plain"), **common))
+    plain, fed[:] = list(fed), []
+    train(TrainConfig(out_dir=str(tmp_path / "flipped"), hflip=True, **common))
+    batches, g = EpochBatches(32, 8, seed=2), torch.Generator().manual_seed(2 + 1000)
+    n_mirrored = 0
+    for step, (x_plain, x_flipped) in enumerate(zip(plain, fed), start=1):
+        batch = micro_images[batches.next_indices()]
+        assert torch.equal(x_plain, batch), step
+        mirror = torch.rand(8, generator=g) < 0.5
+        torch.randint(1, 51, (8,), generator=g), torch.randn(8, 1, 16, 16, generator=g)     # the step's t, ε
+        assert torch.equal(x_flipped, torch.where(mirror[:, None, None, None], batch.flip(-1), batch)), step
+        n_mirrored += int(mirror.sum())
+    assert 0 < n_mirrored < 48
+    with pytest.raises(ValueError, match="hflip mirrors images"):
+        toy_config(tmp_path, hflip=True)
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
