@@ -193,9 +193,10 @@ $(R)/results/bench_%.json:
 results-bench: $(foreach p,$(BENCH_PRESETS),$(R)/results/bench_$(p).json)
 
 # Wheels for the GPU machine of the course's device tool (Python 3.12, x86-64, torch already there):
-# the packages `make results` needs that its image lacks. Carry .whl/ and install with
+# the packages `make results` needs that its image lacks (their own needs are there; diffusers' importlib_metadata
+# is imported only below Python 3.8, and its 10.x wheel would need lazy-importer). Carry .whl/ and install with
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-DEVICE_WHEELS ?= mlxtend==0.25.0 diffusers==0.42.1 importlib_metadata
+DEVICE_WHEELS ?= mlxtend==0.25.0 diffusers==0.42.1
 wheels:
 	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
