@@ -1,5 +1,18 @@
-"""Independent re-computations shared by several test files (written here, not taken from ddpm_lib)."""
+"""Independent re-computations shared by several test files (written here, not taken from ddpm_lib), and the
+environment of the tests that run `python -m ddpm_lib` in a subprocess."""
+import os
+from pathlib import Path
+
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command_env() -> dict:
+    """The environment of a ``python -m ddpm_lib`` subprocess: this checkout first on PYTHONPATH, before
+    any path already there (a machine may hold packages on PYTHONPATH alone), one thread."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 F64 = torch.float64
 

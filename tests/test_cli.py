@@ -2,7 +2,6 @@
 errors."""
 import hashlib
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -21,12 +20,13 @@ from ddpm_lib.cli import main
 import ddpm_lib as dl
 from ddpm_lib import cli_noisy_classifier, trilemma
 from ddpm_lib.ddgan_train import DDGANConfig, train_ddgan
+from helpers import command_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def ddpm_lib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = command_env()
     result = subprocess.run([sys.executable, "-m", "ddpm_lib", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]

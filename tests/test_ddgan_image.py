@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import ddpm_lib as dl
-from helpers import assert_d_and_g_steps_lower_their_losses
+from helpers import assert_d_and_g_steps_lower_their_losses, command_env
 from ddpm_lib import checkpoint
 from ddpm_lib import ddgan_train as ddgan_train_module
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
@@ -498,7 +498,7 @@ def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
     """``python -m ddpm_lib train-ddgan`` on the shipped digits (tiny preset, 2 steps), then sample-ddgan,
     export-ddgan and a reload of the exported file. Catches: the commands not registered, a grid that is
     not the samples, an export that is not G_ema in fp16 or does not load back."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = command_env()
     result = subprocess.run([sys.executable, "-m", "ddpm_lib", "train-ddgan", "--data", "mnist-5k", "--preset", "tiny",
                              "--steps", "2", "--batch-size", "4", "--log-every", "1", "--sample-every", "2",
                              "--n-samples", "4", "--out-dir", "run", "--device", "cpu", "--no-progress"],
