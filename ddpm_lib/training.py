@@ -132,6 +132,11 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How a run computes, for its first line: "bfloat16 autocast", "float16 autocast" or "float32"."""
+    return "float32" if amp_dtype is None else f"{str(amp_dtype).removeprefix('torch.')} autocast"
+
+
 def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                    y: torch.Tensor | None = None) -> torch.Tensor:
     """L_simple (eq. 14) at x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4): lines 4–5 of Algorithm 1.
@@ -363,7 +368,7 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
         keep_metrics_up_to(metrics_path, trainer.step)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"training {spec['kind']} ({n_params:,} parameters) on {config.data} {tuple(x0_data.shape)}: {device}, "
-              f"autocast {trainer.amp_dtype}, {world} process(es), from step {trainer.step}")
+              f"{precision_name(trainer.amp_dtype)}, {world} process(es), from step {trainer.step}")
         if trainer.step >= config.steps:
             print(f"{resume_from} is already at step {trainer.step} and --steps is {config.steps}: nothing to "
                   f"train (raise --steps to continue the run)")

@@ -164,6 +164,15 @@ def test_train_step_replayed_by_hand(monkeypatch):
     assert len(seen) == 12 and torch.cat([t for t, _ in seen]).min() >= 1
 
 
+def test_the_first_line_names_the_precision_a_run_computes_in(tmp_path, capsys):
+    """A CPU run says "float32" (no autocast); a GPU's autocast is named by its dtype. Catches: the
+    Python repr "autocast None" that told a reader nothing."""
+    train(toy_config(tmp_path, steps=1, log_every=1, save_every=1))
+    assert ": cpu, float32, 1 process(es), from step 0" in capsys.readouterr().out
+    assert train_module.precision_name(torch.bfloat16) == "bfloat16 autocast"
+    assert train_module.precision_name(torch.float16) == "float16 autocast"
+
+
 def test_a_few_steps_overfit_a_fixed_batch():
     torch.manual_seed(0)
     x0 = torch.full((8, 1, 16, 16), -1.0)
