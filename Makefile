@@ -128,15 +128,15 @@ endif
 RESUME = $$(ls $(1)/ckpt_*.pt >/dev/null 2>&1 && echo --resume)
 COPY_RUN = mkdir -p $(R)/training/$(1) && cp $(RUNS)/$(1)/metrics.jsonl $(RUNS)/$(1)/samples_*.png $(R)/training/$(1)/
 
-TRAIN_DDPM = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
-             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) --out-dir $(RUNS)/ddpm_mnist
-TRAIN_CFG  = $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(CFG_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
+TRAIN_DDPM = $(strip $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
+             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) --out-dir $(RUNS)/ddpm_mnist)
+TRAIN_CFG  = $(strip $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(CFG_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
              --num-classes 10 --p-uncond 0.1 --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) $(COMPILE) \
-             --out-dir $(RUNS)/ddpm_mnist_cfg
-TRAIN_NC   = $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) $(NC_EXTRA) \
-             --out $(R)/noisy_classifier_mnist.pt
-TRAIN_DDGAN = $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) --d-steps 2 \
-             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) --out-dir $(RUNS)/ddgan_mnist
+             --out-dir $(RUNS)/ddpm_mnist_cfg)
+TRAIN_NC   = $(strip $(DL) train-noisy-classifier --data mnist-5k --preset $(NC_PRESET) --T $(T) --steps $(NC_STEPS) $(NC_EXTRA) \
+             --out $(R)/noisy_classifier_mnist.pt)
+TRAIN_DDGAN = $(strip $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET) --steps $(DDGAN_STEPS) --batch-size $(BATCH) --d-steps 2 \
+             --sample-every $(EVERY) --n-samples $(GRID) --save-every $(EVERY) --out-dir $(RUNS)/ddgan_mnist)
 
 .PHONY: results results-ddpm results-ddim results-guidance results-ddgan results-bench
 results: results-ddpm results-ddim results-guidance results-ddgan results-bench
