@@ -37,7 +37,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .bench import bench, format_table
 from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output,
@@ -53,6 +52,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
 from .run_folder import RunLocked, is_locked
+from .sample_batches import draw_batches
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f"(mnist-5k's 1,000 held-out digits, or the MNIST test set for a model of 'mnist'): {METRIC}. "
                     f"Also the classifier's mean confidence and the predicted-class histogram with its entropy, "
                     f"for the samples and for the real digits. Prints a table and writes JSON. A class-conditional "
-                    f"model is sampled unconditionally (its null label): evaluate-guidance measures it guided.",
+                    f"model is sampled unconditionally (its null label): evaluate-guidance measures it guided. "
+                    f"Finished batches are kept in OUT.partial.pt until the end: after Ctrl-C or SIGTERM the same "
+                    f"command continues from them.",
         formatter_class=HelpFormatter)
     evaluate_parser.add_argument("--checkpoint", required=True,
                                  help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
@@ -273,14 +275,17 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     heldout, train_digits = real_digits(ckpt)
     schedule = schedule.to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    start, batches = time.perf_counter(), []
-    for i in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
-        shape = (min(args.batch_size, args.n - i), *ckpt["example_shape"])
+
+    def draw(b: int) -> torch.Tensor:                    # a batch can take minutes: it has a bar of its own
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
-            x0 = draw_samples(ema_model, schedule, shape, generator, args, progress=True)  # a batch can take minutes
-        batches.append(x0.float().clamp(-1, 1).cpu())
-    sampling_seconds = time.perf_counter() - start
-    fake = image_statistics(torch.cat(batches), classifier, args.batch_size)
+            x0 = draw_samples(ema_model, schedule, (b, *ckpt["example_shape"]), generator, args, progress=True)
+        return x0.float().clamp(-1, 1)
+
+    key = {"checkpoint": recorded_path(path), "checkpoint_sha256": file_sha256(path), "weights": args.weights,
+           "sampler": describe_sampler(args, schedule.T), "n": args.n, "batch_size": args.batch_size,
+           "seed": args.seed, "bf16": args.bf16, "device": device.type}
+    samples, sampling_seconds = draw_batches(draw, args.n, args.batch_size, generator, args.out, key)
+    fake = image_statistics(samples, classifier, args.batch_size)
     real = image_statistics(heldout, classifier, args.batch_size)
     # The floor: FID-MNIST of as many real training digits as samples (a random subset; all of them when
     # there are fewer), which a model drawing exactly the data distribution would score, up to noise.
@@ -379,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluate_guidance(args)
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.command not in ("train", "train-ddgan"):         # the trainers save a checkpoint and say so
-            print(f"interrupted: {args.command} stopped before finishing (it writes its output at the end)",
-                  file=sys.stderr)
+            print(str(exc) or f"interrupted: {args.command} stopped before finishing (it writes its output at the "
+                  f"end)", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here

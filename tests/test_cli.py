@@ -2,6 +2,7 @@
 errors."""
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -232,7 +233,7 @@ SHIPPED_CLASSIFIER = ROOT / "data" / "mnist_classifier.pt"
 def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkeypatch):
     """``python -m ddpm_lib train`` a 3-step model on mnist-5k (T = 2), then ``evaluate --n 64`` (through
     ``main``, in this process) in uneven batches of 40: a table on
-    stdout naming the metric, a tqdm bar over batches and one over each batch's steps, and JSON with the metric's name, the counts
+    stdout naming the metric, a tqdm bar over the samples and one over each batch's steps, and JSON with the metric's name, the counts
     (64 samples, 1,000 held-out digits, 64 training digits for the floor), entropies that match the
     counts, the shipped classifier's sha256, and an FID-MNIST of the untrained model's samples far
     above the real digits' floor. Catches: a missing key, a last batch dropped (63 or 80 samples),
@@ -245,8 +246,8 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
                  "--device", "cpu", "--out", "out/results.json"]) == 0
     result = capsys.readouterr()
     assert "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)" in result.out
-    assert "sampling" in result.err and "2/2" in result.err
-    assert "DDPM sampling" in result.err and "2/2 [" in result.err.split("DDPM sampling")[-1]   # and a bar over the T steps
+    assert "sampling" in result.err and "64/64" in result.err
+    assert re.search(r"DDPM sampling: +\d+%\|[^|]*\| \d/2 \[", result.err)      # and a bar over each batch's T = 2 steps
     r = json.loads((tmp_path / "out" / "results.json").read_text())
     assert r["metric"] == "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
     assert r["n"] == 64 and r["step"] == 3 and r["T"] == 2 and r["data"] == "mnist-5k" and r["seed"] == 1
@@ -261,6 +262,42 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
         assert 0.1 <= stats["confidence"] <= 1.0
     assert real["confidence"] > 0.95
     assert np.isfinite(samples["fid_mnist"]) and samples["fid_mnist"] > 2 * real["fid_mnist_train_vs_heldout"] > 0
+
+
+def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command_finishes_them(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """Ctrl-C (or SIGTERM) during the third batch of ``evaluate --n 6 --batch-size 2`` ends with one line naming
+    the 4 samples kept in ``<out>.partial.pt``; the same command then draws only the last batch and writes
+    the results of an uninterrupted run, to the last digit, and removes the file; a command with another
+    seed refuses the file in one line. Catches: samples lost with the batch in progress, a resumed run
+    that restarts the generator (other samples), a partial file reused for other settings or left behind."""
+    monkeypatch.chdir(tmp_path)
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8, sample_every=0, device="cpu",
+                         out_dir="run", progress=False))
+    common = ["evaluate", "--checkpoint", "run", "--n", "6", "--batch-size", "2", "--device", "cpu"]
+    assert main(common + ["--seed", "1", "--out", "whole.json"]) == 0
+    real_draw, calls = cli.draw_samples, []
+
+    def draw_then_stop(*args, **kwargs):
+        calls.append(kwargs.get("progress"))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "draw_samples", draw_then_stop)
+    capsys.readouterr()
+    assert main(common + ["--seed", "1", "--out", "split.json"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "interrupted: 4 of 6 samples are kept in split.json.partial.pt; the same command continues from them"
+    assert (tmp_path / "split.json.partial.pt").exists() and not (tmp_path / "split.json").exists()
+    assert main(common + ["--seed", "2", "--out", "split.json"]) == 1
+    assert "seed=1 there, 2 here" in capsys.readouterr().err
+    calls.clear()
+    assert main(common + ["--seed", "1", "--out", "split.json"]) == 0
+    assert len(calls) == 1 and "continuing from the 4 samples kept in split.json.partial.pt" in capsys.readouterr().out
+    whole, split = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "split.json"))
+    assert split["samples"] == whole["samples"] and split["real_heldout"] == whole["real_heldout"]
+    assert not (tmp_path / "split.json.partial.pt").exists()
 
 
 def test_evaluate_errors_end_with_one_line(tmp_path, capsys):

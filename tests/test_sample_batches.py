@@ -1,0 +1,58 @@
+"""sample_batches.draw_batches: samples kept on disk batch by batch, resumed exactly, refused when foreign."""
+import pytest
+import torch
+
+from ddpm_lib.sample_batches import draw_batches, partial_path
+
+
+def test_a_resumed_draw_returns_the_uninterrupted_samples_and_removes_its_file(tmp_path):
+    """Five draws in batches of 2, stopped during the third batch, then continued: the same 5 samples as
+    one uninterrupted call, in order, with only the last batch drawn again, the seconds of both calls
+    summed and the file removed. Catches: a batch kept twice or lost, the generator restarted at the seed,
+    the file left behind, the kept seconds dropped."""
+    def draw_with(g, calls, stop_at=None):
+        def draw(b):
+            calls.append(b)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return torch.randn(b, 3, generator=g)
+        return draw
+
+    key = {"seed": 0, "n": 5}
+    g = torch.Generator().manual_seed(0)
+    whole, _ = draw_batches(draw_with(g, []), 5, 2, g, tmp_path / "whole.json", key)
+    g, calls = torch.Generator().manual_seed(0), []
+    with pytest.raises(KeyboardInterrupt, match="4 of 5 samples are kept in .*split.json.partial.pt"):
+        draw_batches(draw_with(g, calls, stop_at=3), 5, 2, g, tmp_path / "split.json", key)
+    kept = torch.load(partial_path(tmp_path / "split.json"), weights_only=True)
+    kept["seconds"] = 100.0                                   # as if the first call had sampled for 100 s
+    torch.save(kept, partial_path(tmp_path / "split.json"))
+    g, calls = torch.Generator().manual_seed(0), []           # a new process: the generator starts at the seed
+    split, seconds = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
+    assert calls == [1] and torch.equal(split, whole) and seconds >= 100.0
+    assert not partial_path(tmp_path / "split.json").exists() and not partial_path(tmp_path / "whole.json").exists()
+
+
+def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was_kept(tmp_path):
+    g, calls = torch.Generator().manual_seed(0), []
+
+    def stop_second(b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return torch.randn(b, generator=g)
+
+    with pytest.raises(KeyboardInterrupt, match="2 of 4 samples"):
+        draw_batches(stop_second, 4, 2, g, tmp_path / "r.json", {"seed": 0})
+    with pytest.raises(ValueError, match=r"other settings \(seed=0 there, 1 here\)"):
+        draw_batches(lambda b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 1})
+    partial_path(tmp_path / "r.json").write_bytes(b"cut off")
+    with pytest.raises(ValueError, match="not a file of kept samples"):
+        draw_batches(lambda b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 0})
+
+    def stop_first(b):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="before the first batch"):
+        draw_batches(stop_first, 4, 2, g, tmp_path / "other.json", {"seed": 0})
+    assert not partial_path(tmp_path / "other.json").exists()
