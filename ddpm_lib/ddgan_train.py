@@ -53,8 +53,8 @@ WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 class DDGANConfig:
     """Every setting of a DDGAN run; the command line's flags carry the same names with dashes.
 
-    Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z and the
-    posterior noise come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
+    Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z, the
+    posterior noise and the hflip coins come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
     paper's CIFAR-10 settings. The optimisers are not: with the paper's (lr_g 1.6e-4, lr_d 1.25e-4, betas
     0.5, 0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 540 on
     500 samples). Here D learns 4× faster than G (the two time-scale update rule of Heusel et al. 2017) and
@@ -118,7 +118,7 @@ class DDGANConfig:
 
 class DDGANTrainer:
     """The state Algorithm 1 changes: G, D, G_ema, both Adams, the step, and the generator of t, the
-    pairs' noise, z and the posterior noise (``noise_generator``)."""
+    pairs' noise, z, the posterior noise and the hflip coins (``noise_generator``)."""
 
     def __init__(self, G: nn.Module, D: nn.Module, config: DDGANConfig, device: torch.device):
         self.G, self.D, self.config, self.device, self.step = G, D, config, device, 0

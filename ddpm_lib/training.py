@@ -55,9 +55,9 @@ from .unet import PRESETS
 class TrainConfig:
     """Every setting of a training run; the command line's flags carry the same names with dashes.
 
-    Seeds: θ's initialisation and the data order use ``seed``; rank r draws t and ε from
-    ``seed + 1000·(r + 1)``, its dropout masks from ``seed + 1000·(r + 1) + 1`` and (classifier-free
-    guidance) its dropped labels from ``seed + 1000·(r + 1) + 2``.
+    Seeds: θ's initialisation and the data order use ``seed``; rank r draws t and ε (and, with
+    ``hflip``, the mirror coins) from ``seed + 1000·(r + 1)``, its dropout masks from
+    ``seed + 1000·(r + 1) + 1`` and (classifier-free guidance) its dropped labels from ``seed + 1000·(r + 1) + 2``.
     """
 
     data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)

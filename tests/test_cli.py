@@ -267,10 +267,11 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
 def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command_finishes_them(tmp_path, capsys,
                                                                                                monkeypatch):
     """Ctrl-C (or SIGTERM) during the third batch of ``evaluate --n 6 --batch-size 2`` ends with one line naming
-    the 4 samples kept in ``<out>.partial.pt``; the same command then draws only the last batch and writes
-    the results of an uninterrupted run, to the last digit, and removes the file; a command with another
-    seed refuses the file in one line. Catches: samples lost with the batch in progress, a resumed run
-    that restarts the generator (other samples), a partial file reused for other settings or left behind."""
+    the 4 samples kept in ``<out>.partial.pt``; a command with another seed or other weights refuses the
+    file in one line; the same command then draws only the last batch, and after a Ctrl-C during the
+    statistics, none: it writes the results of an uninterrupted run, to the last digit, and removes the
+    file. Catches: samples lost with the batch in progress or before the results exist, a resumed run that
+    restarts the generator (other samples), a partial file reused for other settings or left behind."""
     monkeypatch.chdir(tmp_path)
     dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8, sample_every=0, device="cpu",
                          out_dir="run", progress=False))
@@ -290,11 +291,18 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == "interrupted: 4 of 6 samples are kept in split.json.partial.pt; the same command continues from them"
     assert (tmp_path / "split.json.partial.pt").exists() and not (tmp_path / "split.json").exists()
-    assert main(common + ["--seed", "2", "--out", "split.json"]) == 1
-    assert "seed=1 there, 2 here" in capsys.readouterr().err
+    for other, named in ((["--seed", "2"], "seed=1 there, 2 here"), (["--seed", "1", "--weights", "raw"],
+                                                                      "weights='ema' there, 'raw' here")):
+        assert main(common + other + ["--out", "split.json"]) == 1
+        assert named in capsys.readouterr().err
     calls.clear()
-    assert main(common + ["--seed", "1", "--out", "split.json"]) == 0
+    real_statistics = cli.image_statistics
+    monkeypatch.setattr(cli, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(common + ["--seed", "1", "--out", "split.json"]) == 130       # stopped after the last batch
     assert len(calls) == 1 and "continuing from the 4 samples kept in split.json.partial.pt" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "image_statistics", real_statistics)
+    assert main(common + ["--seed", "1", "--out", "split.json"]) == 0
+    assert len(calls) == 1 and "continuing from the 6 samples kept" in capsys.readouterr().out     # none drawn again
     whole, split = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "split.json"))
     assert split["samples"] == whole["samples"] and split["real_heldout"] == whole["real_heldout"]
     assert not (tmp_path / "split.json.partial.pt").exists()

@@ -447,8 +447,9 @@ def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resume
                                                                                         micro_images):
     """With hflip and two D updates per step, every minibatch D and G see is the data order's batch with
     each image mirrored or not, some of each; a run killed after step 3 resumes to step 5 exactly as the
-    uninterrupted run (the coins come from the checkpointed noise generator). Catches: the flag ignored,
-    a whole minibatch flipped at once, coins from a stream that a resume restarts."""
+    uninterrupted run (the coins come from the trainer's checkpointed noise generator). Catches: the flag
+    ignored, a whole minibatch flipped at once, coins from a stream that a resume restarts or from torch's
+    global generator."""
     seen = []
     real_d = DDGANTrainer.d_update
 
@@ -457,7 +458,10 @@ def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resume
         return real_d(self, x0, weight)
 
     monkeypatch.setattr(DDGANTrainer, "d_update", record_d)
+    coin_streams, real_flip = [], ddgan_train_module.random_hflip
+    monkeypatch.setattr(ddgan_train_module, "random_hflip", lambda x0, g: coin_streams.append(g) or real_flip(x0, g))
     whole = train_ddgan(image_config(tmp_path, "whole", steps=5, d_steps=2, hflip=True))
+    assert len(coin_streams) == 10 and all(g is whole.noise_generator for g in coin_streams)
     order = EpochBatches(32, 8, seed=0)
     n_mirrored = 0
     for x0 in seen:

@@ -24,6 +24,11 @@ def test_environment_yml_matches_pyproject():
     conda_reqs = sorted(str(Requirement(r)) for r in pip_section if not r.startswith("-e"))
     wanted = {Requirement(r).name: str(Requirement(r)) for r in runtime + course}   # the course extra's torch wins
     assert conda_reqs == sorted(wanted.values())
+    runtime_specs = {Requirement(r).name: Requirement(r).specifier for r in runtime}
+    for r in map(Requirement, course):                  # a restated package only narrows the runtime's range
+        if r.name in runtime_specs:
+            versions = [f"{major}.{minor}.0" for major in range(1, 4) for minor in range(40)]
+            assert all(v in runtime_specs[r.name] for v in versions if v in r.specifier), r
     assert "-e ." in pip_section, "environment.yml should install the course package itself"
 
 

@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from ddpm_lib.sample_batches import draw_batches, partial_path
+from ddpm_lib.sample_batches import draw_batches, kept_until_written, partial_path
 
 
-def test_a_resumed_draw_returns_the_uninterrupted_samples_and_removes_its_file(tmp_path):
+def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_written(tmp_path):
     """Five draws in batches of 2, stopped during the third batch, then continued: the same 5 samples as
-    one uninterrupted call, in order, with only the last batch drawn again, the seconds of both calls
-    summed and the file removed. Catches: a batch kept twice or lost, the generator restarted at the seed,
-    the file left behind, the kept seconds dropped."""
+    one uninterrupted call, in order, with only the last batch drawn again and the seconds of both calls
+    summed. All 5 stay kept until ``kept_until_written`` ends: a Ctrl-C inside it keeps them (a third call
+    draws nothing), a normal end removes the file. Catches: a batch kept twice or lost, the generator
+    restarted at the seed, the kept seconds dropped, samples deleted before the output exists."""
     def draw_with(g, calls, stop_at=None):
         def draw(b):
             calls.append(b)
@@ -30,7 +31,15 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_removes_its_file(t
     g, calls = torch.Generator().manual_seed(0), []           # a new process: the generator starts at the seed
     split, seconds = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
     assert calls == [1] and torch.equal(split, whole) and seconds >= 100.0
-    assert not partial_path(tmp_path / "split.json").exists() and not partial_path(tmp_path / "whole.json").exists()
+    with pytest.raises(KeyboardInterrupt, match="5 of 5 samples are kept"):
+        with kept_until_written(tmp_path / "split.json", 5):
+            raise KeyboardInterrupt                           # e.g. during the statistics
+    g, calls = torch.Generator().manual_seed(0), []
+    again, _ = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
+    assert calls == [] and torch.equal(again, whole)
+    with kept_until_written(tmp_path / "split.json", 5):
+        pass
+    assert not partial_path(tmp_path / "split.json").exists()
 
 
 def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was_kept(tmp_path):
