@@ -36,9 +36,10 @@ def _resume(path: Path, key: dict, generator: torch.Generator) -> tuple[list, fl
         return [], 0.0
     try:
         kept = torch.load(path, map_location="cpu", weights_only=True)
-        assert kept.get("format") == FORMAT
-    except Exception:
-        raise ValueError(f"{path} is not a file of kept samples (damaged?): delete it to start afresh") from None
+    except Exception:                                    # cut off, or not a torch file at all
+        kept = None
+    if not isinstance(kept, dict) or kept.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a file of kept samples (damaged?): delete it to start afresh")
     if kept["key"] != key:
         changed = "; ".join(f"{k}={kept['key'].get(k)!r} there, {v!r} here" for k, v in key.items()
                             if kept["key"].get(k) != v)
