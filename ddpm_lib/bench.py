@@ -35,6 +35,7 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from .bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
 from .ddgan import ddgan_schedule, sample_ddgan
@@ -238,7 +239,9 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         t = torch.ones(batch_size, dtype=torch.long)          # (x_t needs no gradient: eq. 4 saves nothing)
         activations = saved_activation_bytes(lambda: l_simple(xt, net(xt, t)))
     results = []
-    for row in (r for r in ROWS if r in rows):
+    bar = tqdm([r for r in ROWS if r in rows], desc="bench", unit="row")    # a compiled row takes minutes
+    for row in bar:
+        bar.set_postfix_str(row)
         library = row.split()[0]
         if libraries[library] is not None:
             results.append({"row": row, "status": libraries[library]})
