@@ -119,8 +119,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient's global norm to this")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of the weights' EMA")
-    p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2 "
-                   "(the DDPM paper's CIFAR-10 runs; not for digits)")
+    p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2, as "
+                   "the DDPM paper's CIFAR-10 runs did (cifar10 and fashion_mnist only: a mirrored digit is none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (x_t, ε_θ, L_simple) and backward")
     add_run_arguments(p, d)
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "

@@ -54,7 +54,7 @@ def add_ddgan_commands(subparsers) -> None:
     p.add_argument("--lazy-r1", type=int, default=d.lazy_r1, help="R1 every k-th step with weight k·γ/2")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of G's weight average G_ema")
     p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2 "
-                   "(for CIFAR-10; not for digits)")
+                   "(cifar10 and fashion_mnist only: a mirrored digit is none)")
     add_run_arguments(p, d)
     s = subparsers.add_parser("sample-ddgan", formatter_class=fmt,
                               help="draw samples with G_ema of a DDGAN run or exported file (T generator calls)")

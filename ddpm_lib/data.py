@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SETS = ("mnist-5k", "mnist", "fashion_mnist", "cifar10")
+MIRROR_SAFE = ("fashion_mnist", "cifar10")   # sets whose mirror images are still examples of the set (random_hflip)
 MNIST_5K_TRAIN_PER_CLASS = 400     # of the 500 digits per class; the other 100 are held out
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"   # git-ignored
 
@@ -103,6 +104,14 @@ def random_hflip(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise ValueError(f"random_hflip mirrors images (B, C, H, W), got shape {tuple(x0.shape)}")
     mirror = torch.rand(x0.shape[0], 1, 1, 1, generator=generator, device=x0.device) < 0.5
     return torch.where(mirror, x0.flip(-1), x0)
+
+
+def check_hflip(data: str) -> None:
+    """Refuse ``random_hflip`` for a data set whose mirror images are not examples of it: digits (a mirrored
+    3 is no digit) and 2-D toy points."""
+    if data not in MIRROR_SAFE:
+        raise ValueError(f"hflip is for data whose mirror images are still data ({', '.join(MIRROR_SAFE)}); "
+                         f"a mirrored example of {data!r} is not one")
 
 
 class EpochBatches:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .checkpoint import (check_card, check_files, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
                          save_with_card)
-from .data import IMAGE_SETS, EpochBatches, load_images, random_hflip
+from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .ema import ema_decay, make_ema_model, update_ema
@@ -112,8 +112,8 @@ class DDGANConfig:
         if not self.r1_gamma >= 0 or not 0 <= self.ema_decay < 1 or self.sample_every < 0:
             raise ValueError(f"need r1_gamma >= 0, ema_decay in [0, 1) and sample_every >= 0, got "
                              f"{self.r1_gamma}, {self.ema_decay}, {self.sample_every}")
-        if self.hflip and self.data in TOY_SETS:
-            raise ValueError(f"hflip mirrors images; {self.data!r} is a set of 2-D points")
+        if self.hflip:
+            check_hflip(self.data)
 
 
 class DDGANTrainer:

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import build_model, checkpoint_to_resume, load_model_state, model_spec, resume_training, save_training
-from .data import IMAGE_SETS, EpochBatches, load_images, random_hflip, to_pixel_range
+from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip, to_pixel_range
 from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
@@ -109,8 +109,8 @@ class TrainConfig:
             raise ValueError(f"num_classes > 0 (classifier-free guidance) trains the class-conditional U-Net on "
                              f"an image set; the toy set {self.data!r} is trained by the toy MLP, which takes no "
                              f"labels: use --num-classes 0")
-        if self.hflip and self.data in TOY_SETS:
-            raise ValueError(f"hflip mirrors images; {self.data!r} is a set of 2-D points")
+        if self.hflip:
+            check_hflip(self.data)
 
 
 def unused_settings(config: TrainConfig) -> tuple:

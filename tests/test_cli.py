@@ -179,15 +179,16 @@ def test_resume_takes_the_runs_settings_unless_a_flag_is_given(tmp_path, capsys)
 
 
 def test_hflip_flag_reaches_the_config_and_is_refused_for_points(tmp_path, capsys):
-    """``--hflip`` sets TrainConfig.hflip (off without it); on a 2-D toy set it ends with one line, status 1.
-    Catches: a flag parsed but not passed on, or a default of on (digits must not be mirrored)."""
+    """``--hflip`` sets TrainConfig.hflip (off without it); on a 2-D toy set or on digits it ends with one
+    line, status 1. Catches: a flag parsed but not passed on, or a default of on (digits must not be mirrored)."""
     parser = cli.build_parser()
-    for argv, expected in ((["train", "--hflip"], True), (["train"], False)):
+    for argv, expected in ((["train", "--data", "cifar10", "--hflip"], True), (["train", "--data", "cifar10"], False)):
         args = parser.parse_args(argv + ["--out-dir", str(tmp_path / "run")])
         assert cli.config_from_args(dl.TrainConfig, args, argv).hflip is expected
-    assert main(["train", "--data", "two_moons", "--hflip", "--out-dir", str(tmp_path / "toy"), "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hflip mirrors images" in err
+    for data in ("two_moons", "mnist-5k"):
+        assert main(["train", "--data", data, "--hflip", "--out-dir", str(tmp_path / data), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"a mirrored example of '{data}' is not one" in err
 
 
 def test_help_lists_both_commands(capsys):

@@ -197,3 +197,14 @@ def test_random_hflip_refuses_points():
     """Catches: mirroring the coordinates of 2-D toy points (x ↦ y), a meaningless augmentation."""
     with pytest.raises(ValueError, match="mirrors images"):
         dl.random_hflip(torch.zeros(8, 2), torch.Generator())
+
+
+def test_hflip_is_for_the_sets_whose_mirror_images_are_still_examples():
+    """Clothes and CIFAR-10 photos mirrored are still clothes and photos; digits are not digits.
+    Catches: a check that lets digits through, or refuses CIFAR-10."""
+    from ddpm_lib.data import check_hflip
+    for data in ("fashion_mnist", "cifar10"):
+        check_hflip(data)
+    for data in ("mnist", "mnist-5k", "two_moons"):
+        with pytest.raises(ValueError, match=f"a mirrored example of '{data}' is not one"):
+            check_hflip(data)

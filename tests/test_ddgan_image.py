@@ -460,7 +460,7 @@ def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resume
     monkeypatch.setattr(DDGANTrainer, "d_update", record_d)
     coin_streams, real_flip = [], ddgan_train_module.random_hflip
     monkeypatch.setattr(ddgan_train_module, "random_hflip", lambda x0, g: coin_streams.append(g) or real_flip(x0, g))
-    whole = train_ddgan(image_config(tmp_path, "whole", steps=5, d_steps=2, hflip=True))
+    whole = train_ddgan(image_config(tmp_path, "whole", steps=5, d_steps=2, hflip=True, data="cifar10"))
     assert len(coin_streams) == 10 and all(g is whole.noise_generator for g in coin_streams)
     order = EpochBatches(32, 8, seed=0)
     n_mirrored = 0
@@ -471,11 +471,12 @@ def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resume
         assert bool((same | mirrored).all())
         n_mirrored += int((mirrored & ~same).sum())
     assert len(seen) == 10 and 0 < n_mirrored < 80
-    train_ddgan(image_config(tmp_path, "split", steps=3, d_steps=2, hflip=True))
-    resumed = train_ddgan(image_config(tmp_path, "split", steps=5, d_steps=2, hflip=True, resume=True))
+    train_ddgan(image_config(tmp_path, "split", steps=3, d_steps=2, hflip=True, data="cifar10"))
+    resumed = train_ddgan(image_config(tmp_path, "split", steps=5, d_steps=2, hflip=True, data="cifar10", resume=True))
     assert_same_state(whole, resumed)
-    with pytest.raises(ValueError, match="hflip mirrors images"):
-        toy_config(tmp_path, hflip=True)
+    for data in ("two_moons", "mnist-5k"):
+        with pytest.raises(ValueError, match=f"a mirrored example of '{data}' is not one"):
+            DDGANConfig(data=data, hflip=True)
 
 
 @pytest.mark.parametrize("changes,message", [

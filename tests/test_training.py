@@ -186,8 +186,8 @@ def test_a_few_steps_overfit_a_fixed_batch():
 @pytest.mark.parametrize("hflip", [False, True])
 def test_resume_continues_bit_for_bit(tmp_path, micro_images, hflip):
     """With hflip the mirror coins come from the checkpointed noise generator, so they resume too."""
-    common = dict(data="mnist-5k", preset="micro", T=50, batch_size=8, lr=1e-3, warmup=2, log_every=1,
-                  save_every=3, sample_every=0, keep=5, device="cpu", progress=False, hflip=hflip)
+    common = dict(data="cifar10" if hflip else "mnist-5k", preset="micro", T=50, batch_size=8, lr=1e-3, warmup=2,
+                  log_every=1, save_every=3, sample_every=0, keep=5, device="cpu", progress=False, hflip=hflip)
     whole = train(TrainConfig(steps=6, out_dir=str(tmp_path / "whole"), **common))
     split = tmp_path / "split"
     train(TrainConfig(steps=5, out_dir=str(split), **common))      # saves at 3 and 5 (an epoch is 4 steps)
@@ -212,8 +212,8 @@ def test_hflip_feeds_the_step_each_image_or_its_mirror_by_a_coin_of_the_noise_ge
         return original(self, x0, y)
 
     monkeypatch.setattr(Trainer, "train_step", record)
-    common = dict(data="mnist-5k", preset="micro", T=50, steps=6, batch_size=8, warmup=0, log_every=3, save_every=6,
-                  sample_every=0, device="cpu", progress=False, seed=2)
+    common = dict(data="cifar10", preset="micro", T=50, steps=6, batch_size=8, warmup=0, log_every=3, save_every=6,
+                  sample_every=0, device="cpu", progress=False, seed=2)     # the fixture's pictures stand in for it
     train(TrainConfig(out_dir=str(tmp_path / "plain"), **common))
     plain, fed[:] = list(fed), []
     train(TrainConfig(out_dir=str(tmp_path / "flipped"), hflip=True, **common))
@@ -227,8 +227,9 @@ def test_hflip_feeds_the_step_each_image_or_its_mirror_by_a_coin_of_the_noise_ge
         assert torch.equal(x_flipped, torch.where(mirror[:, None, None, None], batch.flip(-1), batch)), step
         n_mirrored += int(mirror.sum())
     assert 0 < n_mirrored < 48
-    with pytest.raises(ValueError, match="hflip mirrors images"):
-        toy_config(tmp_path, hflip=True)
+    for data in ("two_moons", "mnist-5k", "mnist"):                 # points, and digits: a mirrored 3 is no digit
+        with pytest.raises(ValueError, match=f"hflip is for .*; a mirrored example of '{data}' is not one"):
+            TrainConfig(data=data, hflip=True)
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
