@@ -271,7 +271,8 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "the chec
 
 
 def _rng_state(trainer) -> dict:
-    """One process's random streams: torch's CPU (and CUDA) generator and the generator of t and ε (and hflip's coins)."""
+    """One process's random streams: torch's CPU (and CUDA) generator and the generator of t and ε (and of
+    hflip's coins)."""
     cuda = trainer.device.type == "cuda"
     return {"torch_cpu": torch.get_rng_state(), "noise": trainer.noise_generator.get_state(),
             "labels": trainer.label_generator.get_state(),

@@ -53,15 +53,15 @@ WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 class DDGANConfig:
     """Every setting of a DDGAN run; the command line's flags carry the same names with dashes.
 
-    Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z, the
-    posterior noise and the hflip coins come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
-    paper's CIFAR-10 settings. The optimisers are not: with the paper's (lr_g 1.6e-4, lr_d 1.25e-4, betas
-    0.5, 0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 540 on
-    500 samples). Here D learns 4× faster than G (the two time-scale update rule of Heusel et al. 2017) and
-    Adam's β1 is 0, as in StyleGAN2; the same preset then reached FID-MNIST 232–263 from step 2,400 on.
-    At step 1,500 the ratio alone gave 253 and β1 = 0 alone 396 (paper's settings: 475): the ratio matters.
-    Two D updates per step (``d_steps = 2``, which the Makefile's recipe passes) gave 145 at step 1,500 and
-    75 at step 4,000, for about 1.4× the time per step; ``d_steps`` stays 1 by default, as in Algorithm 1.
+    Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z, the posterior
+    noise and the hflip coins come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
+    paper's CIFAR-10 settings. The optimisers are not: with the paper's (lr_g 1.6e-4, lr_d 1.25e-4, betas 0.5,
+    0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 540 on 500
+    samples). Here D learns 4× faster than G (the two time-scale update rule of Heusel et al. 2017) and Adam's
+    β1 is 0, as in StyleGAN2; the same preset then reached FID-MNIST 232–263 from step 2,400 on. At step 1,500
+    the ratio alone gave 253 and β1 = 0 alone 396 (paper's settings: 475): the ratio matters. Two D updates per
+    step (``d_steps = 2``, which the Makefile's recipe passes) gave 145 at step 1,500 and 75 at step 4,000, for
+    about 1.4× the time per step; ``d_steps`` stays 1 by default, as in Algorithm 1.
     """
 
     data: str = "mnist-5k"        # an image set (data.IMAGE_SETS) or a 2-D toy set (toy_data.TOY_SETS)
@@ -80,7 +80,7 @@ class DDGANConfig:
     r1_gamma: float = 0.02        # R1 weight γ (the penalty is (γ/2)·R1)
     lazy_r1: int = 1              # compute R1 every k-th step with weight k·γ/2 (1: every step)
     ema_decay: float = 0.999      # G_ema's decay, reached after a warm-up (ema.py)
-    hflip: bool = False           # mirror each training image with probability 1/2 (for CIFAR-10; not digits)
+    hflip: bool = False           # mirror each training image with probability 1/2 (data.MIRROR_SAFE sets only)
     seed: int = 0
     out_dir: str = "runs/ddgan"   # checkpoints, metrics.jsonl and samples
     log_every: int = 100          # steps between metrics lines

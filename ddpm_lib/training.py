@@ -86,7 +86,7 @@ class TrainConfig:
     progress: bool = True         # tqdm bar on rank 0
     num_classes: int = 0          # 0: an unconditional ε-model; K > 0: ConditionalUNet with K classes (CFG)
     p_uncond: float = 0.1         # classifier-free guidance: probability of replacing a label by the null label
-    hflip: bool = False           # mirror each training image with probability 1/2 (the paper's CIFAR-10 runs)
+    hflip: bool = False           # mirror each image with probability 1/2 (the paper's CIFAR-10 runs; data.MIRROR_SAFE)
 
     def __post_init__(self):
         if self.data not in IMAGE_SETS + TOY_SETS:

@@ -234,7 +234,8 @@ SHIPPED_CLASSIFIER = ROOT / "data" / "mnist_classifier.pt"
 def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkeypatch):
     """``python -m ddpm_lib train`` a 3-step model on mnist-5k (T = 2), then ``evaluate --n 64`` (through
     ``main``, in this process) in uneven batches of 40: a table on
-    stdout naming the metric, a tqdm bar over the samples and one over each batch's steps, and JSON with the metric's name, the counts
+    stdout naming the metric, a tqdm bar over the samples and one over each batch's steps, and JSON with the
+    metric's name, the counts
     (64 samples, 1,000 held-out digits, 64 training digits for the floor), entropies that match the
     counts, the shipped classifier's sha256, and an FID-MNIST of the untrained model's samples far
     above the real digits' floor. Catches: a missing key, a last batch dropped (63 or 80 samples),
@@ -248,7 +249,7 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
     result = capsys.readouterr()
     assert "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)" in result.out
     assert "sampling" in result.err and "64/64" in result.err
-    assert re.search(r"DDPM sampling: +\d+%\|[^|]*\| \d/2 \[", result.err)      # and a bar over each batch's T = 2 steps
+    assert re.search(r"DDPM sampling: +\d+%\|[^|]*\| \d/2 \[", result.err)      # a bar over each batch's 2 steps
     r = json.loads((tmp_path / "out" / "results.json").read_text())
     assert r["metric"] == "FID-MNIST (features of ddpm_lib's MNIST classifier; not Inception FID)"
     assert r["n"] == 64 and r["step"] == 3 and r["T"] == 2 and r["data"] == "mnist-5k" and r["seed"] == 1
@@ -274,8 +275,8 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
     file. Catches: samples lost with the batch in progress or before the results exist, a resumed run that
     restarts the generator (other samples), a partial file reused for other settings or left behind."""
     monkeypatch.chdir(tmp_path)
-    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8, sample_every=0, device="cpu",
-                         out_dir="run", progress=False))
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8,
+                            sample_every=0, device="cpu", out_dir="run", progress=False))
     common = ["evaluate", "--checkpoint", "run", "--n", "6", "--batch-size", "2", "--device", "cpu"]
     assert main(common + ["--seed", "1", "--out", "whole.json"]) == 0
     real_draw, calls = cli.draw_samples, []
