@@ -52,7 +52,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
 from .run_folder import RunLocked, is_locked
-from .sample_batches import draw_batches, kept_until_written
+from .sample_batches import draw_batches, kept_until_written, machine_name
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
@@ -256,12 +256,6 @@ def real_digits(info: dict):
     return mnist_digits(info, train=False)[0], mnist_digits(info, train=True)[0]
 
 
-def machine_name(device: torch.device) -> str:
-    """The processor a sampler ran on, for telling apart runs whose exact values may differ ("cpu" or
-    the GPU's model)."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def run_evaluate(args: argparse.Namespace) -> dict:
     """Sample ``args.n`` digits with θ_ema (or θ: ``--weights raw``), compare them with held-out real digits,
     print and write the results."""
@@ -290,7 +284,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     key = {"checkpoint": recorded_path(path), "checkpoint_sha256": file_sha256(path), "weights": args.weights,
            "sampler": describe_sampler(args, schedule.T), "n": args.n, "batch_size": args.batch_size,
            "seed": args.seed, "bf16": args.bf16, "machine": machine_name(device), "torch": str(torch.__version__)}
-    samples, sampling_seconds = draw_batches(draw, args.n, args.batch_size, generator, args.out, key)
+    samples, sampling_seconds, _ = draw_batches(draw, args.n, args.batch_size, generator, args.out, key,
+                                                warmup=device.type == "cuda")
     with kept_until_written(args.out, args.n):         # a Ctrl-C from here on keeps the samples
         fake = image_statistics(samples, classifier, args.batch_size)
         real = image_statistics(heldout, classifier, args.batch_size)
@@ -308,7 +303,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
             "sampler": f"{describe_sampler(args, schedule.T)}, {'θ_ema' if args.weights == 'ema' else 'raw θ'}, "
                        f"samples clamped to [-1, 1]", "weights": args.weights,
             "precision": "bf16 autocast" if args.bf16 else "float32",
-            "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 1),
+            "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 2),
             "classifier": recorded_path(args.classifier), "classifier_sha256": file_sha256(args.classifier),
             "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",
                           "n": real["n"]},

@@ -1,4 +1,4 @@
-"""Many samples drawn batch by batch and kept on disk as they come (``python -m ddpm_lib evaluate``).
+"""Many samples drawn batch by batch and kept on disk as they come (``evaluate`` and ``trilemma``).
 
 An evaluation of 10,000 samples, or of 1,000-step samplers, can outlast a time limit. After each batch the
 samples so far, the sampler's generator state and the seconds spent go to ``<out>.partial.pt`` (written
@@ -13,14 +13,20 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from tqdm import tqdm
 
 from .checkpoint import save_atomic
 
-FORMAT = "ddpm_lib-partial-samples-1"
+FORMAT = "ddpm_lib-partial-samples-2"
+
+
+def machine_name(device: torch.device) -> str:
+    """The processor a sampler ran on, for telling apart runs whose exact values may differ ("cpu" or
+    the GPU's model)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def partial_path(out: str | Path) -> Path:
@@ -29,11 +35,11 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial.pt")
 
 
-def _resume(path: Path, key: dict, generator: torch.Generator) -> tuple[list, float]:
-    """The batches and seconds kept in ``path`` (none when it does not exist), with ``generator`` set to
-    the state after the last kept batch. A file of other settings raises ``ValueError``."""
+def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[list, float, list]:
+    """The batches, seconds and calls kept in ``path`` (none when it does not exist), with ``generator`` set
+    to the state after the last kept batch. A file of other settings raises ``ValueError``."""
     if not path.exists():
-        return [], 0.0
+        return [], 0.0, []
     try:
         kept = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:                                    # cut off, or not a torch file at all
@@ -48,33 +54,57 @@ def _resume(path: Path, key: dict, generator: torch.Generator) -> tuple[list, fl
     generator.set_state(kept["generator"])
     n_kept = sum(len(b) for b in kept["batches"])
     tqdm.write(f"continuing from the {n_kept} samples kept in {path}")
-    return kept["batches"], kept["seconds"]
+    return kept["batches"], kept["seconds"], kept["calls"]
+
+
+class Drawn(NamedTuple):
+    """What ``draw_batches`` returns."""
+    samples: torch.Tensor      # (n, ...) float32 on the CPU
+    seconds: float             # time spent drawing them, over every run that contributed
+    calls: list[int]           # network calls made by each batch (``count_calls``); empty without it
 
 
 def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, generator: torch.Generator,
-                 out: str | Path, key: dict) -> tuple[torch.Tensor, float]:
-    """``(samples, seconds)``: ``n`` samples as a float32 CPU tensor, drawn by ``draw(b)`` (b samples from
-    ``generator``, on any device) in batches of ``batch_size``, and the seconds spent drawing them, over
-    every run that contributed. Kept in ``partial_path(out)`` after each batch, the last one too (see the
-    module docstring). ``key``: the settings that determine the samples (plain values)."""
-    path = partial_path(out)
-    batches, seconds = _resume(path, key, generator)
+                 out: str | Path | None, key: dict | None = None, count_calls: Callable[[], int] | None = None,
+                 warmup: bool = False, desc: str | None = "sampling") -> Drawn:
+    """``n`` samples drawn by ``draw(b)`` (b samples from ``generator``, on any device) in batches of
+    ``batch_size``, with the seconds spent in ``draw`` and the copy to the CPU (the copy waits for a GPU).
+
+    - ``out``: kept in ``partial_path(out)`` after each batch, the last one too (see the module docstring);
+      ``None`` keeps nothing. ``key``: the settings that determine the samples (plain values).
+    - ``count_calls``: a running count of network calls, read around each batch (its differences are
+      ``calls``, kept with the samples).
+    - ``warmup``: one batch first, untimed, its samples dropped and ``generator`` restored, so that no
+      one-off cost (a GPU loads each kernel on its first launch) is timed.
+    - ``desc``: the progress bar's name (``None``: no bar)."""
+    path = partial_path(out) if out is not None else None
+    batches, seconds, calls = _resume(path, key, generator) if path else ([], 0.0, [])
     kept = sum(len(b) for b in batches)                  # samples the file holds
-    bar = tqdm(total=n, initial=kept, desc="sampling", unit="sample")
+    if warmup and kept < n:
+        state = generator.get_state()
+        draw(min(batch_size, n - kept)).cpu()
+        generator.set_state(state)
+    bar = tqdm(total=n, initial=kept, desc=desc, unit="sample", disable=desc is None, leave=False)
     try:
         with bar:
             while kept < n:
+                before = count_calls() if count_calls else 0
                 start = time.perf_counter()
                 x0 = draw(min(batch_size, n - kept)).float().cpu()
                 seconds += time.perf_counter() - start
+                if count_calls:
+                    calls.append(count_calls() - before)
                 batches.append(x0)
-                save_atomic({"format": FORMAT, "key": key, "batches": batches, "seconds": seconds,
-                             "generator": generator.get_state()}, path)
+                if path:
+                    save_atomic({"format": FORMAT, "key": key, "batches": batches, "seconds": seconds,
+                                 "calls": calls, "generator": generator.get_state()}, path)
                 kept += len(x0)
                 bar.update(len(x0))
     except KeyboardInterrupt:
+        if path is None:
+            raise
         raise KeyboardInterrupt(stopped_message(path, kept, n)) from None
-    return torch.cat(batches), seconds
+    return Drawn(torch.cat(batches), seconds, calls)
 
 
 def stopped_message(path: Path, kept: int, n: int) -> str:
@@ -85,11 +115,18 @@ def stopped_message(path: Path, kept: int, n: int) -> str:
 
 
 @contextlib.contextmanager
-def kept_until_written(out: str | Path, n: int):
-    """The block that turns ``n`` kept samples into the output ``out``: the kept samples are removed when it
-    ends normally, and a Ctrl-C inside it says that they are still kept (and nothing else was lost)."""
+def kept_on_stop(out: str | Path, n: int):
+    """A block run after all ``n`` samples for ``out`` are kept: a Ctrl-C inside it says they still are."""
     try:
         yield
     except KeyboardInterrupt:
         raise KeyboardInterrupt(stopped_message(partial_path(out), n, n)) from None
+
+
+@contextlib.contextmanager
+def kept_until_written(out: str | Path, n: int):
+    """The block that turns ``n`` kept samples into the output ``out``: the kept samples are removed when it
+    ends normally, and a Ctrl-C inside it says that they are still kept (and nothing else was lost)."""
+    with kept_on_stop(out, n):
+        yield
     partial_path(out).unlink(missing_ok=True)

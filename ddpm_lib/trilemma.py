@@ -9,19 +9,22 @@ Each row draws ``n`` digits with one sampler and reports
 - the entropy of the predicted-class histogram (mode coverage; ln 10 ≈ 2.303 when every digit is drawn
   equally often) and the classifier's mean confidence,
 - the network evaluations per sample, *counted* by wrapping the network (not taken from the sampler's
-  name), and the wall-clock seconds per 1,000 samples (CUDA synchronised before the clock is read).
+  name), and the wall-clock seconds per 1,000 samples (each batch timed until it is on the CPU, which
+  waits for the GPU; on a GPU one untimed batch first, since kernels load on their first launch).
 
 The JSON names the two models and the classifier with their sha256; a progress bar shows each row's samples.
+Each row keeps its samples in ``<out>.row<i>.partial.pt`` as they come (``sample_batches.py``): a command
+stopped by Ctrl-C or a time limit continues from them when run again, and they go once the table is written.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
 from .classifier import classifier_path, load_classifier
@@ -32,6 +35,7 @@ from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
 from .export import load_sampling_model
 from .metrics import METRIC, frechet_distance, image_statistics
+from .sample_batches import draw_batches, kept_on_stop, machine_name, partial_path
 from .sampling import sample_ddpm
 
 Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
@@ -49,35 +53,23 @@ class CallCounter(nn.Module):
         return self.net(*args, **kwargs)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, device, seed: int = 0,
-                    desc: str | None = None):
-    """``(samples, seconds, nfe)``: ``n`` samples drawn in batches of ``batch_size`` on ``device``, the
-    wall-clock seconds it took, and the network evaluations per sample (calls per batch, which must be
-    the same for every batch). ``desc``: show a progress bar over the samples with this name."""
+                    desc: str | None = None, out: str | Path | None = None, key: dict | None = None):
+    """``(samples, seconds, nfe)``: ``n`` samples clamped to [−1, 1], drawn in batches of ``batch_size`` on
+    ``device`` from one generator seeded with ``seed``; the seconds spent drawing them (on a GPU after an
+    untimed warm-up batch); the network evaluations per sample (calls per batch, which must be the same for
+    every batch). ``out`` and ``key``: keep the batches in ``<out>.partial.pt`` as they come, and continue
+    from it (``sample_batches.draw_batches``). ``desc``: show a progress bar over the samples with this name."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
     device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
-    calls, batches = set(), []
-    _synchronize(device)
-    start = time.perf_counter()
-    bar = tqdm(total=n, desc=desc, unit="sample", disable=desc is None, leave=False)
-    for i in range(0, n, batch_size):
-        before = counter.calls
-        batches.append(draw(min(batch_size, n - i), generator).clamp(-1, 1))
-        calls.add(counter.calls - before)
-        bar.update(len(batches[-1]))
-    bar.close()
-    _synchronize(device)
-    seconds = time.perf_counter() - start
-    if len(calls) != 1:
-        raise RuntimeError(f"the sampler made a different number of network calls per batch: {sorted(calls)}")
-    return torch.cat(batches).float().cpu(), seconds, calls.pop()
+    drawn = draw_batches(lambda b: draw(b, generator).clamp(-1, 1), n, batch_size, generator, out, key,
+                         count_calls=lambda: counter.calls, warmup=device.type == "cuda", desc=desc)
+    if len(set(drawn.calls)) != 1:
+        raise RuntimeError(f"the sampler made a different number of network calls per batch: "
+                           f"{sorted(set(drawn.calls))}")
+    return drawn.samples, drawn.seconds, drawn.calls[0]
 
 
 def ddpm_draw(eps_model: nn.Module, s, example_shape: tuple, progress: bool = False) -> Draw:
@@ -99,18 +91,30 @@ def _in_bf16(draw: Draw) -> Draw:
     return bf16_draw
 
 
+def row_output(out: str | Path, i: int) -> Path:
+    """The name under which row ``i`` (from 0) of the table written to ``out`` keeps its samples until the
+    table is written: ``partial_path(row_output(out, i))`` is ``<out>.row<i+1>.partial.pt``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.row{i + 1}")
+
+
 def trilemma_rows(samplers: dict[str, tuple[Draw, CallCounter]], real: torch.Tensor, classifier: nn.Module,
-                  n: int, batch_size: int, device, seed: int = 0, progress: bool = False) -> list[dict]:
+                  n: int, batch_size: int, device, seed: int = 0, progress: bool = False,
+                  out: str | Path | None = None, key: dict | None = None) -> list[dict]:
     """One row per sampler (name → (draw, the counter wrapping its network)): FID-MNIST against
     ``real``, class entropy, confidence, network evaluations per sample and seconds per 1,000 samples.
     A line is printed as each row is done, and with ``progress`` a bar shows each row's samples: the slow
-    rows take minutes on a CPU."""
+    rows take minutes on a CPU. ``out``: each row keeps its samples in ``partial_path(row_output(out, i))``
+    (with ``key`` and the row's name as its settings), so that a stopped command continues where it was."""
     ref = image_statistics(real, classifier, batch_size)
     rows = []
-    for name, (draw, counter) in samplers.items():
+    for i, (name, (draw, counter)) in enumerate(samplers.items()):
+        row_out = row_output(out, i) if out is not None else None
         samples, seconds, nfe = measure_sampler(draw, counter, n, batch_size, device, seed,
-                                                desc=name if progress else None)
-        stats = image_statistics(samples, classifier, batch_size)
+                                                desc=name if progress else None, out=row_out,
+                                                key={**(key or {}), "row": name})
+        with kept_on_stop(row_out, n) if row_out else contextlib.nullcontext():
+            stats = image_statistics(samples, classifier, batch_size)
         rows.append({"sampler": name, "nfe": nfe, "n": n,
                      "fid_mnist": frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
                      "class_entropy": stats["class_entropy"], "confidence": stats["confidence"],
@@ -178,15 +182,19 @@ def run_trilemma(args) -> dict:
     real, _ = load_images(info["config"].get("data", "mnist-5k"), train=False, pad_to_32=True)
     if args.bf16:                          # the networks in bf16; the classifier's features stay float32
         samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
+    models = {"ddpm": recorded_path(info["path"]), "ddpm_sha256": file_sha256(info["path"]),
+              "ddgan": recorded_path(gan_info["source"]), "ddgan_sha256": file_sha256(gan_info["source"])}
+    key = {**models, "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "bf16": args.bf16,
+           "machine": machine_name(device), "torch": str(torch.__version__)}     # what decides the samples
     rows = trilemma_rows(samplers, real, load_classifier(args.classifier, device), args.n, args.batch_size,
-                         device, args.seed, progress=True)
-    table = {"metric": METRIC, "n": args.n, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-             else "cpu", "ddpm": recorded_path(info["path"]), "ddpm_sha256": file_sha256(info["path"]),
-             "ddgan": recorded_path(gan_info["source"]), "ddgan_sha256": file_sha256(gan_info["source"]),
+                         device, args.seed, progress=True, out=args.out, key=key)
+    table = {"metric": METRIC, "n": args.n, "device": machine_name(device), **models,
              "classifier": recorded_path(args.classifier), "classifier_sha256": file_sha256(args.classifier),
              "reference": {"n": len(real), "split": "held-out"}, "seed": args.seed,
              "precision": "bf16 autocast" if args.bf16 else "float32", "rows": rows}
     write_json(table, args.out)
+    for i in range(len(samplers)):                     # the table is written: the kept samples can go
+        partial_path(row_output(args.out, i)).unlink(missing_ok=True)
     print(format_rows(rows))
     print(f"wrote {args.out}")
     return table

@@ -1,7 +1,10 @@
 """sample_batches.draw_batches: samples kept on disk batch by batch, resumed exactly, refused when foreign."""
+import itertools
+
 import pytest
 import torch
 
+from ddpm_lib import sample_batches
 from ddpm_lib.sample_batches import draw_batches, kept_until_written, partial_path
 
 
@@ -21,7 +24,7 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
 
     key = {"seed": 0, "n": 5}
     g = torch.Generator().manual_seed(0)
-    whole, _ = draw_batches(draw_with(g, []), 5, 2, g, tmp_path / "whole.json", key)
+    whole = draw_batches(draw_with(g, []), 5, 2, g, tmp_path / "whole.json", key).samples
     g, calls = torch.Generator().manual_seed(0), []
     with pytest.raises(KeyboardInterrupt, match="4 of 5 samples are kept in .*split.json.partial.pt"):
         draw_batches(draw_with(g, calls, stop_at=3), 5, 2, g, tmp_path / "split.json", key)
@@ -29,13 +32,13 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
     kept["seconds"] = 100.0                                   # as if the first call had sampled for 100 s
     torch.save(kept, partial_path(tmp_path / "split.json"))
     g, calls = torch.Generator().manual_seed(0), []           # a new process: the generator starts at the seed
-    split, seconds = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
+    split, seconds, _ = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
     assert calls == [1] and torch.equal(split, whole) and seconds >= 100.0
     with pytest.raises(KeyboardInterrupt, match="5 of 5 samples are kept"):
         with kept_until_written(tmp_path / "split.json", 5):
             raise KeyboardInterrupt                           # e.g. during the statistics
     g, calls = torch.Generator().manual_seed(0), []
-    again, _ = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
+    again = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key).samples
     assert calls == [] and torch.equal(again, whole)
     with kept_until_written(tmp_path / "split.json", 5):
         pass
@@ -65,3 +68,49 @@ def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was
     with pytest.raises(KeyboardInterrupt, match="before the first batch"):
         draw_batches(stop_first, 4, 2, g, tmp_path / "other.json", {"seed": 0})
     assert not partial_path(tmp_path / "other.json").exists()
+
+
+def test_calls_are_counted_per_batch_and_kept_and_a_warmup_batch_is_neither_timed_kept_nor_counted(tmp_path,
+                                                                                                  monkeypatch):
+    """A draw of b samples that makes b + 1 'network calls', 5 samples in batches of 2 with a warm-up, stopped
+    during the third batch and continued: ``calls`` is [3, 3, 2] (the first two kept in the file), the
+    samples equal a plain draw's (the warm-up's are dropped and the generator restored), and with a clock
+    that reads 10 s inside each batch and 100 s between them (saving, warm-up) ``seconds`` is 10 per timed
+    batch. Without ``out`` nothing is written and a Ctrl-C comes through as it was. Catches: the warm-up's
+    samples kept or its draws taken from the generator, the time between batches counted, the calls of the
+    kept batches lost on resume."""
+    network = {"calls": 0}
+    log = []
+
+    def draw_with(g, stop_at=None):
+        def draw(b):
+            log.append(b)
+            if len(log) == stop_at:
+                raise KeyboardInterrupt
+            network["calls"] += b + 1
+            return torch.randn(b, generator=g)
+        return draw
+
+    g = torch.Generator().manual_seed(3)
+    plain = draw_batches(draw_with(g), 5, 2, g, None).samples
+    assert not list(tmp_path.iterdir()) and log == [2, 2, 1]
+
+    def start_clock():                                    # reads 0, 10, 100, 110, 200, 210, …
+        readings = (100.0 * (i // 2) + 10.0 * (i % 2) for i in itertools.count())
+        monkeypatch.setattr(sample_batches, "time", type("Clock", (), {"perf_counter": staticmethod(
+            lambda: next(readings))}))
+
+    common = dict(count_calls=lambda: network["calls"], warmup=True)
+    g, log[:] = torch.Generator().manual_seed(3), []
+    start_clock()
+    with pytest.raises(KeyboardInterrupt, match="4 of 5"):
+        draw_batches(draw_with(g, stop_at=4), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **common)
+    assert log == [2, 2, 2, 1]                           # warm-up, two kept batches, the stopped one
+    g, log[:] = torch.Generator().manual_seed(3), []
+    start_clock()
+    drawn = draw_batches(draw_with(g), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **common)
+    assert log == [1, 1] and torch.equal(drawn.samples, plain)     # warm-up, then the missing batch
+    assert drawn.calls == [3, 3, 2] and drawn.seconds == pytest.approx(30.0)
+    g, log[:] = torch.Generator().manual_seed(3), []
+    with pytest.raises(KeyboardInterrupt, match="^$"):
+        draw_batches(draw_with(g, stop_at=2), 5, 2, g, None)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_lib import trilemma
+from ddpm_lib import sample_batches, trilemma
 from ddpm_lib.classifier import load_classifier
+from ddpm_lib.cli import main
 from ddpm_lib.data import load_images
 from ddpm_lib.metrics import frechet_distance
 from ddpm_lib.oracle import GaussianMixture
@@ -72,7 +73,19 @@ def test_rows_rank_real_digits_above_noise():
     assert "replay" in table and "noise" in table and "FID-MNIST" in table
 
 
-def test_trilemma_command_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> tuple[str, str]:
+    """A DDPM of T = 6 and a DDGAN (T = 4), each trained for 2 steps on mnist-5k: their run folders."""
+    import ddpm_lib as dl
+    root = tmp_path_factory.mktemp("models")
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=2, batch_size=8, warmup=1,
+                            sample_every=0, out_dir=str(root / "ddpm"), progress=False, device="cpu"))
+    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", str(root / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    return str(root / "ddpm"), str(root / "gan")
+
+
+def test_trilemma_command_end_to_end(tiny_models, tmp_path, capsys):
     """A 2-step DDPM (T = 6) and a 2-step DDGAN (T = 4) on mnist-5k through ``python -m ddpm_lib trilemma``:
     four rows with the counted NFE (T, each DDIM step count, the DDGAN's T), positive timings, a JSON file;
     models of different image shapes are refused in one line. Catches: a row's NFE taken from its name
@@ -80,13 +93,9 @@ def test_trilemma_command_end_to_end(tmp_path, capsys):
     import json
 
     import ddpm_lib as dl
-    from ddpm_lib.cli import main
-    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=2, batch_size=8, warmup=1,
-                            sample_every=0, out_dir=str(tmp_path / "ddpm"), progress=False, device="cpu"))
-    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "2", "--batch-size", "8",
-                 "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    ddpm, gan = tiny_models
     out = tmp_path / "t.json"
-    assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--ddim-steps", "3", "2",
+    assert main(["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--ddim-steps", "3", "2",
                  "--n", "6", "--batch-size", "4", "--device", "cpu", "--out", str(out)]) == 0
     table = json.loads(out.read_text())
     assert [r["nfe"] for r in table["rows"]] == [6, 3, 2, 4]
@@ -96,11 +105,11 @@ def test_trilemma_command_end_to_end(tmp_path, capsys):
     dl.train(dl.TrainConfig(data="two_moons", toy_n=64, T=30, steps=1, batch_size=8, sample_every=0,
                             out_dir=str(tmp_path / "moons"), device="cpu", progress=False))
     capsys.readouterr()
-    assert main(["trilemma", "--ddpm", str(tmp_path / "moons"), "--ddgan", str(tmp_path / "gan"), "--n", "4",
+    assert main(["trilemma", "--ddpm", str(tmp_path / "moons"), "--ddgan", gan, "--n", "4",
                  "--device", "cpu", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "same data" in err
-    assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--bf16",
+    assert main(["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--bf16",
                  "--device", "cpu", "--out", str(out)]) == 1
     assert "needs a CUDA device" in capsys.readouterr().err
     assert table["precision"] == "float32"
@@ -125,14 +134,15 @@ def test_measure_sampler_clamps_and_draws_every_batch_from_one_seeded_generator(
 def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1000(monkeypatch):
     """A 'sampler' returning 0.8·digit + 0.1 for 50 held-out digits, scored against 60 others: the row's
     FID-MNIST equals frechet_distance of numpy means and covariances (np.cov) of the classifier's
-    features of both sets; with a fake clock measuring 7.5 s for n = 50, seconds_per_1000 is
-    1000 · 7.5 / 50 = 150 exactly. Catches: one set's mean or covariance used for both, seconds / n
-    without the factor 1,000, seconds reported per batch."""
+    features of both sets; with a fake clock measuring 2.5 s in each of the three batches, seconds_per_1000
+    is 1000 · 7.5 / 50 = 150 exactly. Catches: one set's mean or covariance used for both, seconds / n
+    without the factor 1,000, seconds reported per batch, the time between batches counted."""
     real, _ = load_images("mnist-5k", train=False, pad_to_32=True)
     fake, ref = 0.8 * real[:50] + 0.1, real[100:160]
     classifier = load_classifier()
-    clock = iter([100.0, 107.5])
-    monkeypatch.setattr(trilemma, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    clock = iter([100.0, 102.5, 200.0, 202.5, 300.0, 302.5])     # three batches of 2.5 s, 100 s apart
+    monkeypatch.setattr(sample_batches, "time", type("FakeTime", (), {"perf_counter": staticmethod(
+        lambda: next(clock))}))
     net = CallCounter(torch.nn.Identity())
     pos = {"i": 0}
 
@@ -152,20 +162,60 @@ def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1
     assert row["fid_mnist"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_ddim_steps_are_checked_before_any_row_is_sampled(tmp_path, capsys, monkeypatch):
+def test_ddim_steps_are_checked_before_any_row_is_sampled(tiny_models, tmp_path, capsys, monkeypatch):
     """--ddim-steps outside 1..T, or repeated, is refused in one line before the DDPM row (the slowest) runs.
     Catches: the check left to the DDIM row's sampler, after hours of DDPM-1000 sampling."""
-    import ddpm_lib as dl
-    from ddpm_lib.cli import main
-    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=6, steps=1, batch_size=8, warmup=1,
-                            sample_every=0, out_dir=str(tmp_path / "ddpm"), progress=False, device="cpu"))
-    assert main(["train-ddgan", "--data", "mnist-5k", "--preset", "tiny", "--steps", "1", "--batch-size", "8",
-                 "--sample-every", "0", "--out-dir", str(tmp_path / "gan"), "--device", "cpu", "--no-progress"]) == 0
+    ddpm, gan = tiny_models
     monkeypatch.setattr(trilemma, "trilemma_rows", lambda *a, **k: pytest.fail("a row ran before the check"))
     capsys.readouterr()
     for steps, message in ((["7"], "1..T = 1..6"), (["0"], "1..T = 1..6"), (["3", "3"], "distinct")):
-        assert main(["trilemma", "--ddpm", str(tmp_path / "ddpm"), "--ddgan", str(tmp_path / "gan"), "--ddim-steps",
+        assert main(["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--ddim-steps",
                      *steps, "--n", "4", "--device", "cpu", "--out", str(tmp_path / "t.json")]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
 
+
+
+def test_a_stopped_trilemma_continues_from_its_kept_rows_and_writes_the_uninterrupted_table(tiny_models, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """Ctrl-C during the second batch of the DDIM row (row 2 of 3, n = 6 in batches of 4) ends with one line
+    naming that row's kept samples. The same command then draws only what is missing (no DDPM batch, one
+    DDIM batch) and writes the table of an uninterrupted run: the same samplers, NFE, FID-MNIST and class
+    entropy, with no kept file left. Catches: a stopped row or a finished one started over, the NFE of a
+    row drawn wholly from its file lost, the kept files left behind or deleted before the table exists."""
+    import json
+    ddpm, gan = tiny_models
+    command = ["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--ddim-steps", "3", "--n", "6", "--batch-size", "4",
+               "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "whole.json")]) == 0
+    ddpm_sampler, ddim_sampler, drawn = trilemma.sample_ddpm, trilemma.sample_ddim, []
+
+    def counted(sampler, name, stop_at=None):
+        def sample(*args, **kwargs):
+            drawn.append(name)
+            if drawn.count(name) == stop_at:
+                raise KeyboardInterrupt
+            return sampler(*args, **kwargs)
+        return sample
+
+    monkeypatch.setattr(trilemma, "sample_ddim", counted(ddim_sampler, "ddim", stop_at=2))
+    out = tmp_path / "split.json"
+    capsys.readouterr()
+    assert main([*command, "--out", str(out)]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]                # after the progress bars
+    assert last.startswith("interrupted: 4 of 6 samples are kept in") and "split.json.row2.partial.pt" in last
+    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json.row1.partial.pt",
+                                                               "split.json.row2.partial.pt"]
+    drawn.clear()
+    monkeypatch.setattr(trilemma, "sample_ddpm", counted(ddpm_sampler, "ddpm"))
+    monkeypatch.setattr(trilemma, "sample_ddim", counted(ddim_sampler, "ddim"))
+    assert main([*command, "--out", str(out)]) == 0
+    assert drawn == ["ddim"]
+    printed = capsys.readouterr().out
+    assert "continuing from the 6 samples" in printed and "continuing from the 4 samples" in printed
+    whole, split = (json.loads((tmp_path / name).read_text())["rows"] for name in ("whole.json", "split.json"))
+    assert [r["sampler"] for r in split] == [r["sampler"] for r in whole] and len(whole) == 3
+    for a, b in zip(whole, split):
+        assert a["nfe"] == b["nfe"] and a["class_entropy"] == pytest.approx(b["class_entropy"], rel=1e-9)
+        assert a["fid_mnist"] == pytest.approx(b["fid_mnist"], rel=1e-9)
+    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json"]
