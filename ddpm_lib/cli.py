@@ -46,6 +46,7 @@ from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
 from .export import export_ema_weights, load_sampling_model
+from .fast_sampling import compiled_eps_model
 from .cli_noisy_classifier import add_noisy_classifier_parser, run_train_noisy_classifier
 from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_sampler_arguments,
                             check_sampler_flags, describe_sampler, draw_samples, guided_model, mnist_digits,
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="θ_ema (what the course samples with) or a checkpoint's raw θ, to compare")
     evaluate_parser.add_argument("--bf16", action="store_true",
                                  help="run the network in bf16 autocast while sampling (CUDA only; about 2× faster)")
+    evaluate_parser.add_argument("--compile", action="store_true",
+                                 help="sample with the network compiled for the batch shape (a GPU replays it as a "
+                                      "CUDA graph; a minute or two of compiling first, worth it for many batches)")
     add_sampler_arguments(evaluate_parser)
     classifier_parser = commands.add_parser(
         "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
@@ -271,19 +275,25 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")
     ema_model, schedule, ckpt = load_sampling_model(args.checkpoint, device, weights=args.weights)
     ema_model = guided_model(ema_model, ckpt, None)[0]     # a class-conditional model: its null label (unconditional)
+    compile_seconds = None
+    if args.compile:                # one static batch shape; a smaller last batch is padded to it
+        ema_model = compiled_eps_model(ema_model, (min(args.batch_size, args.n), *ckpt["example_shape"]), device,
+                                       amp_dtype=torch.bfloat16 if args.bf16 else None)
+        compile_seconds = round(ema_model.compile_seconds, 1)
     path = ckpt["path"]
     heldout, train_digits = real_digits(ckpt)
     schedule = schedule.to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
 
     def draw(b: int) -> torch.Tensor:                    # a batch can take minutes: it has a bar of its own
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and not args.compile):  # else inside
             x0 = draw_samples(ema_model, schedule, (b, *ckpt["example_shape"]), generator, args, progress=True)
         return x0.float().clamp(-1, 1)
 
     key = {"checkpoint": recorded_path(path), "checkpoint_sha256": file_sha256(path), "weights": args.weights,
            "sampler": describe_sampler(args, schedule.T), "n": args.n, "batch_size": args.batch_size,
-           "seed": args.seed, "bf16": args.bf16, "machine": machine_name(device), "torch": str(torch.__version__)}
+           "seed": args.seed, "bf16": args.bf16, "compiled": args.compile, "machine": machine_name(device),
+           "torch": str(torch.__version__)}
     samples, sampling_seconds, _ = draw_batches(draw, args.n, args.batch_size, generator, args.out, key,
                                                 warmup=device.type == "cuda")
     with kept_until_written(args.out, args.n):         # a Ctrl-C from here on keeps the samples
@@ -303,6 +313,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
             "sampler": f"{describe_sampler(args, schedule.T)}, {'θ_ema' if args.weights == 'ema' else 'raw θ'}, "
                        f"samples clamped to [-1, 1]", "weights": args.weights,
             "precision": "bf16 autocast" if args.bf16 else "float32",
+            "compiled": args.compile, "compile_seconds": compile_seconds,
             "n": args.n, "seed": args.seed, "device": str(device), "sampling_seconds": round(sampling_seconds, 2),
             "classifier": recorded_path(args.classifier), "classifier_sha256": file_sha256(args.classifier),
             "reference": {"data": ckpt["config"]["data"], "split": "held-out (load_images(..., train=False))",

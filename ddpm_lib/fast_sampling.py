@@ -70,18 +70,22 @@ class CompiledEps:
         self.cuda_graphs = self.cuda_graphs and counters["inductor"]["cudagraph_skips"] == skips
 
     def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tuple(xt.shape) != self.batch_shape:
-            raise ValueError(f"this compiled ε-model runs at the static batch shape {self.batch_shape}, "
-                             f"got x_t of shape {tuple(xt.shape)}: build one per shape")
-        if t.shape != (self.batch_shape[0],):
-            raise ValueError(f"t must be a long tensor of shape ({self.batch_shape[0]},), got {tuple(t.shape)}")
+        B, b = self.batch_shape[0], len(xt) if xt.dim() else 0
+        if tuple(xt.shape[1:]) != self.batch_shape[1:] or not 1 <= b <= B:
+            raise ValueError(f"this compiled ε-model runs at the static batch shape {self.batch_shape} (fewer "
+                             f"samples are padded to it), got x_t of shape {tuple(xt.shape)}: build one per shape")
+        if t.shape != (b,):
+            raise ValueError(f"t must be a long tensor of shape ({b},), got {tuple(t.shape)}")
+        if b < B:    # e.g. a last, smaller batch: in eval mode each sample's ε depends on that sample alone
+            xt = torch.cat([xt, xt.new_zeros((B - b, *self.batch_shape[1:]))])
+            t = torch.cat([t, t.new_ones(B - b)])
         with torch.no_grad():
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()     # each call is a new graph replay
             # The graph's output lives in its static memory and the next replay overwrites it: copy it,
             # in the standard layout (a channels_last network's output would change the sampler's x_t
             # layout, and a new input layout means compiling again).
-            return self._forward(xt.contiguous(), t).clone(memory_format=torch.contiguous_format)
+            return self._forward(xt.contiguous(), t)[:b].clone(memory_format=torch.contiguous_format)
 
 
 def compiled_eps_model(model: nn.Module, batch_shape, device=None, cuda_graphs: bool = True,
@@ -91,7 +95,9 @@ def compiled_eps_model(model: nn.Module, batch_shape, device=None, cuda_graphs: 
 
     model: an ε-model in eval mode (``model(xt, t)`` with the paper's t ∈ 1..T), e.g. θ_ema. It is
     not changed; its parameters are read at every call, so later in-place updates (EMA) are seen.
-    batch_shape: (B, C, H, W) (or (B, D) for points): the only x_t shape the result accepts.
+    batch_shape: (B, C, H, W) (or (B, D) for points): the x_t shape the result runs at; a call with
+    fewer samples (b, C, H, W), b < B, is padded to it and returns the b samples' ε (a network in eval
+    mode sees each sample alone: GroupNorm and attention work within a sample).
     device: where the inputs live (default: the model's parameters' device).
     cuda_graphs: on CUDA, replay the network as a CUDA graph (``torch.compile`` mode
     "reduce-overhead"); on a CPU it changes nothing.

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
@@ -136,6 +137,19 @@ def load_guide(path: str, schedule, example_shape: tuple, device) -> NoisyClassi
     return classifier
 
 
+class WithNullLabel(nn.Module):
+    """ε_u(x_t, t) = ε_θ(x_t, t, ∅): a class-conditional model sampled unconditionally, with its null label
+    (a module, so that ``fast_sampling.compiled_eps_model`` can compile it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(xt, t, self.model.null_label)
+
+
 def guided_model(model, info: dict, labels: torch.Tensor | None, cfg_scale: float | None = None,
                  classifier=None, scale: float = 0.0):
     """``(eps_model, cond_fn, words)`` for the samplers.
@@ -146,7 +160,7 @@ def guided_model(model, info: dict, labels: torch.Tensor | None, cfg_scale: floa
     ``labels``: long (B,), one per sample.
     """
     conditional = is_conditional(info)
-    base = (lambda xt, t: model(xt, t, model.null_label)) if conditional else model
+    base = WithNullLabel(model) if conditional else model
     if labels is None:
         return base, None, "unguided" + (" (the null label: unconditional)" if conditional else "")
     if classifier is not None:

@@ -21,6 +21,7 @@ from ddpm_lib.cli import main
 import ddpm_lib as dl
 from ddpm_lib import cli_noisy_classifier, trilemma
 from ddpm_lib.ddgan_train import DDGANConfig, train_ddgan
+from ddpm_lib.fast_sampling import compiled_eps_model
 from helpers import command_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,6 +265,42 @@ def test_evaluate_end_to_end_on_a_tiny_mnist_checkpoint(tmp_path, capsys, monkey
         assert 0.1 <= stats["confidence"] <= 1.0
     assert real["confidence"] > 0.95
     assert np.isfinite(samples["fid_mnist"]) and samples["fid_mnist"] > 2 * real["fid_mnist_train_vs_heldout"] > 0
+
+
+@pytest.mark.parametrize("classes", [0, 10])
+def test_evaluate_compile_samples_through_one_compiled_network_and_scores_as_the_eager_run(tmp_path, capsys,
+                                                                                          monkeypatch, classes):
+    """``evaluate --compile --n 6 --batch-size 4`` (T = 3) of an unconditional and of a class-conditional model
+    (its null label): the network is compiled once, for batches of 4, and every sampler step goes through it
+    (3 steps × 2 batches, the last batch of 2 padded); the FID-MNIST and class counts are the eager run's,
+    and the JSON says it was compiled. torch.compile's backend is "aot_eager" here (the same graph, no code
+    generation: seconds on a CPU). Catches: --compile ignored, one compilation per batch shape, the
+    class-conditional model left uncompilable (a lambda)."""
+    monkeypatch.chdir(tmp_path)
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8,
+                            num_classes=classes, sample_every=0, device="cpu", out_dir="run", progress=False))
+    built, calls = [], []
+
+    def compiled(model, batch_shape, device=None, **kwargs):
+        eps = compiled_eps_model(model, batch_shape, device, backend="aot_eager", warmup=1, **kwargs)
+        built.append(tuple(batch_shape))
+
+        def counted(xt, t):
+            calls.append(len(xt))
+            return eps(xt, t)
+        counted.compile_seconds = eps.compile_seconds
+        return counted
+
+    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
+    common = ["evaluate", "--checkpoint", "run", "--n", "6", "--batch-size", "4", "--device", "cpu"]
+    assert main(common + ["--out", "eager.json"]) == 0 and not built
+    assert main(common + ["--compile", "--out", "compiled.json"]) == 0
+    assert built == [(4, 1, 32, 32)] and calls == [4, 4, 4, 2, 2, 2]
+    eager, fast = (json.loads((tmp_path / name).read_text()) for name in ("eager.json", "compiled.json"))
+    assert fast["compiled"] and not eager["compiled"] and fast["compile_seconds"] >= 0
+    assert fast["samples"]["class_counts"] == eager["samples"]["class_counts"]
+    assert fast["samples"]["fid_mnist"] == pytest.approx(eager["samples"]["fid_mnist"], rel=1e-4)
+    capsys.readouterr()
 
 
 def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command_finishes_them(tmp_path, capsys,

@@ -49,6 +49,19 @@ def test_compiled_eps_model_matches_the_eager_network_call_by_call(toy):
     assert first.data_ptr() != second.data_ptr()
 
 
+def test_fewer_samples_are_padded_to_the_static_batch_and_get_their_own_eps(toy):
+    """40 samples through the model compiled for 64: the eager network's ε of those 40 (not of a padded
+    batch's first rows computed from other inputs), in a tensor of 40 rows. Catches: the padding rows
+    returned, the padded t or x_t placed before the samples."""
+    model, eps = toy
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(8))
+    t = torch.randint(1, 51, (40,), generator=torch.Generator().manual_seed(9))
+    out = eps(x, t)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x, t), atol=1e-5, rtol=1e-5)
+    assert out.shape == (40, 2) and out.is_contiguous()
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim-eta0", "ddim-eta1"])
 def test_samplers_give_the_eager_samples_for_the_same_seed(toy, sampler):
     model, eps = toy
@@ -67,8 +80,9 @@ def test_samplers_give_the_eager_samples_for_the_same_seed(toy, sampler):
 
 def test_the_static_shape_and_eval_mode_are_enforced(toy):
     model, eps = toy
-    with pytest.raises(ValueError, match="static batch shape"):
-        eps(torch.zeros(32, 2), torch.ones(32, dtype=torch.long))
+    for bad in ((65, 2), (32, 3), (0, 2)):                           # more samples, another shape, none
+        with pytest.raises(ValueError, match="static batch shape"):
+            eps(torch.zeros(bad), torch.ones(bad[0], dtype=torch.long))
     with pytest.raises(ValueError, match="t must be a long tensor of shape"):
         eps(torch.zeros(BATCH), torch.ones(32, dtype=torch.long))
     with pytest.raises(ValueError, match="eval mode"):
@@ -129,6 +143,7 @@ def test_cuda_graph_sampling_equals_eager_on_the_gpu():
         with torch.no_grad():
             torch.testing.assert_close(first, model(x1, t), atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(second, model(x2, t), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(eps(x1[:5], t[:5]), model(x1[:5], t[:5]), atol=1e-4, rtol=1e-4)   # padded
         s = make_schedule("linear", T=100).to(dev)
         for draw in (lambda net, g: sample_ddim(net, s, shape, steps=20, eta=1.0, generator=g),
                      lambda net, g: sample_ddpm(net, s, shape, generator=g)):
