@@ -41,8 +41,10 @@ clean:
 # ---------------------------------------------------------------------------------------------------
 # The shipped models and the GPU results that notebooks 06–09 show. A GPU session runs `make results`
 # (or one group: results-ddpm, results-ddim, results-guidance, results-ddgan, results-bench). Each file
-# is made once; a training run stopped by a time limit (SIGTERM saves a checkpoint) resumes on the next
-# call. Small settings for a CPU rehearsal (T = 100 and these DDIM steps let notebooks/rehearse.sh run 07):
+# is made once: the models are order-only prerequisites (after `|`), so a result is not made again because
+# a copy gave its model a newer time stamp. A training run stopped by a time limit (SIGTERM saves a
+# checkpoint) resumes on the next call. Small settings for a CPU rehearsal (T = 100 and these DDIM steps
+# let notebooks/rehearse.sh run 07):
 # `make results RESULTS_SCALE=smoke T=100 DDIM_STEPS="10 20 50 100" R=/tmp/r RUNS=/tmp/r/runs`.
 R        ?= data
 N_TRI   ?= $(N_TABLE)
@@ -132,6 +134,9 @@ BENCH  := --batch-size 128 --sample-batch 256 --iters 20 --warmup 5
 BENCH_PRESETS := ddpm-cifar10 mnist
 endif
 RESUME = $$(ls $(1)/ckpt_*.pt >/dev/null 2>&1 && echo --resume)
+# A trainer's recipe line starts with `exec`: the trainer then takes the shell's place, and make, stopped by
+# SIGTERM (a time limit), waits for it to save its checkpoint; a shell in between would die at once and
+# make would return while the trainer is still saving (a machine given back then loses the checkpoint).
 COPY_RUN = mkdir -p $(R)/training/$(1) && cp $(RUNS)/$(1)/metrics.jsonl $(RUNS)/$(1)/samples_*.png $(R)/training/$(1)/
 
 TRAIN_DDPM = $(strip $(DL) train --data mnist-5k --preset $(PRESET) --T $(T) --steps $(DDPM_STEPS) --batch-size $(BATCH) $(TRAIN_EXTRA) \
@@ -148,19 +153,19 @@ TRAIN_DDGAN = $(strip $(DL) train-ddgan --data mnist-5k --preset $(DDGAN_PRESET)
 results: results-ddpm results-ddim results-guidance results-ddgan results-bench
 
 $(R)/ddpm_mnist.pt:
-	$(TRAIN_DDPM) $(call RESUME,$(RUNS)/ddpm_mnist)
+	exec $(TRAIN_DDPM) $(call RESUME,$(RUNS)/ddpm_mnist)
 	$(DL) export --checkpoint $(RUNS)/ddpm_mnist --out $@ --training-command "$(TRAIN_DDPM)"
 	$(call COPY_RUN,ddpm_mnist)
-$(R)/results/ddpm_mnist_eval.json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $< --n $(N_EVAL) $(EVAL_SAMPLER) $(EVAL_FLAGS) --out $@
-$(R)/results/ddpm_mnist_raw_eval.json: $(R)/ddpm_mnist.pt
+$(R)/results/ddpm_mnist_eval.json: | $(R)/ddpm_mnist.pt
+	$(DL) evaluate --checkpoint $(R)/ddpm_mnist.pt --n $(N_EVAL) $(EVAL_SAMPLER) $(EVAL_FLAGS) --out $@
+$(R)/results/ddpm_mnist_raw_eval.json: | $(R)/ddpm_mnist.pt
 	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) $(EVAL_SAMPLER) $(EVAL_FLAGS) --out $@
 results-ddpm: $(R)/ddpm_mnist.pt $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json
 
 # DDIM's quality against steps (the DDIM paper's Table 1): one JSON per (steps, η).
 define DDIM_RULE
-$(R)/results/ddim/steps$(1)_eta$(2).json: $(R)/ddpm_mnist.pt
-	$(DL) evaluate --checkpoint $$< --sampler ddim --steps $(1) --eta $(2) --n $(N_TABLE) $(EVAL_FLAGS) --out $$@
+$(R)/results/ddim/steps$(1)_eta$(2).json: | $(R)/ddpm_mnist.pt
+	$(DL) evaluate --checkpoint $(R)/ddpm_mnist.pt --sampler ddim --steps $(1) --eta $(2) --n $(N_TABLE) $(EVAL_FLAGS) --out $$@
 DDIM_FILES += $(R)/results/ddim/steps$(1)_eta$(2).json
 endef
 $(foreach s,$(DDIM_STEPS),$(foreach e,0 1,$(eval $(call DDIM_RULE,$(s),$(e)))))
@@ -169,28 +174,28 @@ results-ddim: $(DDIM_FILES)
 $(R)/noisy_classifier_mnist.pt:
 	$(TRAIN_NC)
 $(R)/ddpm_mnist_cfg.pt:
-	$(TRAIN_CFG) $(call RESUME,$(RUNS)/ddpm_mnist_cfg)
+	exec $(TRAIN_CFG) $(call RESUME,$(RUNS)/ddpm_mnist_cfg)
 	$(DL) export --checkpoint $(RUNS)/ddpm_mnist_cfg --out $@ --training-command "$(TRAIN_CFG)"
 	$(call COPY_RUN,ddpm_mnist_cfg)
-$(R)/results/guidance_mnist.json: $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
-	$(DL) evaluate-guidance --checkpoint $< --classifier $(R)/noisy_classifier_mnist.pt --scales 0 1 2 4 8 \
+$(R)/results/guidance_mnist.json: | $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
+	$(DL) evaluate-guidance --checkpoint $(R)/ddpm_mnist.pt --classifier $(R)/noisy_classifier_mnist.pt --scales 0 1 2 4 8 \
 	    --n-per-class $(N_PER_CLASS) --sampler ddim --steps $(GSTEPS) --out $@
-$(R)/results/cfg_mnist.json: $(R)/ddpm_mnist_cfg.pt
-	$(DL) evaluate-guidance --checkpoint $< --cfg-scales 0 1 2 4 --n-per-class $(N_PER_CLASS) \
+$(R)/results/cfg_mnist.json: | $(R)/ddpm_mnist_cfg.pt
+	$(DL) evaluate-guidance --checkpoint $(R)/ddpm_mnist_cfg.pt --cfg-scales 0 1 2 4 --n-per-class $(N_PER_CLASS) \
 	    --sampler ddim --steps $(GSTEPS) --out $@
-$(R)/results/guided_s%.png: $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
-	$(DL) sample --checkpoint $< --classifier $(R)/noisy_classifier_mnist.pt --label all --scale $* --n $(N_GRID) \
+$(R)/results/guided_s%.png: | $(R)/ddpm_mnist.pt $(R)/noisy_classifier_mnist.pt
+	$(DL) sample --checkpoint $(R)/ddpm_mnist.pt --classifier $(R)/noisy_classifier_mnist.pt --label all --scale $* --n $(N_GRID) \
 	    --sampler ddim --steps $(GSTEPS) --out $@
-$(R)/results/cfg_w%.png: $(R)/ddpm_mnist_cfg.pt
-	$(DL) sample --checkpoint $< --label all --cfg-scale $* --n $(N_GRID) --sampler ddim --steps $(GSTEPS) --out $@
+$(R)/results/cfg_w%.png: | $(R)/ddpm_mnist_cfg.pt
+	$(DL) sample --checkpoint $(R)/ddpm_mnist_cfg.pt --label all --cfg-scale $* --n $(N_GRID) --sampler ddim --steps $(GSTEPS) --out $@
 results-guidance: $(R)/results/guidance_mnist.json $(R)/results/cfg_mnist.json \
 	$(foreach v,0 1 4,$(R)/results/guided_s$(v).png $(R)/results/cfg_w$(v).png)
 
 $(R)/ddgan_mnist.pt:
-	$(TRAIN_DDGAN) $(call RESUME,$(RUNS)/ddgan_mnist)
+	exec $(TRAIN_DDGAN) $(call RESUME,$(RUNS)/ddgan_mnist)
 	$(DL) export-ddgan --checkpoint $(RUNS)/ddgan_mnist --out $@ --training-command "$(TRAIN_DDGAN)"
 	$(call COPY_RUN,ddgan_mnist)
-$(R)/results/trilemma_mnist.json: $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
+$(R)/results/trilemma_mnist.json: | $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
 	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TRI) $(TRI_FLAGS) --out $@
 results-ddgan: $(R)/results/trilemma_mnist.json
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,16 +61,22 @@ def is_locked(out_dir: str | Path) -> bool:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut
-    in half; a second signal interrupts at once. Handlers are installed from the main thread only."""
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop between two steps, so no step is cut in half.
+    A second Ctrl-C a second or more after the first interrupts at once (a hung save); a later SIGTERM, or a
+    copy of the first signal that arrives within the second, changes nothing: make and torchrun pass a
+    signal on to a process that its process group already gave it, and a sender that will not wait for the
+    save sends SIGKILL. Handlers are installed from the main thread only."""
+
+    PATIENCE = 1.0          # seconds within which a second signal counts as a copy of the first
 
     def __init__(self):
-        self.requested, self._previous = False, {}
+        self.requested, self._previous, self._first = False, {}, 0.0
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first >= self.PATIENCE:
             raise KeyboardInterrupt
-        self.requested = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

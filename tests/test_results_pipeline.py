@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_lib.cli import build_parser
+from helpers import command_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +44,55 @@ def test_every_command_of_make_results_parses(tmp_path, scale):
         assert args.command == words[0]
     ddim = [c for c in commands if c[0] == "evaluate" and "--eta" in c]
     assert len(ddim) == {"gpu": 10, "laptop": 10, "smoke": 4}[scale]   # every (steps, η) pair of the DDIM table
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_made_result_is_not_made_again_when_its_model_looks_newer(tmp_path):
+    """Every file ``make results`` writes (each command's --out) made, and the models then given a newer time
+    stamp, as copying files onto a fresh GPU machine may do: ``make -n results`` plans no command at all.
+    Catches: a result depending on its model's time stamp (ten minutes of GPU sampling done again)."""
+    import os
+    outputs = [Path(words[words.index("--out") + 1]) for words in planned_commands(tmp_path, "gpu")
+               if "--out" in words]
+    assert len(outputs) >= 20
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    for path in outputs:
+        if path.suffix == ".pt":                              # the models: an hour newer than every result
+            os.utime(path, (path.stat().st_atime + 3600, path.stat().st_mtime + 3600))
+    assert planned_commands(tmp_path, "gpu") == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_sigterm_to_make_returns_only_after_the_trainer_has_saved_its_checkpoint(tmp_path):
+    """``make <model>`` at the rehearsal's scale with periodic saves off, and SIGTERM to its process group (what
+    ``timeout`` does at a time limit) once the trainer has started: when make has returned, the trainer's
+    interrupt checkpoint is already on disk (the next ``make`` adds --resume). Catches: a shell
+    between make and the trainer (make returns at once and a machine given back with it loses the save), a
+    copy of the signal taken as an impatient second Ctrl-C (the trainer quits without saving)."""
+    import os
+    import signal
+    import sys
+    import time
+    python = f"{sys.executable} -m ddpm_lib"
+    make = ["make", f"{tmp_path}/r/ddpm_mnist.pt", "RESULTS_SCALE=smoke", "DDPM_STEPS=100000", "EVERY=100000",
+            f"R={tmp_path}/r", f"RUNS={tmp_path}/runs", f"DL={python}"]
+    log = tmp_path / "make.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(make, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=command_env())
+    deadline = time.monotonic() + 120
+    while "training " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)                                       # the trainer's first line: it is in its loop soon
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)                         # as timeout does: make, then its process group
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    saved = sorted(p.name for p in (tmp_path / "runs" / "ddpm_mnist").glob("ckpt_*.pt"))   # no waiting here
+    rest = log.read_text()
+    assert proc.returncode != 0 and len(saved) == 1, rest
+    assert f"interrupted at step {int(saved[0][5:13])}: saved" in rest and "continue with --resume" in rest
 
 
 def test_shipped_result_files_name_no_machine_folders():

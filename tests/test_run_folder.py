@@ -58,14 +58,24 @@ def test_an_out_dir_that_is_a_file_gets_a_plain_message(tmp_path):
             pass
 
 
-def test_stop_request_turns_the_first_signal_into_a_flag_and_the_second_into_an_interrupt():
-    """Inside StopRequest, SIGINT sets ``requested`` (the loop saves, then stops); a second signal raises
-    KeyboardInterrupt at once; on exit the previous handlers are back. Catches: a second signal ignored
-    (a hung save could not be interrupted), handlers left installed after training."""
+def test_stop_request_turns_the_first_signal_into_a_flag_and_only_a_later_ctrl_c_into_an_interrupt(monkeypatch):
+    """Inside StopRequest, SIGTERM sets ``requested`` (the loop saves, then stops). Copies of it that arrive
+    at once (SIGTERM or SIGINT: make and torchrun pass on a signal that the process group already
+    delivered) and any later SIGTERM change nothing; a Ctrl-C 1.5 s later raises KeyboardInterrupt at once.
+    On exit the previous handlers are back. Catches: a copy of the first signal taken as an impatient second
+    one (make's SIGTERM stopped a trainer without its checkpoint), a second Ctrl-C ignored (a hung save
+    could not be interrupted), handlers left installed after training."""
+    now = [100.0]
+    monkeypatch.setattr(run_folder.time, "monotonic", lambda: now[0])
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with run_folder.StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
+        now[0] += 0.01
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        now[0] += 1.5
+        os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert {sig: signal.getsignal(sig) for sig in before} == before
