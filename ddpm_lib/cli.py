@@ -286,7 +286,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(args.seed)
 
     def draw(b: int) -> torch.Tensor:                    # a batch can take minutes: it has a bar of its own
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and not args.compile):  # else inside
+        # A compiled network runs under its own autocast (amp_dtype above); an outer one would recompile it.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and not args.compile):
             x0 = draw_samples(ema_model, schedule, (b, *ckpt["example_shape"]), generator, args, progress=True)
         return x0.float().clamp(-1, 1)
 
