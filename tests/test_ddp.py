@@ -93,8 +93,10 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     assert len(lines) == 5                                               # rank 0 logs, once per step
 
 
-def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
-    """Like ``run_rank``, but rank 1 alone gets SIGTERM during step 3, far from a log step."""
+def run_rank_signalled(rank: int, port: int, out_dir: str, copies: int) -> None:
+    """Like ``run_rank``, but during step 3, far from a log step, SIGTERM reaches rank 1 alone (``copies`` = 1)
+    or every rank ``copies`` times: a SIGTERM to the job's process group (SLURM's preemption, ``timeout``)
+    reaches each rank directly and again through torchrun, which passes it on."""
     import signal
     import ddpm_lib.training as training
     as_torchrun_rank(rank, port)
@@ -102,8 +104,9 @@ def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
 
     def train_step(self, *args):
         loss = step(self, *args)
-        if rank == 1 and self.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if (rank == 1 or copies > 1) and self.step == 3:
+            for _ in range(copies):
+                os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
     training.Trainer.train_step = train_step
@@ -115,8 +118,12 @@ def run_rank_signalled(rank: int, port: int, out_dir: str) -> None:
         open(os.path.join(out_dir, f"stopped{rank}"), "w").close()
 
 
-def test_a_sigterm_to_one_rank_stops_both_after_the_next_step_with_a_checkpoint(tmp_path):
-    """torchrun kills 30 s after its SIGTERM: the ranks must not wait for a log step to agree on stopping."""
-    run_ranks(run_rank_signalled, str(tmp_path))
+@pytest.mark.parametrize("copies", [1, 2])
+def test_a_sigterm_to_one_rank_or_twice_to_every_rank_stops_both_after_the_next_step_with_a_checkpoint(tmp_path,
+                                                                                                      copies):
+    """torchrun kills 30 s after its SIGTERM: the ranks must not wait for a log step to agree on stopping, and
+    the copy of a SIGTERM that torchrun passes on must not count as a second, impatient signal (which
+    would stop without saving)."""
+    run_ranks(run_rank_signalled, str(tmp_path), copies)
     assert (tmp_path / "stopped0").exists() and (tmp_path / "stopped1").exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000004.pt"]
