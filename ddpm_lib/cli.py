@@ -350,6 +350,9 @@ def print_results(r: dict) -> None:
 
 
 def _interrupt(signum, frame):
+    """SIGTERM ends a command as Ctrl-C does, once: the copies that make or torchrun pass on to a process its
+    process group has already signalled are ignored, so they cannot cut short the stop's own message."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

@@ -347,6 +347,39 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
     assert not (tmp_path / "split.json.partial.pt").exists()
 
 
+def test_a_sigterm_and_its_copy_stop_evaluate_with_the_line_that_names_the_kept_samples(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """SIGTERM during the second batch of ``evaluate --n 4 --batch-size 2``, and a copy of it while the stop is
+    being handled (make and torchrun pass on a signal that the process group already delivered): status
+    130, and the last line still says that 2 of 4 samples are kept. Catches: the copy taken as a new
+    interrupt, which replaces that line with a generic one."""
+    import os
+    import signal
+
+    from ddpm_lib import sample_batches
+    monkeypatch.chdir(tmp_path)
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=2, steps=1, batch_size=8,
+                            sample_every=0, device="cpu", out_dir="run", progress=False))
+    real_draw, real_message, calls = cli.draw_samples, sample_batches.stopped_message, []
+
+    def draw_then_terminate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_draw(*args, **kwargs)
+
+    def message_with_a_copy(*args):
+        os.kill(os.getpid(), signal.SIGTERM)                  # the copy arrives while the stop is handled
+        return real_message(*args)
+
+    monkeypatch.setattr(cli, "draw_samples", draw_then_terminate)
+    monkeypatch.setattr(sample_batches, "stopped_message", message_with_a_copy)
+    assert main(["evaluate", "--checkpoint", "run", "--n", "4", "--batch-size", "2", "--device", "cpu",
+                 "--out", "e.json"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "interrupted: 2 of 4 samples are kept in e.json.partial.pt; the same command continues from them"
+
+
 def test_evaluate_errors_end_with_one_line(tmp_path, capsys):
     """A missing classifier names the command that trains one; a truncated classifier says
     'truncated'; a checkpoint of 2-D points is refused (FID-MNIST measures digits). Catches: raw
