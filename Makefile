@@ -199,6 +199,14 @@ $(R)/results/trilemma_mnist.json: | $(R)/ddpm_mnist.pt $(R)/ddgan_mnist.pt
 	$(DL) trilemma --ddpm $(R)/ddpm_mnist.pt --ddgan $(R)/ddgan_mnist.pt --ddim-steps $(TRI_STEPS) --n $(N_TRI) $(TRI_FLAGS) --out $@
 results-ddgan: $(R)/results/trilemma_mnist.json
 
+# Every output is written atomically (a stop leaves the old file or the new one), so none may be deleted: make
+# deletes a target whose file changed while its recipe ran when SIGTERM (a time limit) reaches it, and a
+# time limit can land between a result's write and the end of its command.
+.PRECIOUS: $(R)/ddpm_mnist.pt $(R)/ddpm_mnist_cfg.pt $(R)/noisy_classifier_mnist.pt $(R)/ddgan_mnist.pt \
+    $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json $(DDIM_FILES) \
+    $(R)/results/guidance_mnist.json $(R)/results/cfg_mnist.json $(R)/results/guided_s%.png \
+    $(R)/results/cfg_w%.png $(R)/results/trilemma_mnist.json $(R)/results/bench_%.json
+
 $(R)/results/bench_%.json:
 	$(DL) bench $(BENCH) --preset $* --out $@
 results-bench: $(foreach p,$(BENCH_PRESETS),$(R)/results/bench_$(p).json)

@@ -53,7 +53,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
 from .run_folder import RunLocked, is_locked
-from .sample_batches import draw_batches, kept_until_written, machine_name
+from .sample_batches import draw_batches, kept_files, kept_until_written, machine_name, warm_up
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import TrainConfig, train
@@ -295,8 +295,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
            "sampler": describe_sampler(args, schedule.T), "n": args.n, "batch_size": args.batch_size,
            "seed": args.seed, "bf16": args.bf16, "compiled": args.compile, "machine": machine_name(device),
            "torch": str(torch.__version__)}
-    samples, sampling_seconds, _ = draw_batches(draw, args.n, args.batch_size, generator, args.out, key,
-                                                warmup=device.type == "cuda")
+    if not args.compile:            # kernels load on their first launch: one untimed call (compiling warmed it up)
+        warm_up(ema_model, (min(args.batch_size, args.n), *ckpt["example_shape"]), device, args.bf16)
+    samples, sampling_seconds, _ = draw_batches(draw, args.n, args.batch_size, generator, args.out, key)
     with kept_until_written(args.out, args.n):         # a Ctrl-C from here on keeps the samples
         fake = image_statistics(samples, classifier, args.batch_size)
         real = image_statistics(heldout, classifier, args.batch_size)
@@ -347,6 +348,15 @@ def print_results(r: dict) -> None:
           f"   (max ln 10 = {r['max_class_entropy']:.4f})")
     print(f"{'predicted classes 0..9':24}{' '.join(map(str, s['class_counts']))}")
     print(f"{'':24}{' '.join(map(str, h['class_counts']))}   (held-out real)")
+
+
+def stopped_line(args: argparse.Namespace) -> str:
+    """What a command stopped before its output was written says, naming any samples it keeps."""
+    kept = kept_files(args.out) if args.command in ("evaluate", "trilemma") else []
+    if kept:
+        return (f"interrupted: the samples kept in {', '.join(map(str, kept))} stay there; the same command "
+                f"continues from them")
+    return f"interrupted: {args.command} stopped before finishing (it writes its output at the end)"
 
 
 def _interrupt(signum, frame):
@@ -403,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt as exc:
         if args.command not in ("train", "train-ddgan"):         # the trainers save a checkpoint and say so
-            print(str(exc) or f"interrupted: {args.command} stopped before finishing (it writes its output at the "
-                  f"end)", file=sys.stderr)
+            print(str(exc) or stopped_line(args), file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here

@@ -6,11 +6,13 @@ atomically); Ctrl-C or SIGTERM then loses at most the batch in progress, and run
 again continues from the file and returns the samples an uninterrupted run returns. The file records the
 settings that determine the samples (``key``: a caller includes the machine, GPU model and torch build,
 on which the exact values depend) and is refused by a command with other ones. It is removed only once the
-caller's own output is written (``kept_until_written``), so that nothing is lost before then.
+caller's own output is written (``kept_until_written``; ``trilemma`` removes its row files itself), so that
+nothing is lost before then.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -29,6 +31,16 @@ def machine_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def warm_up(net: Callable, batch_shape: tuple, device, bf16: bool = False) -> None:
+    """One call of ``net(x, t)`` on zeros of ``batch_shape`` (t = 1), its result dropped: a GPU loads each
+    kernel on its first launch, which then happens here and not in a timed batch. ``bf16``: under CUDA bf16
+    autocast, as the sampler will run."""
+    x = torch.zeros(batch_shape, device=device)
+    t = torch.ones(batch_shape[0], dtype=torch.long, device=device)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        net(x, t)
+
+
 def partial_path(out: str | Path) -> Path:
     """Where the samples of the command writing ``out`` are kept until it finishes: ``<out>.partial.pt``."""
     out = Path(out)
@@ -45,7 +57,8 @@ def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[l
     except Exception:                                    # cut off, or not a torch file at all
         kept = None
     if not isinstance(kept, dict) or kept.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a file of kept samples (damaged?): delete it to start afresh")
+        raise ValueError(f"{path} is not a file of kept samples of this ddpm_lib (damaged, or from another "
+                         f"version): delete it to start afresh")
     if kept["key"] != key:
         changed = "; ".join(f"{k}={kept['key'].get(k)!r} there, {v!r} here" for k, v in key.items()
                             if kept["key"].get(k) != v)
@@ -66,7 +79,7 @@ class Drawn(NamedTuple):
 
 def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, generator: torch.Generator,
                  out: str | Path | None, key: dict | None = None, count_calls: Callable[[], int] | None = None,
-                 warmup: bool = False, desc: str | None = "sampling") -> Drawn:
+                 desc: str | None = "sampling") -> Drawn:
     """``n`` samples drawn by ``draw(b)`` (b samples from ``generator``, on any device) in batches of
     ``batch_size``, with the seconds spent in ``draw`` and the copy to the CPU (the copy waits for a GPU).
 
@@ -74,16 +87,13 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
       ``None`` keeps nothing. ``key``: the settings that determine the samples (plain values).
     - ``count_calls``: a running count of network calls, read around each batch (its differences are
       ``calls``, kept with the samples).
-    - ``warmup``: one batch first, untimed, its samples dropped and ``generator`` restored, so that no
-      one-off cost (a GPU loads each kernel on its first launch) is timed.
-    - ``desc``: the progress bar's name (``None``: no bar)."""
+    - ``desc``: the progress bar's name (``None``: no bar).
+
+    A stop (Ctrl-C, SIGTERM) raises KeyboardInterrupt with a line naming the kept samples, or with no
+    message when this call kept none (``stopped_message`` then says what earlier calls kept)."""
     path = partial_path(out) if out is not None else None
     batches, seconds, calls = _resume(path, key, generator) if path else ([], 0.0, [])
     kept = sum(len(b) for b in batches)                  # samples the file holds
-    if warmup and kept < n:
-        state = generator.get_state()
-        draw(min(batch_size, n - kept)).cpu()
-        generator.set_state(state)
     bar = tqdm(total=n, initial=kept, desc=desc, unit="sample", disable=desc is None, leave=False)
     try:
         with bar:
@@ -101,17 +111,23 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
                 kept += len(x0)
                 bar.update(len(x0))
     except KeyboardInterrupt:
-        if path is None:
+        if path is None or not kept:
             raise
         raise KeyboardInterrupt(stopped_message(path, kept, n)) from None
     return Drawn(torch.cat(batches), seconds, calls)
 
 
 def stopped_message(path: Path, kept: int, n: int) -> str:
-    """The one line of a command stopped with ``kept`` of its ``n`` samples in ``path``."""
-    if not kept:
-        return "interrupted before the first batch of samples was finished"
+    """The one line of a command stopped with ``kept`` (> 0) of its ``n`` samples in ``path``."""
     return f"interrupted: {kept} of {n} samples are kept in {path}; the same command continues from them"
+
+
+def kept_files(out: str | Path) -> list[Path]:
+    """The files of kept samples that a command writing ``out`` has left: ``<out>.partial.pt`` and, for a
+    table of rows (``trilemma``), ``<out>.row<i>.partial.pt``."""
+    out = Path(out)
+    return sorted(p for p in out.parent.glob(f"{glob.escape(out.name)}*.partial.pt")
+                  if p == partial_path(out) or p.name[len(out.name):].startswith(".row"))
 
 
 @contextlib.contextmanager

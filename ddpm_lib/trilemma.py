@@ -10,7 +10,7 @@ Each row draws ``n`` digits with one sampler and reports
   equally often) and the classifier's mean confidence,
 - the network evaluations per sample, *counted* by wrapping the network (not taken from the sampler's
   name), and the wall-clock seconds per 1,000 samples (each batch timed until it is on the CPU, which
-  waits for the GPU; on a GPU one untimed batch first, since kernels load on their first launch).
+  waits for the GPU; each network is called once before, untimed, since kernels load on first launch).
 
 The JSON names the two models and the classifier with their sha256; a progress bar shows each row's samples.
 Each row keeps its samples in ``<out>.row<i>.partial.pt`` as they come (``sample_batches.py``): a command
@@ -35,7 +35,7 @@ from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
 from .export import load_sampling_model
 from .metrics import METRIC, frechet_distance, image_statistics
-from .sample_batches import draw_batches, kept_on_stop, machine_name, partial_path
+from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, warm_up
 from .sampling import sample_ddpm
 
 Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
@@ -56,16 +56,15 @@ class CallCounter(nn.Module):
 def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, device, seed: int = 0,
                     desc: str | None = None, out: str | Path | None = None, key: dict | None = None):
     """``(samples, seconds, nfe)``: ``n`` samples clamped to [−1, 1], drawn in batches of ``batch_size`` on
-    ``device`` from one generator seeded with ``seed``; the seconds spent drawing them (on a GPU after an
-    untimed warm-up batch); the network evaluations per sample (calls per batch, which must be the same for
-    every batch). ``out`` and ``key``: keep the batches in ``<out>.partial.pt`` as they come, and continue
+    ``device`` from one generator seeded with ``seed``; the seconds spent drawing them; the network
+    evaluations per sample (calls per batch, which must be the same for every batch). ``out`` and ``key``: keep the batches in ``<out>.partial.pt`` as they come, and continue
     from it (``sample_batches.draw_batches``). ``desc``: show a progress bar over the samples with this name."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
     device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
     drawn = draw_batches(lambda b: draw(b, generator).clamp(-1, 1), n, batch_size, generator, out, key,
-                         count_calls=lambda: counter.calls, warmup=device.type == "cuda", desc=desc)
+                         count_calls=lambda: counter.calls, desc=desc)
     if len(set(drawn.calls)) != 1:
         raise RuntimeError(f"the sampler made a different number of network calls per batch: "
                            f"{sorted(set(drawn.calls))}")
@@ -182,6 +181,9 @@ def run_trilemma(args) -> dict:
     real, _ = load_images(info["config"].get("data", "mnist-5k"), train=False, pad_to_32=True)
     if args.bf16:                          # the networks in bf16; the classifier's features stay float32
         samplers = {name: (_in_bf16(draw), counter) for name, (draw, counter) in samplers.items()}
+    batch_shape = (min(args.batch_size, args.n), *shape)          # kernels load on first launch: not in a row
+    warm_up(eps_model, batch_shape, device, args.bf16)
+    warm_up(lambda x, t: G(x, torch.zeros(len(x), G.z_dim, device=device), t), batch_shape, device, args.bf16)
     models = {"ddpm": recorded_path(info["path"]), "ddpm_sha256": file_sha256(info["path"]),
               "ddgan": recorded_path(gan_info["source"]), "ddgan_sha256": file_sha256(gan_info["source"])}
     key = {**models, "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "bf16": args.bf16,
@@ -193,8 +195,8 @@ def run_trilemma(args) -> dict:
              "reference": {"n": len(real), "split": "held-out"}, "seed": args.seed,
              "precision": "bf16 autocast" if args.bf16 else "float32", "rows": rows}
     write_json(table, args.out)
-    for i in range(len(samplers)):                     # the table is written: the kept samples can go
-        partial_path(row_output(args.out, i)).unlink(missing_ok=True)
+    for path in kept_files(args.out):                  # the table is written: the kept samples can go
+        path.unlink()
     print(format_rows(rows))
     print(f"wrote {args.out}")
     return table

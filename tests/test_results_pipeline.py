@@ -95,6 +95,24 @@ def test_sigterm_to_make_returns_only_after_the_trainer_has_saved_its_checkpoint
     assert f"interrupted at step {int(saved[0][5:13])}: saved" in rest and "continue with --resume" in rest
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_every_output_of_make_results_is_precious(tmp_path):
+    """Each command's --out is listed in .PRECIOUS (itself or by its pattern): make, stopped by SIGTERM, deletes
+    a target whose file changed while its recipe ran, and a time limit can land just after a result was
+    written (its kept samples already removed). Catches: a result rule added without its .PRECIOUS entry."""
+    from fnmatch import fnmatch
+    database = subprocess.run(["make", "-pn", "results", "RESULTS_SCALE=gpu", f"R={tmp_path}/r",
+                               f"RUNS={tmp_path}/runs", "DL=python -m ddpm_lib"],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    precious = [line for line in database.splitlines() if line.startswith(".PRECIOUS:")]
+    assert len(precious) == 1
+    patterns = [p.replace("%", "*") for p in precious[0].split()[1:]]
+    outputs = [words[words.index("--out") + 1] for words in planned_commands(tmp_path, "gpu") if "--out" in words]
+    assert len(outputs) >= 20
+    for out in outputs:
+        assert any(fnmatch(out, p) for p in patterns), f"{out} is not in .PRECIOUS"
+
+
 def test_shipped_result_files_name_no_machine_folders():
     """Results are recorded on one machine and read on others: an absolute path in them is wrong elsewhere."""
     absolute = re.compile(r'"(/|[A-Za-z]:\\\\)[^"]*"')

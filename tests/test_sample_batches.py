@@ -65,20 +65,17 @@ def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was
     def stop_first(b):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt, match="before the first batch"):
+    with pytest.raises(KeyboardInterrupt, match="^$"):        # nothing kept: the command says what earlier ones kept
         draw_batches(stop_first, 4, 2, g, tmp_path / "other.json", {"seed": 0})
     assert not partial_path(tmp_path / "other.json").exists()
 
 
-def test_calls_are_counted_per_batch_and_kept_and_a_warmup_batch_is_neither_timed_kept_nor_counted(tmp_path,
-                                                                                                  monkeypatch):
-    """A draw of b samples that makes b + 1 'network calls', 5 samples in batches of 2 with a warm-up, stopped
-    during the third batch and continued: ``calls`` is [3, 3, 2] (the first two kept in the file), the
-    samples equal a plain draw's (the warm-up's are dropped and the generator restored), and with a clock
-    that reads 10 s inside each batch and 100 s between them (saving, warm-up) ``seconds`` is 10 per timed
-    batch. Without ``out`` nothing is written and a Ctrl-C comes through as it was. Catches: the warm-up's
-    samples kept or its draws taken from the generator, the time between batches counted, the calls of the
-    kept batches lost on resume."""
+def test_calls_are_counted_per_batch_and_kept_and_only_the_batches_are_timed(tmp_path, monkeypatch):
+    """A draw of b samples that makes b + 1 'network calls', 5 samples in batches of 2, stopped during the
+    third batch and continued: ``calls`` is [3, 3, 2] (the first two kept in the file), the samples equal a
+    draw that kept nothing, and with a clock that reads 10 s inside each batch and 100 s between them (the
+    saving) ``seconds`` is 10 per batch. Without ``out`` nothing is written and a Ctrl-C comes through as it
+    was. Catches: the time between batches counted, the calls of the kept batches lost on resume."""
     network = {"calls": 0}
     log = []
 
@@ -100,17 +97,30 @@ def test_calls_are_counted_per_batch_and_kept_and_a_warmup_batch_is_neither_time
         monkeypatch.setattr(sample_batches, "time", type("Clock", (), {"perf_counter": staticmethod(
             lambda: next(readings))}))
 
-    common = dict(count_calls=lambda: network["calls"], warmup=True)
+    count = dict(count_calls=lambda: network["calls"])
     g, log[:] = torch.Generator().manual_seed(3), []
     start_clock()
     with pytest.raises(KeyboardInterrupt, match="4 of 5"):
-        draw_batches(draw_with(g, stop_at=4), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **common)
-    assert log == [2, 2, 2, 1]                           # warm-up, two kept batches, the stopped one
+        draw_batches(draw_with(g, stop_at=3), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **count)
+    assert log == [2, 2, 1]                              # two kept batches, the stopped one
     g, log[:] = torch.Generator().manual_seed(3), []
     start_clock()
-    drawn = draw_batches(draw_with(g), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **common)
-    assert log == [1, 1] and torch.equal(drawn.samples, plain)     # warm-up, then the missing batch
+    drawn = draw_batches(draw_with(g), 5, 2, g, tmp_path / "w.json", {"seed": 3}, **count)
+    assert log == [1] and torch.equal(drawn.samples, plain)        # the missing batch alone
     assert drawn.calls == [3, 3, 2] and drawn.seconds == pytest.approx(30.0)
     g, log[:] = torch.Generator().manual_seed(3), []
     with pytest.raises(KeyboardInterrupt, match="^$"):
         draw_batches(draw_with(g, stop_at=2), 5, 2, g, None)
+
+
+def test_kept_files_are_the_partial_file_and_the_row_files_of_one_output(tmp_path):
+    """kept_files("t.json") lists t.json.partial.pt and t.json.row<i>.partial.pt, sorted, and nothing of
+    another output (t.json2…, other.json…) nor t.json itself. Catches: a glob that takes another command's
+    samples (and trilemma would delete them)."""
+    from ddpm_lib.sample_batches import kept_files
+    names = ["t.json", "t.json.partial.pt", "t.json.row1.partial.pt", "t.json.row2.partial.pt",
+             "t.json2.partial.pt", "t.json.rowing.txt", "other.json.partial.pt"]
+    for name in names:
+        (tmp_path / name).touch()
+    assert [p.name for p in kept_files(tmp_path / "t.json")] == names[1:4]
+    assert kept_files(tmp_path / "none.json") == []

@@ -178,11 +178,13 @@ def test_ddim_steps_are_checked_before_any_row_is_sampled(tiny_models, tmp_path,
 
 def test_a_stopped_trilemma_continues_from_its_kept_rows_and_writes_the_uninterrupted_table(tiny_models, tmp_path,
                                                                                             capsys, monkeypatch):
-    """Ctrl-C during the second batch of the DDIM row (row 2 of 3, n = 6 in batches of 4) ends with one line
-    naming that row's kept samples. The same command then draws only what is missing (no DDPM batch, one
-    DDIM batch) and writes the table of an uninterrupted run: the same samplers, NFE, FID-MNIST and class
-    entropy, with no kept file left. Catches: a stopped row or a finished one started over, the NFE of a
-    row drawn wholly from its file lost, the kept files left behind or deleted before the table exists."""
+    """Three rows (DDPM, DDIM, DDGAN), n = 6 in batches of 4, stopped three times: in the DDIM row's first
+    batch (the line names the finished DDPM row's file), in its second batch (4 of 6 kept), and while the
+    table is written (every row's file is still there). Each run draws only what is missing, the last
+    none, and the table equals an uninterrupted run's: the same samplers, NFE, FID-MNIST and class entropy,
+    with no kept file left. Catches: a stopped or finished row started over, the NFE of a row drawn wholly
+    from its file lost, a stop line that hides the kept rows, the kept files left behind or deleted before
+    the table exists."""
     import json
     ddpm, gan = tiny_models
     command = ["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--ddim-steps", "3", "--n", "6", "--batch-size", "4",
@@ -198,24 +200,37 @@ def test_a_stopped_trilemma_continues_from_its_kept_rows_and_writes_the_uninterr
             return sampler(*args, **kwargs)
         return sample
 
-    monkeypatch.setattr(trilemma, "sample_ddim", counted(ddim_sampler, "ddim", stop_at=2))
+    def run(stop_ddim_at=None) -> tuple[int, str]:
+        """The command with the samplers counted: its status and the last line it printed to stderr."""
+        drawn.clear()
+        monkeypatch.setattr(trilemma, "sample_ddpm", counted(ddpm_sampler, "ddpm"))
+        monkeypatch.setattr(trilemma, "sample_ddim", counted(ddim_sampler, "ddim", stop_ddim_at))
+        capsys.readouterr()
+        status = main([*command, "--out", str(out)])
+        return status, (capsys.readouterr().err.strip().splitlines() or [""])[-1]
+
+    def kept():
+        return sorted(p.name for p in tmp_path.glob("split*"))
+
     out = tmp_path / "split.json"
-    capsys.readouterr()
-    assert main([*command, "--out", str(out)]) == 130
-    last = capsys.readouterr().err.strip().splitlines()[-1]                # after the progress bars
-    assert last.startswith("interrupted: 4 of 6 samples are kept in") and "split.json.row2.partial.pt" in last
-    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json.row1.partial.pt",
-                                                               "split.json.row2.partial.pt"]
-    drawn.clear()
-    monkeypatch.setattr(trilemma, "sample_ddpm", counted(ddpm_sampler, "ddpm"))
-    monkeypatch.setattr(trilemma, "sample_ddim", counted(ddim_sampler, "ddim"))
-    assert main([*command, "--out", str(out)]) == 0
-    assert drawn == ["ddim"]
-    printed = capsys.readouterr().out
-    assert "continuing from the 6 samples" in printed and "continuing from the 4 samples" in printed
+    status, last = run(stop_ddim_at=1)
+    assert status == 130 and drawn == ["ddpm", "ddpm", "ddim"] and kept() == ["split.json.row1.partial.pt"]
+    assert last == f"interrupted: the samples kept in {out}.row1.partial.pt stay there; the same command continues " \
+                   f"from them"
+    status, last = run(stop_ddim_at=2)
+    assert status == 130 and drawn == ["ddim", "ddim"]
+    assert last == f"interrupted: 4 of 6 samples are kept in {out}.row2.partial.pt; the same command continues from them"
+    assert kept() == ["split.json.row1.partial.pt", "split.json.row2.partial.pt"]
+    real_write = trilemma.write_json
+    monkeypatch.setattr(trilemma, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    status, last = run()
+    assert status == 130 and drawn == ["ddim"] and "interrupted: the samples kept in" in last
+    assert kept() == [f"split.json.row{i}.partial.pt" for i in (1, 2, 3)]
+    monkeypatch.setattr(trilemma, "write_json", real_write)
+    status, _ = run()
+    assert status == 0 and drawn == [] and kept() == ["split.json"]
     whole, split = (json.loads((tmp_path / name).read_text())["rows"] for name in ("whole.json", "split.json"))
     assert [r["sampler"] for r in split] == [r["sampler"] for r in whole] and len(whole) == 3
     for a, b in zip(whole, split):
         assert a["nfe"] == b["nfe"] and a["class_entropy"] == pytest.approx(b["class_entropy"], rel=1e-9)
         assert a["fid_mnist"] == pytest.approx(b["fid_mnist"], rel=1e-9)
-    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json"]
