@@ -146,10 +146,12 @@ def noisy_classifier_accuracy(model: nn.Module, s: Schedule, x0: torch.Tensor, y
 
 
 def save_noisy_classifier(model: NoisyClassifier, s: Schedule, path: str | Path, card: dict | None = None) -> dict:
-    """Write the weights (fp32, on the CPU) and the schedule they were trained for atomically to ``path``,
-    and a JSON card beside it (``path`` with ``.json``): ``card`` plus the format, the model's config,
-    the schedule, the file name and the sha256 of the written file. Returns the card."""
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    """Write the weights (fp16, on the CPU, as the course's exported ε-models; read back as fp32) and the
+    schedule they were trained for atomically to ``path``, and a JSON card beside it (``path`` with
+    ``.json``): ``card`` plus the format, the model's config, the schedule, the file name and the sha256
+    of the written file. Returns the card."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in model.state_dict().items()}
     schedule = {"name": s.name, "T": s.T}
     return save_with_card({"format": FORMAT, "config": model.config, "schedule": schedule, "state_dict": state},
                           path, {**(card or {}), "format": FORMAT, "config": model.config, "schedule": schedule})

@@ -57,8 +57,9 @@ def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, d
                     desc: str | None = None, out: str | Path | None = None, key: dict | None = None):
     """``(samples, seconds, nfe)``: ``n`` samples clamped to [−1, 1], drawn in batches of ``batch_size`` on
     ``device`` from one generator seeded with ``seed``; the seconds spent drawing them; the network
-    evaluations per sample (calls per batch, which must be the same for every batch). ``out`` and ``key``: keep the batches in ``<out>.partial.pt`` as they come, and continue
-    from it (``sample_batches.draw_batches``). ``desc``: show a progress bar over the samples with this name."""
+    evaluations per sample (calls per batch, which must be the same for every batch). ``out`` and ``key``:
+    keep the batches in ``<out>.partial.pt`` as they come, and continue from it (``draw_batches``).
+    ``desc``: show a progress bar over the samples with this name."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
     device = torch.device(device)

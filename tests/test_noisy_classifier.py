@@ -286,8 +286,9 @@ def test_train_noisy_classifier_command_end_to_end(tmp_path, capsys, monkeypatch
 
 
 def test_saved_noisy_classifier_round_trips_and_refuses_changed_files(tmp_path):
-    """save → load gives the same logits and the schedule; a changed byte, a missing card, a truncated file
-    and a file of another kind are refused with the right error type."""
+    """save → load gives the logits of the model with its weights rounded to fp16 (the file holds fp16, half
+    the size), as float32, and the schedule; a changed byte, a missing card, a truncated file and a file of
+    another kind are refused with the right error type."""
     from ddpm_lib.classifier import DEFAULT_CLASSIFIER
     from ddpm_lib.noisy_classifier import load_noisy_classifier, save_noisy_classifier
     torch.manual_seed(0)
@@ -297,7 +298,14 @@ def test_saved_noisy_classifier_round_trips_and_refuses_changed_files(tmp_path):
     assert card["note"] == "test" and card["schedule"] == {"name": "sigmoid", "T": 40}
     loaded, s = load_noisy_classifier(path)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 40])
-    assert torch.equal(loaded(x, t), model(x, t)) and s.name == "sigmoid" and s.T == 40
+    rounded = small_classifier(num_classes=3).eval()
+    rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                             for k, v in model.state_dict().items()})
+    assert torch.equal(loaded(x, t), rounded(x, t)) and s.name == "sigmoid" and s.T == 40
+    assert not torch.equal(rounded(x, t), model(x, t))                    # the rounding is visible
+    assert all(v.dtype == torch.float16 for v in torch.load(path, weights_only=True)["state_dict"].values()
+               if v.is_floating_point())
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
     data = bytearray(path.read_bytes())
     data[-100] ^= 1
     path.write_bytes(bytes(data))

@@ -215,11 +215,12 @@ def test_a_stopped_trilemma_continues_from_its_kept_rows_and_writes_the_uninterr
     out = tmp_path / "split.json"
     status, last = run(stop_ddim_at=1)
     assert status == 130 and drawn == ["ddpm", "ddpm", "ddim"] and kept() == ["split.json.row1.partial.pt"]
-    assert last == f"interrupted: the samples kept in {out}.row1.partial.pt stay there; the same command continues " \
-                   f"from them"
+    assert last == (f"interrupted: the samples kept in {out}.row1.partial.pt stay there; the same command "
+                    f"continues from them")
     status, last = run(stop_ddim_at=2)
     assert status == 130 and drawn == ["ddim", "ddim"]
-    assert last == f"interrupted: 4 of 6 samples are kept in {out}.row2.partial.pt; the same command continues from them"
+    assert last == (f"interrupted: 4 of 6 samples are kept in {out}.row2.partial.pt; the same command continues "
+                    f"from them")
     assert kept() == ["split.json.row1.partial.pt", "split.json.row2.partial.pt"]
     real_write = trilemma.write_json
     monkeypatch.setattr(trilemma, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
