@@ -43,8 +43,8 @@ clean:
 # (or one group: results-ddpm, results-ddim, results-guidance, results-ddgan, results-bench). Each file
 # is made once: the models are order-only prerequisites (after `|`), so a result is not made again because
 # a copy gave its model a newer time stamp. A training run stopped by a time limit (SIGTERM saves a
-# checkpoint) resumes on the next call. Small settings for a CPU rehearsal (T = 100 and these DDIM steps
-# let notebooks/rehearse.sh run 07):
+# checkpoint) resumes on the next call on the same machine. Small settings for a CPU rehearsal (T = 100
+# and these DDIM steps let notebooks/rehearse.sh run 07):
 # `make results RESULTS_SCALE=smoke T=100 DDIM_STEPS="10 20 50 100" R=/tmp/r RUNS=/tmp/r/runs`.
 R        ?= data
 N_TRI   ?= $(N_TABLE)
