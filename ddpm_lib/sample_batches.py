@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import save_atomic
 
-FORMAT = "ddpm_lib-partial-samples-2"
+FORMAT = "ddpm_lib-partial-samples-3"
 
 
 def machine_name(device: torch.device) -> str:
@@ -72,7 +72,7 @@ def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[l
 
 class Drawn(NamedTuple):
     """What ``draw_batches`` returns."""
-    samples: torch.Tensor      # (n, ...) float32 on the CPU
+    samples: torch.Tensor      # (n, ...) float32 on the CPU, of fp16-rounded values (see draw_batches)
     seconds: float             # time spent drawing them, over every run that contributed
     calls: list[int]           # network calls made by each batch (``count_calls``); empty without it
 
@@ -82,6 +82,9 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
                  desc: str | None = "sampling") -> Drawn:
     """``n`` samples drawn by ``draw(b)`` (b samples from ``generator``, on any device) in batches of
     ``batch_size``, with the seconds spent in ``draw`` and the copy to the CPU (the copy waits for a GPU).
+    The samples are rounded to fp16 as they come, whether kept or not: a step of at most 2⁻¹¹ in [−1, 1], a
+    sixteenth of an 8-bit pixel's, that halves the kept file (10,000 MNIST samples: 20 MB) and gives a
+    resumed run the values of an uninterrupted one.
 
     - ``out``: kept in ``partial_path(out)`` after each batch, the last one too (see the module docstring);
       ``None`` keeps nothing. ``key``: the settings that determine the samples (plain values).
@@ -100,7 +103,7 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
             while kept < n:
                 before = count_calls() if count_calls else 0
                 start = time.perf_counter()
-                x0 = draw(min(batch_size, n - kept)).float().cpu()
+                x0 = draw(min(batch_size, n - kept)).to("cpu", torch.float16)
                 seconds += time.perf_counter() - start
                 if count_calls:
                     calls.append(count_calls() - before)
@@ -114,7 +117,7 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
         if path is None or not kept:
             raise
         raise KeyboardInterrupt(stopped_message(path, kept, n)) from None
-    return Drawn(torch.cat(batches), seconds, calls)
+    return Drawn(torch.cat(batches).float(), seconds, calls)
 
 
 def stopped_message(path: Path, kept: int, n: int) -> str:

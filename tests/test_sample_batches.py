@@ -13,7 +13,8 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
     one uninterrupted call, in order, with only the last batch drawn again and the seconds of both calls
     summed. All 5 stay kept until ``kept_until_written`` ends: a Ctrl-C inside it keeps them (a third call
     draws nothing), a normal end removes the file. Catches: a batch kept twice or lost, the generator
-    restarted at the seed, the kept seconds dropped, samples deleted before the output exists."""
+    restarted at the seed, the kept seconds dropped, samples deleted before the output exists, samples kept
+    in float32 (twice the size) or returned unrounded (a resumed run would differ from an uninterrupted one)."""
     def draw_with(g, calls, stop_at=None):
         def draw(b):
             calls.append(b)
@@ -29,6 +30,10 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
     with pytest.raises(KeyboardInterrupt, match="4 of 5 samples are kept in .*split.json.partial.pt"):
         draw_batches(draw_with(g, calls, stop_at=3), 5, 2, g, tmp_path / "split.json", key)
     kept = torch.load(partial_path(tmp_path / "split.json"), weights_only=True)
+    assert [b.dtype for b in kept["batches"]] == [torch.float16] * 2                 # half the bytes of float32
+    g0 = torch.Generator().manual_seed(0)
+    raw = torch.cat([torch.randn(b, 3, generator=g0) for b in (2, 2, 1)])             # the draws themselves
+    assert whole.dtype == torch.float32 and torch.equal(whole, raw.half().float()) and not torch.equal(whole, raw)
     kept["seconds"] = 100.0                                   # as if the first call had sampled for 100 s
     torch.save(kept, partial_path(tmp_path / "split.json"))
     g, calls = torch.Generator().manual_seed(0), []           # a new process: the generator starts at the seed

@@ -117,8 +117,8 @@ def test_trilemma_command_end_to_end(tiny_models, tmp_path, capsys):
 
 def test_measure_sampler_clamps_and_draws_every_batch_from_one_seeded_generator():
     """Samples outside [−1, 1] come back clamped (3 → 1, −3 → −1); n = 10 in batches of 4 are the
-    randn(4), randn(4), randn(2) of one generator seeded with ``seed``, in order. Catches: the clamp
-    removed, the generator re-seeded for every batch (batches repeat), the seed ignored."""
+    randn(4), randn(4), randn(2) of one generator seeded with ``seed``, in order, rounded to fp16. Catches:
+    the clamp removed, the generator re-seeded for every batch (batches repeat), the seed ignored."""
     net = CallCounter(torch.nn.Identity())
     x, _, _ = measure_sampler(lambda b, g: torch.full((b, 1), 3.0), net, n=5, batch_size=2, device="cpu")
     assert torch.equal(x, torch.ones(5, 1))
@@ -128,7 +128,7 @@ def test_measure_sampler_clamps_and_draws_every_batch_from_one_seeded_generator(
                               net, n=10, batch_size=4, device="cpu", seed=5)
     g = torch.Generator().manual_seed(5)
     expected = torch.cat([torch.randn((b, 1), generator=g, dtype=torch.float64) for b in (4, 4, 2)])
-    assert torch.equal(x, expected.clamp(-1, 1).float())
+    assert torch.equal(x, expected.clamp(-1, 1).to(torch.float16).float())
 
 
 def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1000(monkeypatch):
@@ -138,7 +138,7 @@ def test_row_fid_is_the_frechet_distance_of_numpy_statistics_and_timing_is_per_1
     is 1000 · 7.5 / 50 = 150 exactly. Catches: one set's mean or covariance used for both, seconds / n
     without the factor 1,000, seconds reported per batch, the time between batches counted."""
     real, _ = load_images("mnist-5k", train=False, pad_to_32=True)
-    fake, ref = 0.8 * real[:50] + 0.1, real[100:160]
+    fake, ref = (0.8 * real[:50] + 0.1).half().float(), real[100:160]      # values fp16 holds, as samples are kept
     classifier = load_classifier()
     clock = iter([100.0, 102.5, 200.0, 202.5, 300.0, 302.5])     # three batches of 2.5 s, 100 s apart
     monkeypatch.setattr(sample_batches, "time", type("FakeTime", (), {"perf_counter": staticmethod(
