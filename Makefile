@@ -124,9 +124,9 @@ GRID   := 64
 GSTEPS := 50
 N_GRID := 8
 TRI_STEPS := 50 4
-# The 1,000-step evaluations sample with the network compiled and replayed as a CUDA graph (about a minute
-# of compiling per file, then no Python or launch overhead per step); the shorter DDIM files would spend
-# more time compiling than sampling. The bench's eager and compiled sampling rows tell whether it pays:
+# The 1,000-step evaluations sample with the network compiled and replayed as a CUDA graph (compiling once
+# per file, then no Python or launch overhead per step); the shorter DDIM files would likely spend more
+# time compiling than sampling. The bench's eager and compiled sampling rows tell whether it pays:
 # `COMPILE_EVAL=` turns it off. The trilemma's rows stay eager: its DDGAN generator has no compiled path,
 # and the table compares the samplers' speeds.
 EVAL_FLAGS := --bf16

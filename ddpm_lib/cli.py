@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="run the network in bf16 autocast while sampling (CUDA only; about 2× faster)")
     evaluate_parser.add_argument("--compile", action="store_true",
                                  help="sample with the network compiled for the batch shape (a GPU replays it as a "
-                                      "CUDA graph; a minute or two of compiling first, worth it for many batches)")
+                                      "CUDA graph; compiling takes a while first: worth it for many batches)")
     add_sampler_arguments(evaluate_parser)
     classifier_parser = commands.add_parser(
         "train-classifier", help="train the MNIST classifier behind FID-MNIST (weights + JSON card)",
