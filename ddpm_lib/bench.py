@@ -252,6 +252,7 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         r["train_tflops"] = 3 * flops * r["train_img_per_s"] / 1e12 if r["train_img_per_s"] else None
         r["sample_tflops"] = flops * r["sample_img_per_s"] / 1e12
         results.append(r)
+        tqdm.write(row_line(r, ddim_steps))   # printed now: a run cut by a time limit still shows its rows
     ddgan = ddgan_sampling(preset, sample_batch, dev, _timer(dev)) if "ddpm_lib eager" in rows else None
     amp = autocast_dtype(dev)
     if diffusers_available():
@@ -266,6 +267,15 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
             "rows": results, "ratios": ratios(results), "ddgan": ddgan,
             "activation_gib_fp32_estimate": activations / 2 ** 30,
             "weights_grads_adam_gib_fp32": 4 * 4 * figures["ddpm_lib"]["parameters"] / 2 ** 30}
+
+
+def row_line(r: dict, ddim_steps: int) -> str:
+    """One measured row as a line of text, printed as soon as it is measured."""
+    train = (f"training {r['train_img_per_s']:.1f} img/s ({r['train_tflops']:.3f} TFLOP/s"
+             + (f", peak {r['peak_train_memory_gib']:.2f} GiB" if r["peak_train_memory_gib"] is not None else "")
+             + "), " if r["train_img_per_s"] is not None else "")
+    return (f"{r['row']}: {train}sampling {r['sample_img_per_s']:.1f} img/s ({r['sample_tflops']:.3f} TFLOP/s, "
+            f"{r['sampling']}), DDIM-{ddim_steps} {r['ddim_s_per_1000']:.3f} s per 1,000 images")
 
 
 def ratios(rows: list[dict]) -> dict:

@@ -20,7 +20,9 @@ TINY = ["--preset", "tiny", "--batch-size", "2", "--sample-batch", "2", "--iters
 
 
 def test_bench_command_measures_and_prints_every_row(tmp_path, capsys):
-    """All five rows, the compiled ones traced by dynamo (backend "eager": no code generation, seconds)."""
+    """All five rows, the compiled ones traced by dynamo (backend "eager": no code generation, seconds); each
+    measured row is also printed as a line of its own as soon as it is measured (a run cut by a time limit
+    keeps them in its output)."""
     out = tmp_path / "bench.json"
     assert main(["bench", *TINY, "--compile-backend", "eager", "--out", str(out)]) == 0
     captured = capsys.readouterr()
@@ -47,6 +49,13 @@ def test_bench_command_measures_and_prints_every_row(tmp_path, capsys):
         else:                                                      # three forward passes per training image
             assert row["train_tflops"] == pytest.approx(3 * flops * row["train_img_per_s"] / 1e12)
     assert "TFLOP/s" in printed and "DDIM-2" in printed
+    for row in measured:                              # each row's line, printed when it was measured
+        line = next(x for x in printed.splitlines() if x.startswith(row["row"] + ": "))
+        assert f"sampling {row['sample_img_per_s']:.1f} img/s" in line and "s per 1,000 images" in line
+        if row["train_img_per_s"] is None:                   # sampling only
+            assert "training" not in line
+        else:
+            assert f"training {row['train_img_per_s']:.1f} img/s" in line
     g = r["ddgan"]                                    # the tiny DDGAN generator's whole 4-step sampler
     assert g["status"] == "ok" and g["nfe"] == 4 and g["s_per_1000"] > 0 and "DDGAN-4 sampling" in printed
 
