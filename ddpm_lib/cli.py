@@ -285,7 +285,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     schedule = schedule.to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
 
-    def draw(b: int) -> torch.Tensor:                    # a batch can take minutes: it has a bar of its own
+    def draw(start: int, b: int) -> torch.Tensor:        # a batch can take minutes: it has a bar of its own
         # A compiled network runs under its own autocast (amp_dtype above); an outer one would recompile it.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and not args.compile):
             x0 = draw_samples(ema_model, schedule, (b, *ckpt["example_shape"]), generator, args, progress=True)
@@ -352,7 +352,7 @@ def print_results(r: dict) -> None:
 
 def stopped_line(args: argparse.Namespace) -> str:
     """What a command stopped before its output was written says, naming any samples it keeps."""
-    kept = kept_files(args.out) if args.command in ("evaluate", "trilemma") else []
+    kept = kept_files(args.out) if args.command in ("evaluate", "trilemma", "evaluate-guidance") else []
     if kept:
         return (f"interrupted: the samples kept in {', '.join(map(str, kept))} stay there; the same command "
                 f"continues from them")

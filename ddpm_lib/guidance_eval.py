@@ -19,17 +19,17 @@ samples of every digit from the same x_T (common random numbers: only the scale 
 the accuracy and confidence of the SEPARATE clean classifier of FID-MNIST (``classifier.py``) on the
 target labels, the diversity within a class (mean pairwise distance of FID-MNIST features), the
 within-class FID-MNIST where enough digits exist, and the overall FID-MNIST.
+Each scale keeps its samples in ``<out>.row<i>.partial.pt`` as they come (``sample_batches.py``): a stopped
+command continues from them when run again, and they go once the results are written.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
 from .classifier import classifier_path, load_classifier
@@ -40,6 +40,7 @@ from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
 from .noisy_classifier import NoisyClassifier, load_noisy_classifier
+from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, row_output
 from .sampling import sample_ddpm
 from .training import write_samples
 
@@ -321,17 +322,25 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
     real = class_statistics(real_features, real_probs, real_y, K)
     real_mu_sigma = gaussian_stats(real_features)
     labels = torch.arange(K).repeat_interleave(args.n_per_class)
+    key = {"checkpoint": recorded_path(info["path"]), "checkpoint_sha256": file_sha256(info["path"]),
+           "noisy_classifier_sha256": file_sha256(args.classifier) if guide else None, "guidance": sweep,
+           "sampler": describe_sampler(args, schedule.T), "n_per_class": args.n_per_class,
+           "batch_size": args.batch_size, "seed": args.seed, "machine": machine_name(device),
+           "torch": str(torch.__version__)}                                  # what decides the samples
     rows = []
-    for scale in scales:
+    for i, scale in enumerate(scales):
         generator = torch.Generator(device).manual_seed(args.seed)        # the same x_T for every scale
-        start, samples = time.perf_counter(), []
-        for i in tqdm(range(0, len(labels), args.batch_size), desc=f"scale {scale:g}", unit="batch"):
-            y = labels[i:i + args.batch_size].to(device)
+
+        def draw(start: int, b: int, scale: float = scale) -> torch.Tensor:   # minutes a batch: a bar of its own
+            y = labels[start:start + b].to(device)
             eps_model, cond_fn, _ = guided_model(model, info, y, scale if guide is None else None, guide, scale)
-            samples.append(draw_samples(eps_model, schedule, (len(y), *info["example_shape"]), generator, args,
-                                        progress=True, cond_fn=cond_fn).clamp(-1, 1).cpu())  # minutes a batch
-        seconds = time.perf_counter() - start
-        features, probs = classifier_outputs(torch.cat(samples), clean, args.batch_size)
+            return draw_samples(eps_model, schedule, (b, *info["example_shape"]), generator, args, progress=True,
+                                cond_fn=cond_fn).clamp(-1, 1)
+
+        samples, seconds, _ = draw_batches(draw, len(labels), args.batch_size, generator, row_output(args.out, i),
+                                           {**key, "scale": scale}, desc=f"scale {scale:g}")
+        with kept_on_stop(row_output(args.out, i), len(labels)):
+            features, probs = classifier_outputs(samples, clean, args.batch_size)
         stats = class_statistics(features, probs, labels, K, real_features, real_y)
         rows.append({"scale": scale, **stats, "fid_mnist": frechet_distance(*gaussian_stats(features), *real_mu_sigma),
                      "sampling_seconds": round(seconds, 2)})
@@ -352,6 +361,8 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         "results": rows,
     }
     write_json(results, args.out)
+    for path in kept_files(args.out):                  # the results are written: the kept samples can go
+        path.unlink()
     print_guidance_table(results)
     print(f"wrote {args.out}")
     return results

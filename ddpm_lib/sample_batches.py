@@ -1,4 +1,5 @@
-"""Many samples drawn batch by batch and kept on disk as they come (``evaluate`` and ``trilemma``).
+"""Many samples drawn batch by batch and kept on disk as they come (``evaluate``, ``trilemma``,
+``evaluate-guidance``).
 
 An evaluation of 10,000 samples, or of 1,000-step samplers, can outlast a time limit. After each batch the
 samples so far, the sampler's generator state and the seconds spent go to ``<out>.partial.pt`` (written
@@ -6,8 +7,8 @@ atomically); Ctrl-C or SIGTERM then loses at most the batch in progress, and run
 again continues from the file and returns the samples an uninterrupted run returns. The file records the
 settings that determine the samples (``key``: a caller includes the machine, GPU model and torch build,
 on which the exact values depend) and is refused by a command with other ones. It is removed only once the
-caller's own output is written (``kept_until_written``; ``trilemma`` removes its row files itself), so that
-nothing is lost before then.
+caller's own output is written (``kept_until_written``; a table of rows removes its row files itself), so
+that nothing is lost before then.
 """
 from __future__ import annotations
 
@@ -77,11 +78,12 @@ class Drawn(NamedTuple):
     calls: list[int]           # network calls made by each batch (``count_calls``); empty without it
 
 
-def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, generator: torch.Generator,
+def draw_batches(draw: Callable[[int, int], torch.Tensor], n: int, batch_size: int, generator: torch.Generator,
                  out: str | Path | None, key: dict | None = None, count_calls: Callable[[], int] | None = None,
                  desc: str | None = "sampling") -> Drawn:
-    """``n`` samples drawn by ``draw(b)`` (b samples from ``generator``, on any device) in batches of
-    ``batch_size``, with the seconds spent in ``draw`` and the copy to the CPU (the copy waits for a GPU).
+    """``n`` samples drawn by ``draw(start, b)`` (samples start … start + b − 1, from ``generator``, on any
+    device) in batches of ``batch_size``, with the seconds spent in ``draw`` and the copy to the CPU (which
+    waits for a GPU).
     The samples are rounded to fp16 as they come, whether kept or not: a step of at most 2⁻¹¹ in [−1, 1], a
     sixteenth of an 8-bit pixel's, that halves the kept file (10,000 MNIST samples: 20 MB) and gives a
     resumed run the values of an uninterrupted one.
@@ -103,7 +105,7 @@ def draw_batches(draw: Callable[[int], torch.Tensor], n: int, batch_size: int, g
             while kept < n:
                 before = count_calls() if count_calls else 0
                 start = time.perf_counter()
-                x0 = draw(min(batch_size, n - kept)).to("cpu", torch.float16)
+                x0 = draw(kept, min(batch_size, n - kept)).to("cpu", torch.float16)
                 seconds += time.perf_counter() - start
                 if count_calls:
                     calls.append(count_calls() - before)
@@ -125,9 +127,17 @@ def stopped_message(path: Path, kept: int, n: int) -> str:
     return f"interrupted: {kept} of {n} samples are kept in {path}; the same command continues from them"
 
 
+def row_output(out: str | Path, i: int) -> Path:
+    """The name under which row ``i`` (from 0) of a table written to ``out`` (``trilemma``, ``evaluate-guidance``)
+    keeps its samples until the table is written: ``partial_path(row_output(out, i))`` is
+    ``<out>.row<i+1>.partial.pt``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.row{i + 1}")
+
+
 def kept_files(out: str | Path) -> list[Path]:
     """The files of kept samples that a command writing ``out`` has left: ``<out>.partial.pt`` and, for a
-    table of rows (``trilemma``), ``<out>.row<i>.partial.pt``."""
+    table of rows, ``<out>.row<i>.partial.pt``."""
     out = Path(out)
     return sorted(p for p in out.parent.glob(f"{glob.escape(out.name)}*.partial.pt")
                   if p == partial_path(out) or p.name[len(out.name):].startswith(".row"))

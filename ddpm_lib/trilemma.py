@@ -35,7 +35,7 @@ from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
 from .export import load_sampling_model
 from .metrics import METRIC, frechet_distance, image_statistics
-from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, warm_up
+from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, row_output, warm_up
 from .sampling import sample_ddpm
 
 Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
@@ -64,7 +64,7 @@ def measure_sampler(draw: Draw, counter: CallCounter, n: int, batch_size: int, d
         raise ValueError(f"n and batch_size must be at least 1, got {n} and {batch_size}")
     device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
-    drawn = draw_batches(lambda b: draw(b, generator).clamp(-1, 1), n, batch_size, generator, out, key,
+    drawn = draw_batches(lambda start, b: draw(b, generator).clamp(-1, 1), n, batch_size, generator, out, key,
                          count_calls=lambda: counter.calls, desc=desc)
     if len(set(drawn.calls)) != 1:
         raise RuntimeError(f"the sampler made a different number of network calls per batch: "
@@ -89,13 +89,6 @@ def _in_bf16(draw: Draw) -> Draw:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return draw(b, g).float()
     return bf16_draw
-
-
-def row_output(out: str | Path, i: int) -> Path:
-    """The name under which row ``i`` (from 0) of the table written to ``out`` keeps its samples until the
-    table is written: ``partial_path(row_output(out, i))`` is ``<out>.row<i+1>.partial.pt``."""
-    out = Path(out)
-    return out.with_name(f"{out.name}.row{i + 1}")
 
 
 def trilemma_rows(samplers: dict[str, tuple[Draw, CallCounter]], real: torch.Tensor, classifier: nn.Module,

@@ -198,7 +198,7 @@ def test_evaluate_guidance_end_to_end_with_a_noisy_classifier(models, tmp_path, 
         assert row["fid_mnist_within_class"] is None                 # 2 per class ≤ 128 features
     assert run("sample", "--checkpoint", models / "uncond", "--n", 20, "--sampler", "ddim", "--steps", 3,
                "--out", tmp_path / "u.pt") == 0
-    x = torch.load(tmp_path / "u.pt", weights_only=True).clamp(-1, 1)
+    x = torch.load(tmp_path / "u.pt", weights_only=True).clamp(-1, 1).half().float()   # kept in fp16 as drawn
     clean = load_classifier()
     features, probs = classifier_outputs(x, clean)
     labels = np.repeat(np.arange(10), 2)
@@ -266,3 +266,48 @@ def test_class_statistics_against_brute_force(gen):
 
 def test_default_noise_levels_of_the_accuracy_card():
     assert default_eval_t(1000) == [1, 250, 500, 750, 1000] and default_eval_t(10) == [1, 2, 5, 8, 10]
+
+
+def test_a_stopped_evaluate_guidance_continues_from_the_kept_scales_and_writes_the_uninterrupted_results(
+        models, tmp_path, capsys, monkeypatch):
+    """CFG at w = 0 and 2, 2 digits per class in batches of 8 (20 samples: batches 0–7, 8–15, 16–19 per scale),
+    stopped in w = 2's second batch: the line names that scale's 8 kept samples, and the run again draws only
+    the batches from sample 8 on (with the labels of samples 8…, not 0…), then writes the results of an
+    uninterrupted run and removes the kept files. Catches: a stopped or a finished scale started over, a
+    resumed batch given the first batch's labels, kept files left behind."""
+    from ddpm_lib import guidance_eval
+    real_draw, starts = guidance_eval.draw_samples, []
+
+    def counted(stop_at=None):
+        def draw(model, schedule, shape, generator, args, progress=False, cond_fn=None):
+            starts.append(shape[0])
+            if len(starts) == stop_at:
+                raise KeyboardInterrupt
+            return real_draw(model, schedule, shape, generator, args, progress, cond_fn)
+        return draw
+
+    command = ["evaluate-guidance", "--checkpoint", models / "cfg.pt", "--cfg-scales", 0, 2, "--n-per-class", 2,
+               "--batch-size", 8, "--sampler", "ddim", "--steps", 3]
+    assert run(*command, "--out", tmp_path / "whole.json") == 0
+    out = tmp_path / "split.json"
+    monkeypatch.setattr(guidance_eval, "draw_samples", counted(stop_at=5))      # w = 0: 3 batches; w = 2: the 2nd
+    capsys.readouterr()
+    assert run(*command, "--out", out) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"interrupted: 8 of 20 samples are kept in {out}.row2.partial.pt; the same command continues "
+                    f"from them")
+    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json.row1.partial.pt",
+                                                               "split.json.row2.partial.pt"]
+    starts.clear()
+    labels_seen = []
+    real_guided = guidance_eval.guided_model
+    monkeypatch.setattr(guidance_eval, "guided_model", lambda model, info, y, *a: labels_seen.append(y.tolist())
+                        or real_guided(model, info, y, *a))
+    monkeypatch.setattr(guidance_eval, "draw_samples", counted())
+    assert run(*command, "--out", out) == 0
+    assert starts == [8, 4] and labels_seen == [[4, 4, 5, 5, 6, 6, 7, 7], [8, 8, 9, 9]]
+    whole, split = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "split.json"))
+    for row in (*whole["results"], *split["results"]):
+        assert row.pop("sampling_seconds") > 0                             # the clock differs, nothing else
+    assert split["results"] == whole["results"]
+    assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json"]

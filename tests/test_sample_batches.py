@@ -9,15 +9,15 @@ from ddpm_lib.sample_batches import draw_batches, kept_until_written, partial_pa
 
 
 def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_written(tmp_path):
-    """Five draws in batches of 2, stopped during the third batch, then continued: the same 5 samples as
-    one uninterrupted call, in order, with only the last batch drawn again and the seconds of both calls
-    summed. All 5 stay kept until ``kept_until_written`` ends: a Ctrl-C inside it keeps them (a third call
-    draws nothing), a normal end removes the file. Catches: a batch kept twice or lost, the generator
-    restarted at the seed, the kept seconds dropped, samples deleted before the output exists, samples kept
-    in float32 (twice the size) or returned unrounded (a resumed run would differ from an uninterrupted one)."""
+    """Five draws in batches of 2, stopped during the third batch, then continued: the same 5 samples as one
+    uninterrupted call, in order, with only the last batch (start 4, size 1) drawn again and the seconds of both
+    calls summed. All 5 stay kept until ``kept_until_written`` ends: a Ctrl-C inside it keeps them (a third call
+    draws nothing), a normal end removes the file. Catches: a batch kept twice or lost, the generator restarted at
+    the seed, the kept seconds dropped, samples deleted before the output exists, samples kept in float32 (twice the
+    size) or returned unrounded (a resumed run would differ from an uninterrupted one)."""
     def draw_with(g, calls, stop_at=None):
-        def draw(b):
-            calls.append(b)
+        def draw(start, b):
+            calls.append((start, b))
             if len(calls) == stop_at:
                 raise KeyboardInterrupt
             return torch.randn(b, 3, generator=g)
@@ -38,7 +38,7 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
     torch.save(kept, partial_path(tmp_path / "split.json"))
     g, calls = torch.Generator().manual_seed(0), []           # a new process: the generator starts at the seed
     split, seconds, _ = draw_batches(draw_with(g, calls), 5, 2, g, tmp_path / "split.json", key)
-    assert calls == [1] and torch.equal(split, whole) and seconds >= 100.0
+    assert calls == [(4, 1)] and torch.equal(split, whole) and seconds >= 100.0     # samples 4..4 alone
     with pytest.raises(KeyboardInterrupt, match="5 of 5 samples are kept"):
         with kept_until_written(tmp_path / "split.json", 5):
             raise KeyboardInterrupt                           # e.g. during the statistics
@@ -53,7 +53,7 @@ def test_a_resumed_draw_returns_the_uninterrupted_samples_and_keeps_them_until_w
 def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was_kept(tmp_path):
     g, calls = torch.Generator().manual_seed(0), []
 
-    def stop_second(b):
+    def stop_second(start, b):
         calls.append(b)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -62,12 +62,12 @@ def test_a_foreign_or_damaged_file_is_refused_and_an_early_stop_says_nothing_was
     with pytest.raises(KeyboardInterrupt, match="2 of 4 samples"):
         draw_batches(stop_second, 4, 2, g, tmp_path / "r.json", {"seed": 0})
     with pytest.raises(ValueError, match=r"other settings \(seed=0 there, 1 here\)"):
-        draw_batches(lambda b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 1})
+        draw_batches(lambda start, b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 1})
     partial_path(tmp_path / "r.json").write_bytes(b"cut off")
     with pytest.raises(ValueError, match="not a file of kept samples"):
-        draw_batches(lambda b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 0})
+        draw_batches(lambda start, b: torch.randn(b, generator=g), 4, 2, g, tmp_path / "r.json", {"seed": 0})
 
-    def stop_first(b):
+    def stop_first(start, b):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt, match="^$"):        # nothing kept: the command says what earlier ones kept
@@ -85,7 +85,7 @@ def test_calls_are_counted_per_batch_and_kept_and_only_the_batches_are_timed(tmp
     log = []
 
     def draw_with(g, stop_at=None):
-        def draw(b):
+        def draw(start, b):
             log.append(b)
             if len(log) == stop_at:
                 raise KeyboardInterrupt
