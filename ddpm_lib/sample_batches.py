@@ -33,9 +33,12 @@ def machine_name(device: torch.device) -> str:
 
 
 def warm_up(net: Callable, batch_shape: tuple, device, bf16: bool = False) -> None:
-    """One call of ``net(x, t)`` on zeros of ``batch_shape`` (t = 1), its result dropped: a GPU loads each
-    kernel on its first launch, which then happens here and not in a timed batch. ``bf16``: under CUDA bf16
-    autocast, as the sampler will run."""
+    """Off the CPU, one call of ``net(x, t)`` on zeros of ``batch_shape`` (t = 1), its result dropped: a GPU
+    loads each kernel on its first launch, which then happens here and not in a timed batch. ``bf16``: under
+    CUDA bf16 autocast, as the sampler will run. On a CPU nothing: no first-launch cost to keep apart, and a
+    call at a batch of 500 would take seconds."""
+    if torch.device(device).type == "cpu":
+        return
     x = torch.zeros(batch_shape, device=device)
     t = torch.ones(batch_shape[0], dtype=torch.long, device=device)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):

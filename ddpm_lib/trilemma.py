@@ -10,7 +10,7 @@ Each row draws ``n`` digits with one sampler and reports
   equally often) and the classifier's mean confidence,
 - the network evaluations per sample, *counted* by wrapping the network (not taken from the sampler's
   name), and the wall-clock seconds per 1,000 samples (each batch timed until it is on the CPU, which
-  waits for the GPU; each network is called once before, untimed, since kernels load on first launch).
+  waits for the GPU; on a GPU each network is called once before, untimed: kernels load on first launch).
 
 The JSON names the two models and the classifier with their sha256; a progress bar shows each row's samples.
 Each row keeps its samples in ``<out>.row<i>.partial.pt`` as they come (``sample_batches.py``): a command

@@ -129,3 +129,21 @@ def test_kept_files_are_the_partial_file_and_the_row_files_of_one_output(tmp_pat
         (tmp_path / name).touch()
     assert [p.name for p in kept_files(tmp_path / "t.json")] == names[1:4]
     assert kept_files(tmp_path / "none.json") == []
+
+
+def test_warm_up_calls_the_network_once_at_the_batch_shape_off_the_cpu_and_never_on_it():
+    """On the meta device (standing in for a GPU) warm_up calls ``net`` once, without recording gradients,
+    with x of the batch shape and long t of its batch size; on the CPU it does not call it. Catches: a
+    warm-up at another shape (the timed batches would load their kernels themselves), a warm-up that costs
+    CPU users a whole network call for nothing."""
+    from ddpm_lib.sample_batches import warm_up
+    seen = []
+
+    def net(x, t):
+        seen.append((tuple(x.shape), x.device.type, tuple(t.shape), t.dtype, torch.is_grad_enabled()))
+        return x
+
+    warm_up(net, (5, 1, 8, 8), "cpu")
+    assert seen == []
+    warm_up(net, (5, 1, 8, 8), "meta")
+    assert seen == [((5, 1, 8, 8), "meta", (5,), torch.long, False)]
