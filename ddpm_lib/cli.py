@@ -275,10 +275,9 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")
     ema_model, schedule, ckpt = load_sampling_model(args.checkpoint, device, weights=args.weights)
     ema_model = guided_model(ema_model, ckpt, None)[0]     # a class-conditional model: its null label (unconditional)
-    compile_seconds = None
+    compile_seconds, batch_shape = None, (min(args.batch_size, args.n), *ckpt["example_shape"])
     if args.compile:                # one static batch shape; a smaller last batch is padded to it
-        ema_model = compiled_eps_model(ema_model, (min(args.batch_size, args.n), *ckpt["example_shape"]), device,
-                                       amp_dtype=torch.bfloat16 if args.bf16 else None)
+        ema_model = compiled_eps_model(ema_model, batch_shape, device, amp_dtype=torch.bfloat16 if args.bf16 else None)
         compile_seconds = round(ema_model.compile_seconds, 1)
     path = ckpt["path"]
     heldout, train_digits = real_digits(ckpt)
@@ -296,7 +295,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
            "seed": args.seed, "bf16": args.bf16, "compiled": args.compile, "machine": machine_name(device),
            "torch": str(torch.__version__)}
     if not args.compile:            # kernels load on their first launch: one untimed call (compiling warmed it up)
-        warm_up(ema_model, (min(args.batch_size, args.n), *ckpt["example_shape"]), device, args.bf16)
+        warm_up(ema_model, batch_shape, device, args.bf16)
     samples, sampling_seconds, _ = draw_batches(draw, args.n, args.batch_size, generator, args.out, key)
     with kept_until_written(args.out, args.n):         # a Ctrl-C from here on keeps the samples
         fake = image_statistics(samples, classifier, args.batch_size)

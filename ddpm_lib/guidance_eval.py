@@ -40,7 +40,7 @@ from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
 from .noisy_classifier import NoisyClassifier, load_noisy_classifier
-from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, row_output
+from .sample_batches import draw_batches, kept_on_stop, machine_name, remove_kept, row_output
 from .sampling import sample_ddpm
 from .training import write_samples
 
@@ -361,8 +361,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
         "results": rows,
     }
     write_json(results, args.out)
-    for path in kept_files(args.out):                  # the results are written: the kept samples can go
-        path.unlink()
+    remove_kept(args.out)                              # the results are written: the kept samples can go
     print_guidance_table(results)
     print(f"wrote {args.out}")
     return results

@@ -146,6 +146,12 @@ def kept_files(out: str | Path) -> list[Path]:
                   if p == partial_path(out) or p.name[len(out.name):].startswith(".row"))
 
 
+def remove_kept(out: str | Path) -> None:
+    """Remove every file of kept samples for ``out`` (``kept_files``): called once ``out`` is written."""
+    for path in kept_files(out):
+        path.unlink()
+
+
 @contextlib.contextmanager
 def kept_on_stop(out: str | Path, n: int):
     """A block run after all ``n`` samples for ``out`` are kept: a Ctrl-C inside it says they still are."""

@@ -35,7 +35,7 @@ from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
 from .export import load_sampling_model
 from .metrics import METRIC, frechet_distance, image_statistics
-from .sample_batches import draw_batches, kept_files, kept_on_stop, machine_name, row_output, warm_up
+from .sample_batches import draw_batches, kept_on_stop, machine_name, remove_kept, row_output, warm_up
 from .sampling import sample_ddpm
 
 Draw = Callable[[int, torch.Generator], torch.Tensor]   # (batch, generator) → samples in [−1, 1]
@@ -189,8 +189,7 @@ def run_trilemma(args) -> dict:
              "reference": {"n": len(real), "split": "held-out"}, "seed": args.seed,
              "precision": "bf16 autocast" if args.bf16 else "float32", "rows": rows}
     write_json(table, args.out)
-    for path in kept_files(args.out):                  # the table is written: the kept samples can go
-        path.unlink()
+    remove_kept(args.out)                              # the table is written: the kept samples can go
     print(format_rows(rows))
     print(f"wrote {args.out}")
     return table
