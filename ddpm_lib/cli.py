@@ -5,8 +5,8 @@
     torchrun --nproc_per_node 4 -m ddpm_lib train --data cifar10 --preset ddpm-cifar10 --out-dir runs/c10
     python -m ddpm_lib sample --checkpoint runs/mnist --n 64 --out grid.png    # EMA weights, PNG grid
     python -m ddpm_lib sample --checkpoint runs/mnist --sampler ddim --steps 50 --eta 0 --out ddim.png
-    python -m ddpm_lib train --data two_moons --T 100 --steps 3000 --out-dir runs/moons
-    python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.pt  # 2-D points as a tensor
+    python -m ddpm_lib train --data two_moons --out-dir runs/moons              # toy MLP: about 15 s on a CPU
+    python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.png # a scatter plot (.pt: the points)
     python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
     python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features
     python -m ddpm_lib export --checkpoint runs/mnist --out data/ddpm_mnist.pt  # fp16 θ_ema + JSON card
@@ -56,7 +56,7 @@ from .run_folder import RunLocked, is_locked
 from .sample_batches import draw_batches, kept_files, kept_until_written, machine_name, warm_up
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
-from .training import TrainConfig, train
+from .training import KIND_DEFAULTS, TrainConfig, train
 from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 
@@ -104,6 +104,11 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
     return config_class(**values)
 
 
+def by_kind(name: str) -> str:
+    """Help text naming a training setting's defaults for images and for 2-D toy sets (KIND_DEFAULTS)."""
+    return f" (default: {KIND_DEFAULTS['images'][name]:g} for images, {KIND_DEFAULTS['toy'][name]:g} for 2-D toy sets)"
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--data", default=d.data, choices=IMAGE_SETS + TOY_SETS,
@@ -113,10 +118,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="U-Net preset for image data")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="noise schedule β_t")
     p.add_argument("--T", type=int, default=d.T, help="diffusion steps T")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in all (also when resuming)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over DDP processes)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after warm-up")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="steps of linear learning-rate warm-up")
+    p.add_argument("--steps", type=int, help=f"optimizer steps in all (also when resuming){by_kind('steps')}")
+    p.add_argument("--batch-size", type=int, help=f"global batch (split over DDP processes){by_kind('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate after warm-up{by_kind('lr')}")
+    p.add_argument("--warmup", type=int, help=f"steps of linear learning-rate warm-up{by_kind('warmup')}")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient's global norm to this")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of the weights' EMA")

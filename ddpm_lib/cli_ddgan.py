@@ -81,8 +81,6 @@ def run_sample_ddgan(args: argparse.Namespace) -> Path:
     G, schedule, info = load_ddgan_generator(args.checkpoint, device)
     schedule = schedule.to(device)
     shape = info["example_shape"]
-    if len(shape) != 3 and Path(args.out).suffix.lower() != ".pt":
-        raise ValueError(f"this model draws {shape[0]}-D points, not images: pass --out with a .pt name")
     x0 = sample_ddgan(G, schedule, (args.n, *shape), generator=torch.Generator(device).manual_seed(args.seed))
     path = write_samples(x0, args.out)
     print(f"wrote {args.n} samples (G_ema after step {info['step']}, {schedule.T} generator calls) to {path}")

@@ -44,7 +44,7 @@ from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .ema import ema_decay, make_ema_model, update_ema
 from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
-from .training import write_samples
+from .training import write_training_samples
 
 WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 
@@ -324,7 +324,7 @@ def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
                 check_finite()
                 g = torch.Generator(device).manual_seed(config.seed)    # the same x_T and z: comparable grids
                 samples = sample_ddgan(trainer.G_ema, trainer.schedule, (config.n_samples, *example_shape), generator=g)
-                write_samples(samples, out_dir / f"samples_{step:08d}.{'png' if samples.ndim == 4 else 'pt'}")
+                write_training_samples(samples, out_dir, step)
             stopping = stop.requested
             if step % config.save_every == 0 or last or stopping:
                 check_finite()

@@ -203,8 +203,6 @@ def run_sample(args: argparse.Namespace) -> Path:
     schedule = schedule.to(device)                     # a CPU schedule would cost host copies at every step
     check_guidance_flags(info, args.label, args.cfg_scale, args.classifier, args.scale)
     example_shape = info["example_shape"]
-    if len(example_shape) != 3 and Path(args.out).suffix.lower() != ".pt":
-        raise ValueError(f"this model draws {example_shape[0]}-D points, not images: pass --out with a .pt name")
     classifier = load_guide(args.classifier, schedule, example_shape, device) if args.classifier else None
     num_classes = classifier.num_classes if classifier is not None else getattr(model, "num_classes", 0)
     classes = parse_label(args.label, num_classes)

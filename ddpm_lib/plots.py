@@ -5,6 +5,7 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .data import to_pixel_range
@@ -49,6 +50,17 @@ def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: f
     if title:
         ax.set_title(title)
     return ax
+
+
+def save_scatter(x: torch.Tensor, path, title: str | None = None, dpi: int = 100):
+    """Write 2-D points (N, 2) to ``path`` as a scatter plot (axes fitted to the points, equal scales).
+    Draws on its own ``Figure``, not pyplot's, so a command or a notebook's current figure is left alone."""
+    fig = Figure(figsize=(4, 4), dpi=dpi)
+    ax = fig.subplots()
+    scatter2d(x, ax=ax, lim=None, title=title, s=4 if x.shape[0] <= 1000 else 1)
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.savefig(path)
+    return path
 
 
 def plain_log_ticks(axis, values=None):

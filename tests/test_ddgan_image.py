@@ -556,7 +556,7 @@ def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
 
 
 def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
-    """Toy points end to end (samples as .pt), and one-line errors with status 1 for a .png of points,
+    """Toy points end to end (samples as .pt and as a scatter plot), and one-line errors with status 1 for
     an unknown preset, T < 1, and a diffusion checkpoint given to sample-ddgan / export-ddgan.
     Catches: errors escaping as tracebacks, a diffusion run sampled as a GAN."""
     run = str(tmp_path / "run")
@@ -571,6 +571,7 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     ckpt = load_checkpoint(list_checkpoints(run)[0])
     assert ckpt["config"]["d_steps"] == 2 and ckpt["opt_discriminator"]["state"][0]["step"].item() == 16
     assert torch.load(tmp_path / "run" / "samples_00000006.pt", weights_only=True).shape == (10, 2)
+    assert Image.open(tmp_path / "run" / "samples_00000006.png").size == (400, 400)
     capsys.readouterr()
     assert main(["train-ddgan", "--out-dir", run, "--steps", "10", "--resume", "--lr-d", "0.5", "--device", "cpu"]) == 1
     assert "lr_d=0.0004 there, 0.5 here" in one_error_line(capsys)
@@ -581,8 +582,8 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     G, _, info = load_ddgan_generator(tmp_path / "toy.pt")
     assert info["example_shape"] == (2,) and G.z_dim == DDGAN_PRESETS["tiny"]["toy"]["z_dim"]
     capsys.readouterr()
-    assert main(["sample-ddgan", "--checkpoint", run, "--out", str(tmp_path / "p.png"), "--device", "cpu"]) == 1
-    assert "pass --out with a .pt name" in one_error_line(capsys)
+    assert main(["sample-ddgan", "--checkpoint", run, "--out", str(tmp_path / "p.png"), "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "p.png").size == (400, 400)                  # 2-D points: a scatter plot
     assert main(["train-ddgan", "--preset", "huge", "--out-dir", str(tmp_path / "x")]) == 1
     assert "unknown DDGAN preset 'huge'" in one_error_line(capsys)
     assert main(["train-ddgan", "--T", "0", "--out-dir", str(tmp_path / "x")]) == 1

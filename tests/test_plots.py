@@ -148,3 +148,27 @@ def test_show_images_fixes_the_colour_limits_for_a_flat_image():
     fig, ax = plt.subplots()
     plots.show_images(torch.zeros(1, 1, 4, 4), ax=ax)
     assert ax.images[0].get_clim() == (0, 1)
+
+
+def test_save_scatter_draws_the_points_where_they_are_on_its_own_figure(tmp_path):
+    """Two clusters, at (−1, −1) and (1, 1): in the PNG the left cluster's dots lie lower than the right
+    one's; a horizontal segment y = 0, −1 <= x <= 1, is drawn wide and flat. Catches: a blank picture,
+    flipped or swapped axes, and a pyplot figure left open (a notebook's current figure would gain the points)."""
+    import numpy as np
+    from PIL import Image
+
+    def blue_dots(x, name):
+        plots.save_scatter(x, tmp_path / name, title=name)
+        rgb = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(int)
+        return np.nonzero(rgb[..., 2] - rgb[..., 0] > 60)             # rows, columns of tab:blue pixels
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols = blue_dots(torch.cat([torch.randn(200, 2, generator=g) * 0.05 - 1,
+                                      torch.randn(200, 2, generator=g) * 0.05 + 1]), "clusters.png")
+    assert plt.get_fignums() == []
+    middle = (cols.min() + cols.max()) / 2
+    left, right = cols < middle, cols > middle
+    assert left.sum() > 100 and right.sum() > 100
+    assert rows[left].mean() > rows[right].mean() + 50                    # image rows grow downwards
+    rows, cols = blue_dots(torch.stack([torch.linspace(-1, 1, 200), torch.zeros(200)], dim=1), "segment.png")
+    assert cols.max() - cols.min() > 10 * (rows.max() - rows.min() + 1)
