@@ -104,9 +104,9 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
     return config_class(**values)
 
 
-def by_kind(name: str) -> str:
-    """Help text naming a training setting's defaults for images and for 2-D toy sets (KIND_DEFAULTS)."""
-    return f" (default: {KIND_DEFAULTS['images'][name]:g} for images, {KIND_DEFAULTS['toy'][name]:g} for 2-D toy sets)"
+def by_kind(name: str, table: dict = KIND_DEFAULTS) -> str:
+    """Help text naming a training setting's defaults in ``table`` for images and for 2-D toy sets."""
+    return f" (default: {table['images'][name]:g} for images, {table['toy'][name]:g} for 2-D toy sets)"
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,9 +2,9 @@
 
     python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --d-steps 2 --out-dir runs/ddgan
     python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue it, same settings
-    python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --steps 3000 --out-dir runs/gan8
+    python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --out-dir runs/gan8   # about 50 s on a CPU
     python -m ddpm_lib sample-ddgan --checkpoint runs/ddgan --n 64 --out ddgan.png   # T calls of G_ema
-    python -m ddpm_lib sample-ddgan --checkpoint runs/gan8 --n 1000 --out points.pt # 2-D points as a tensor
+    python -m ddpm_lib sample-ddgan --checkpoint runs/gan8 --n 2000 --out gan8.png # a scatter plot (.pt: the points)
     python -m ddpm_lib export-ddgan --checkpoint runs/ddgan --out data/ddgan_mnist.pt --training-command "…"
 
 Errors are raised as ValueError / OSError / RuntimeError / FloatingPointError, which ``cli.main`` turns
@@ -23,7 +23,7 @@ from .cli_help import HelpFormatter
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
-from .ddgan_train import DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .ddgan_train import KIND_DEFAULTS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
 from .toy_data import TOY_SETS
 from .training import write_samples
 
@@ -32,7 +32,7 @@ DDGAN_COMMANDS = ("train-ddgan", "sample-ddgan", "export-ddgan")
 
 def add_ddgan_commands(subparsers) -> None:
     """Add ``train-ddgan``, ``sample-ddgan`` and ``export-ddgan`` to the ``add_subparsers()`` object."""
-    from .cli import add_run_arguments                  # cli imports this module: import at call time
+    from .cli import add_run_arguments, by_kind         # cli imports this module: import at call time
     fmt = HelpFormatter
     d = DDGANConfig()
     p = subparsers.add_parser("train-ddgan", formatter_class=fmt, allow_abbrev=False,
@@ -44,13 +44,16 @@ def add_ddgan_commands(subparsers) -> None:
     p.add_argument("--T", type=int, default=d.T, help="denoising steps")
     p.add_argument("--beta-min", type=float, default=d.beta_min, help="β_min of the VP SDE schedule")
     p.add_argument("--beta-max", type=float, default=d.beta_max, help="β_max of the VP SDE schedule")
-    p.add_argument("--steps", type=int, default=d.steps, help="steps (d_steps D updates, one G update) in all")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
-    p.add_argument("--d-steps", type=int, default=d.d_steps, help="D updates per step, each on its own minibatch")
-    p.add_argument("--lr-g", type=float, default=d.lr_g, help="Adam's learning rate for G")
-    p.add_argument("--lr-d", type=float, default=d.lr_d, help="Adam's learning rate for D")
+    p.add_argument("--steps", type=int,
+                   help="steps (d_steps D updates, one G update) in all" + by_kind("steps", KIND_DEFAULTS))
+    p.add_argument("--batch-size", type=int, help="minibatch size" + by_kind("batch_size", KIND_DEFAULTS))
+    p.add_argument("--d-steps", type=int,
+                   help="D updates per step, each on its own minibatch" + by_kind("d_steps", KIND_DEFAULTS))
+    p.add_argument("--lr-g", type=float, help="Adam's learning rate for G" + by_kind("lr_g", KIND_DEFAULTS))
+    p.add_argument("--lr-d", type=float, help="Adam's learning rate for D" + by_kind("lr_d", KIND_DEFAULTS))
     p.add_argument("--betas", type=float, nargs=2, default=d.betas, metavar=("BETA1", "BETA2"), help="Adam's betas")
-    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma, help="R1 weight γ (penalty (γ/2)·R1; 0: none)")
+    p.add_argument("--r1-gamma", type=float,
+                   help="R1 weight γ (penalty (γ/2)·R1; 0: none)" + by_kind("r1_gamma", KIND_DEFAULTS))
     p.add_argument("--lazy-r1", type=int, default=d.lazy_r1, help="R1 every k-th step with weight k·γ/2")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of G's weight average G_ema")
     p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2 "

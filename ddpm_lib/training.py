@@ -59,6 +59,14 @@ KIND_DEFAULTS = {"images": {"steps": 20_000, "batch_size": 128, "lr": 2e-4, "war
                  "toy": {"steps": 5_000, "batch_size": 512, "lr": 3e-3, "warmup": 100}}
 
 
+def fill_kind_defaults(config, table: dict) -> None:
+    """Give each setting of ``table[kind]`` that ``config`` left at None its value for the kind of
+    ``config.data``: "toy" for a 2-D toy set, "images" otherwise."""
+    for name, value in table["toy" if config.data in TOY_SETS else "images"].items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run; the command line's flags carry the same names with dashes.
@@ -100,9 +108,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.data not in IMAGE_SETS + TOY_SETS:
             raise ValueError(f"unknown data set {self.data!r}: choose one of {', '.join(IMAGE_SETS + TOY_SETS)}")
-        for name, value in KIND_DEFAULTS["toy" if self.data in TOY_SETS else "images"].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        fill_kind_defaults(self, KIND_DEFAULTS)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown U-Net preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         for name in ("toy_n", "T", "steps", "batch_size", "log_every", "n_samples", "save_every", "keep"):

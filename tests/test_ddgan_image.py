@@ -51,8 +51,8 @@ def image_config(tmp_path, name="run", **changes) -> DDGANConfig:
 
 
 def toy_config(tmp_path, name="run", **changes) -> DDGANConfig:
-    settings = dict(data="two_moons", toy_n=256, preset="tiny", steps=8, batch_size=16, log_every=2, save_every=4,
-                    sample_every=0, keep=10, out_dir=str(tmp_path / name), device="cpu", progress=False)
+    settings = dict(data="two_moons", toy_n=256, preset="tiny", steps=8, batch_size=16, d_steps=1, log_every=2,
+                    save_every=4, sample_every=0, keep=10, out_dir=str(tmp_path / name), device="cpu", progress=False)
     return DDGANConfig(**{**settings, **changes})
 
 
@@ -574,7 +574,7 @@ def test_cli_on_a_toy_set_and_its_errors(tmp_path, capsys):
     assert Image.open(tmp_path / "run" / "samples_00000006.png").size == (400, 400)
     capsys.readouterr()
     assert main(["train-ddgan", "--out-dir", run, "--steps", "10", "--resume", "--lr-d", "0.5", "--device", "cpu"]) == 1
-    assert "lr_d=0.0004 there, 0.5 here" in one_error_line(capsys)
+    assert "lr_d=0.002 there, 0.5 here" in one_error_line(capsys)                # a toy set's default lr_d
     assert main(["sample-ddgan", "--checkpoint", run, "--n", "50", "--out", str(tmp_path / "p.pt"), "--device", "cpu"]) == 0
     points = torch.load(tmp_path / "p.pt", weights_only=True)
     assert points.shape == (50, 2) and torch.isfinite(points).all()
@@ -744,3 +744,27 @@ def test_discriminator_time_embedding_is_linear_leaky_linear_leaky(gen):
     expected = leaky(leaky(emb @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
     with torch.no_grad():
         torch.testing.assert_close(D.time_mlp(timestep_embedding(t, 8)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unset_ddgan_settings_follow_the_data_kind_and_set_ones_are_kept():
+    """Catches: toy sets given the image settings, an explicit setting overwritten, and a kind default that is
+    not what --help says (the help text is built from the same table)."""
+    keys = ("steps", "batch_size", "d_steps", "lr_g", "lr_d", "r1_gamma")
+    assert [getattr(DDGANConfig(), k) for k in keys] == [10_000, 64, 1, 1e-4, 4e-4, 0.02]
+    assert [getattr(DDGANConfig(data="swiss_roll"), k) for k in keys] == [6_000, 256, 2, 2e-4, 2e-3, 0.05]
+    config = DDGANConfig(data="two_moons", steps=3, batch_size=5, d_steps=1, lr_g=1e-5, lr_d=1e-5, r1_gamma=0.0)
+    assert [getattr(config, k) for k in keys] == [3, 5, 1, 1e-5, 1e-5, 0.0]
+    with pytest.raises(ValueError, match="d_steps must be a whole number >= 1"):
+        DDGANConfig(data="two_moons", d_steps=0)
+
+
+def test_a_ddgan_trained_on_two_moons_with_the_default_settings_draws_the_moons(tmp_path):
+    """``train_ddgan`` on two_moons with nothing but the data set named: 82% of G_ema's samples lie within
+    0.05 of a data point (measured; about 45 s on one core). Catches: toy defaults that leave G a smeared
+    band over the moons (the image settings: 59% after their 10,000 steps)."""
+    trainer = train_ddgan(DDGANConfig(data="two_moons", preset="tiny", out_dir=str(tmp_path / "run"),
+                                      sample_every=0, device="cpu", progress=False))
+    samples = sample_ddgan(trainer.G_ema, trainer.schedule, (2000, 2), generator=torch.Generator().manual_seed(1))
+    data, _ = dl.make_toy("two_moons", 10_000, generator=torch.Generator().manual_seed(5))
+    near = torch.cdist(samples.double(), data).min(dim=1).values < 0.05
+    assert near.double().mean() > 0.75, near.double().mean()
