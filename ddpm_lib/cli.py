@@ -66,14 +66,15 @@ CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's cla
 SAME_ON_EVERY_RANK = (ValueError, FloatingPointError, FileExistsError, FileNotFoundError, RunLocked)
 
 
-def add_run_arguments(p: argparse.ArgumentParser, d) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
     """The flags every training command shares (seed, output folder, logging, grids, checkpoints, device,
-    resume, progress bar), with the defaults of the config ``d`` (``TrainConfig`` or ``DDGANConfig``)."""
+    resume, progress bar), with the defaults of the config ``d`` (``TrainConfig`` or ``DDGANConfig``) and
+    its module's KIND_DEFAULTS ``kinds``."""
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, data order and noise")
     p.add_argument("--out-dir", default=d.out_dir, help="folder for checkpoints, metrics.jsonl and samples")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
-    p.add_argument("--n-samples", type=int, default=d.n_samples, help="samples per grid")
+    p.add_argument("--n-samples", type=int, help="samples per grid or scatter plot" + by_kind("n_samples", kinds))
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
@@ -128,7 +129,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2, as "
                    "the DDPM paper's CIFAR-10 runs did (cifar10 and fashion_mnist only: a mirrored digit is none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (x_t, ε_θ, L_simple) and backward")
-    add_run_arguments(p, d)
+    add_run_arguments(p, d, KIND_DEFAULTS)
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "
                    "U-Net for classifier-free guidance (10 for MNIST)")
     p.add_argument("--p-uncond", type=float, default=d.p_uncond, help="CFG: probability of dropping a label")

@@ -58,7 +58,7 @@ def add_ddgan_commands(subparsers) -> None:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of G's weight average G_ema")
     p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2 "
                    "(cifar10 and fashion_mnist only: a mirrored digit is none)")
-    add_run_arguments(p, d)
+    add_run_arguments(p, d, KIND_DEFAULTS)
     s = subparsers.add_parser("sample-ddgan", formatter_class=fmt,
                               help="draw samples with G_ema of a DDGAN run or exported file (T generator calls)")
     s.add_argument("--checkpoint", required=True, help="a DDGAN run folder (latest), ckpt_*.pt or exported file")

@@ -55,9 +55,9 @@ WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 # faster than G, two D updates per step and a larger batch draw the eight modes, the moons (82%) and the
 # spiral within 6,000 steps, about 50 s on one CPU core.
 KIND_DEFAULTS = {"images": {"steps": 10_000, "batch_size": 64, "d_steps": 1, "lr_g": 1e-4, "lr_d": 4e-4,
-                            "r1_gamma": 0.02},
+                            "r1_gamma": 0.02, "n_samples": 64},
                  "toy": {"steps": 6_000, "batch_size": 256, "d_steps": 2, "lr_g": 2e-4, "lr_d": 2e-3,
-                         "r1_gamma": 0.05}}
+                         "r1_gamma": 0.05, "n_samples": 1000}}
 
 
 @dataclass
@@ -83,7 +83,7 @@ class DDGANConfig:
     T: int = 4                    # denoising steps
     beta_min: float = 0.1         # the VP SDE's β range (ddgan_schedule)
     beta_max: float = 20.0
-    # The next six default to None: the data's kind then sets them (KIND_DEFAULTS).
+    # The next six (and n_samples) default to None: the data's kind then sets them (KIND_DEFAULTS).
     steps: int | None = None      # steps (d_steps D updates, one G update), counted from 0 also when resuming
     batch_size: int | None = None
     d_steps: int | None = None    # D updates per step, each on its own minibatch (1: Algorithm 1)
@@ -98,7 +98,7 @@ class DDGANConfig:
     out_dir: str = "runs/ddgan"   # checkpoints, metrics.jsonl and samples
     log_every: int = 100          # steps between metrics lines
     sample_every: int = 1000      # steps between sample grids from G_ema (0: none)
-    n_samples: int = 64           # samples per grid
+    n_samples: int | None = None  # samples per grid or scatter plot (None: KIND_DEFAULTS)
     save_every: int = 1000        # steps between checkpoints (the last step is always saved)
     keep: int = 3                 # checkpoints kept; older ones are deleted
     device: str | None = None     # None: "cuda" when available, else "cpu"

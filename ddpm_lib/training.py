@@ -55,8 +55,9 @@ from .unet import PRESETS
 # rate and batch (Ho et al. 2020, App. B) and a 1,000-step warm-up. The toy MLP on 2-D points learns at
 # that rate too slowly: after 10,000 steps its two moons are one blurred band, while 5,000 steps at 3e-3
 # with batch 512 (about 15 s on 2 CPU cores) draw the moons, the eight modes and the spiral cleanly.
-KIND_DEFAULTS = {"images": {"steps": 20_000, "batch_size": 128, "lr": 2e-4, "warmup": 1000},
-                 "toy": {"steps": 5_000, "batch_size": 512, "lr": 3e-3, "warmup": 100}}
+# A toy run's samples are a scatter plot, which needs more points than an image grid.
+KIND_DEFAULTS = {"images": {"steps": 20_000, "batch_size": 128, "lr": 2e-4, "warmup": 1000, "n_samples": 64},
+                 "toy": {"steps": 5_000, "batch_size": 512, "lr": 3e-3, "warmup": 100, "n_samples": 1000}}
 
 
 def fill_kind_defaults(config, table: dict) -> None:
@@ -82,7 +83,7 @@ class TrainConfig:
     preset: str = "mnist"         # U-Net preset for images (unet.PRESETS); toy sets use the toy MLP
     schedule: str = "linear"      # noise schedule (schedules.SCHEDULES)
     T: int = 1000                 # diffusion steps
-    # The next four default to None: the data's kind then sets them (KIND_DEFAULTS).
+    # The next four (and n_samples) default to None: the data's kind then sets them (KIND_DEFAULTS).
     steps: int | None = None      # optimizer steps in all, counted from step 0 also when resuming
     batch_size: int | None = None # global batch, split evenly over the DDP processes
     lr: float | None = None       # AdamW learning rate after warm-up
@@ -94,7 +95,7 @@ class TrainConfig:
     out_dir: str = "runs/ddpm"    # checkpoints, metrics.jsonl and samples
     log_every: int = 100          # steps between metrics lines
     sample_every: int = 1000      # steps between sample grids from θ_ema (0: none)
-    n_samples: int = 64           # samples per grid
+    n_samples: int | None = None  # samples per grid or scatter plot (None: KIND_DEFAULTS)
     save_every: int = 1000        # steps between checkpoints (the last step is always saved)
     keep: int = 3                 # checkpoints kept; older ones are deleted
     device: str | None = None     # None: "cuda" when available, else "cpu"
@@ -293,9 +294,10 @@ def check_samples_path(example_shape: tuple, path: str | Path) -> None:
                          f"cannot show: save them as a .pt file")
 
 
-def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None, title: str | None = None) -> Path:
     """Save samples: images (B, C, H, W) in [−1, 1] as a PNG grid of ``nrow`` images per row (default:
-    about a square), 2-D points (B, 2) as a PNG scatter plot, or any tensor as ``.pt``."""
+    about a square), 2-D points (B, 2) as a PNG scatter plot with ``title`` (default: how many), or any
+    tensor as ``.pt``."""
     path = Path(path)
     check_samples_path(tuple(x0.shape[1:]), path)
     if path.suffix.lower() == ".pt":
@@ -305,7 +307,7 @@ def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None) -
         save_image(to_pixel_range(x0), path, nrow=nrow or math.ceil(math.sqrt(x0.shape[0])))
     else:
         from .plots import save_scatter                 # matplotlib only when a scatter plot is asked for
-        save_scatter(x0, path, title=f"{x0.shape[0]:,} samples")
+        save_scatter(x0, path, title=title or f"{x0.shape[0]:,} samples")
     return path
 
 
@@ -316,7 +318,7 @@ def write_training_samples(x0: torch.Tensor, out_dir: Path, step: int, nrow: int
     if x0.ndim != 4:
         write_samples(x0, stem.with_suffix(".pt"))
     if x0.ndim == 4 or x0.shape[1:] == (2,):
-        write_samples(x0, stem.with_suffix(".png"), nrow)
+        write_samples(x0, stem.with_suffix(".png"), nrow, title=f"step {step:,}: {x0.shape[0]:,} samples")
 
 
 @torch.no_grad()

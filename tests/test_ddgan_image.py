@@ -749,11 +749,12 @@ def test_discriminator_time_embedding_is_linear_leaky_linear_leaky(gen):
 def test_unset_ddgan_settings_follow_the_data_kind_and_set_ones_are_kept():
     """Catches: toy sets given the image settings, an explicit setting overwritten, and a kind default that is
     not what --help says (the help text is built from the same table)."""
-    keys = ("steps", "batch_size", "d_steps", "lr_g", "lr_d", "r1_gamma")
-    assert [getattr(DDGANConfig(), k) for k in keys] == [10_000, 64, 1, 1e-4, 4e-4, 0.02]
-    assert [getattr(DDGANConfig(data="swiss_roll"), k) for k in keys] == [6_000, 256, 2, 2e-4, 2e-3, 0.05]
-    config = DDGANConfig(data="two_moons", steps=3, batch_size=5, d_steps=1, lr_g=1e-5, lr_d=1e-5, r1_gamma=0.0)
-    assert [getattr(config, k) for k in keys] == [3, 5, 1, 1e-5, 1e-5, 0.0]
+    keys = ("steps", "batch_size", "d_steps", "lr_g", "lr_d", "r1_gamma", "n_samples")
+    assert [getattr(DDGANConfig(), k) for k in keys] == [10_000, 64, 1, 1e-4, 4e-4, 0.02, 64]
+    assert [getattr(DDGANConfig(data="swiss_roll"), k) for k in keys] == [6_000, 256, 2, 2e-4, 2e-3, 0.05, 1000]
+    config = DDGANConfig(data="two_moons", steps=3, batch_size=5, d_steps=1, lr_g=1e-5, lr_d=1e-5, r1_gamma=0.0,
+                         n_samples=7)
+    assert [getattr(config, k) for k in keys] == [3, 5, 1, 1e-5, 1e-5, 0.0, 7]
     with pytest.raises(ValueError, match="d_steps must be a whole number >= 1"):
         DDGANConfig(data="two_moons", d_steps=0)
 

@@ -636,10 +636,10 @@ def test_dropout_masks_come_from_torch_seeded_with_seed_plus_1001_on_rank_0(tmp_
 def test_unset_steps_batch_lr_and_warmup_follow_the_data_kind_and_set_ones_are_kept():
     """Catches: toy sets given the image rates (the paper's 2e-4 leaves the toy MLP's moons one blurred band),
     an explicit setting overwritten by the kind's default, and the defaults missing from the saved config."""
-    assert [getattr(TrainConfig(), k) for k in ("steps", "batch_size", "lr", "warmup")] == [20_000, 128, 2e-4, 1000]
+    keys = ("steps", "batch_size", "lr", "warmup", "n_samples")
+    assert [getattr(TrainConfig(), k) for k in keys] == [20_000, 128, 2e-4, 1000, 64]
     for data in dl.TOY_SETS:
-        assert [getattr(TrainConfig(data=data), k) for k in ("steps", "batch_size", "lr", "warmup")] == \
-               [5_000, 512, 3e-3, 100]
+        assert [getattr(TrainConfig(data=data), k) for k in keys] == [5_000, 512, 3e-3, 100, 1000]
     config = TrainConfig(data="two_moons", lr=1e-4, warmup=0, steps=7, batch_size=3)
     assert (config.lr, config.warmup, config.steps, config.batch_size) == (1e-4, 0, 7, 3)
     assert TrainConfig(data="cifar10", steps=5).lr == 2e-4
