@@ -286,20 +286,14 @@ def load_training_data(config: TrainConfig, device) -> tuple[torch.Tensor, torch
     return x0.to(device=device, dtype=torch.float32), y.to(device=device, dtype=torch.long)
 
 
-def check_samples_path(example_shape: tuple, path: str | Path) -> None:
-    """Raise ``ValueError`` unless ``write_samples`` can save samples of ``example_shape`` to ``path``:
-    ``.pt`` for anything, ``.png`` for images (C, H, W) and for 2-D points (a scatter plot)."""
-    if Path(path).suffix.lower() != ".pt" and len(example_shape) != 3 and tuple(example_shape) != (2,):
-        raise ValueError(f"samples of shape {tuple(example_shape)} are {example_shape[0]}-D points, which a PNG "
-                         f"cannot show: save them as a .pt file")
-
-
 def write_samples(x0: torch.Tensor, path: str | Path, nrow: int | None = None, title: str | None = None) -> Path:
     """Save samples: images (B, C, H, W) in [−1, 1] as a PNG grid of ``nrow`` images per row (default:
     about a square), 2-D points (B, 2) as a PNG scatter plot with ``title`` (default: how many), or any
     tensor as ``.pt``."""
     path = Path(path)
-    check_samples_path(tuple(x0.shape[1:]), path)
+    if path.suffix.lower() != ".pt" and x0.ndim != 4 and x0.shape[1:] != (2,):
+        raise ValueError(f"samples of shape {tuple(x0.shape)} are neither images (B, C, H, W) nor 2-D points "
+                         f"(B, 2), the two kinds a PNG shows: save them as a .pt file")
     if path.suffix.lower() == ".pt":
         torch.save(x0.cpu(), path)
     elif x0.ndim == 4:
