@@ -666,7 +666,7 @@ def test_write_samples_saves_2d_points_as_a_scatter_plot_and_refuses_a_png_of_ot
     points = torch.randn(50, 2)
     train_module.write_samples(points, tmp_path / "p.png")
     assert Image.open(tmp_path / "p.png").size == (400, 400)
-    with pytest.raises(ValueError, match=r"shape \(50, 3\) are neither images .* nor 2-D points .*: save them as a .pt file"):
+    with pytest.raises(ValueError, match=r"shape \(50, 3\) are neither images .* nor 2-D points .*: save them as a .pt"):
         train_module.write_samples(torch.randn(50, 3), tmp_path / "q.png")
     train_module.write_samples(torch.randn(50, 3), tmp_path / "q.pt")
     train_module.write_training_samples(points, tmp_path, 12)
