@@ -318,19 +318,22 @@ def write_training_samples(x0: torch.Tensor, out_dir: Path, step: int, nrow: int
 @torch.no_grad()
 def training_samples(trainer: Trainer, config: TrainConfig, example_shape: tuple, device):
     """``(samples, nrow)`` for a grid during training: ``n_samples`` draws of θ_ema (Algorithm 2) from
-    the same x_T each time (seed ``config.seed``). A class-conditional model draws
-    max(1, n_samples // K) samples of each class 0..K−1 at w = 1 (ε_θ(x_t, t, y)), one class per row."""
+    the same x_T each time (seed ``config.seed``), with a passing bar of their T steps. A class-conditional
+    model draws max(1, n_samples // K) samples of each class 0..K−1 at w = 1 (ε_θ(x_t, t, y)), one class
+    per row."""
     g = torch.Generator(device).manual_seed(config.seed)     # the same x_T each time: comparable grids
     K = config.num_classes
     if not K:
-        return sample_ddpm(trainer.ema_model, trainer.schedule, (config.n_samples, *example_shape), generator=g), None
+        return sample_ddpm(trainer.ema_model, trainer.schedule, (config.n_samples, *example_shape), generator=g,
+                           progress=config.progress), None
     per_class = max(1, config.n_samples // K)
     labels = torch.arange(K, device=device).repeat_interleave(per_class)      # row k: class k
 
     def eps_model(xt, t):
         return trainer.ema_model(xt, t, labels)
 
-    return sample_ddpm(eps_model, trainer.schedule, (K * per_class, *example_shape), generator=g), per_class
+    return sample_ddpm(eps_model, trainer.schedule, (K * per_class, *example_shape), generator=g,
+                       progress=config.progress), per_class
 
 
 def train(config: TrainConfig) -> Trainer:
