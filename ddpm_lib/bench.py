@@ -31,13 +31,16 @@ without generating code, so that a CPU smoke test finishes in seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from .bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
+from .checkpoint import write_json
 from .ddgan import ddgan_schedule, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_generator, ddgan_spec
 from .ddim import sample_ddim
@@ -202,13 +205,46 @@ def ddgan_sampling(preset: str, sample_batch: int, dev: torch.device, timed) -> 
             "parameters": count_parameters(G)}
 
 
+KEPT_FORMAT = "ddpm_lib-bench-rows-1"
+
+
+def bench_rows_file(out: str | Path) -> Path:
+    """Where ``bench --out OUT`` keeps its measured rows until OUT is written: ``OUT.partial.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.json")
+
+
+def kept_rows(keep: Path | None, settings: dict) -> dict:
+    """The rows an earlier, stopped run with the same ``settings`` measured and kept in ``keep``, by name
+    (none when there is no such file). A file of other settings is refused in one line."""
+    if keep is None or not keep.exists():
+        return {}
+    try:
+        saved = json.loads(keep.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{keep} is not a bench file ({exc}): delete it to start over") from None
+    if not isinstance(saved, dict) or saved.get("format") != KEPT_FORMAT:
+        raise ValueError(f"{keep} is not a bench file of this version: delete it to start over")
+    differ = [f"{k} {saved['settings'].get(k)!r} there, {v!r} here" for k, v in settings.items()
+              if saved["settings"].get(k) != v]
+    if differ:
+        raise ValueError(f"{keep} holds rows measured with other settings ({'; '.join(differ)}): run with those, "
+                         f"or delete it to start over")
+    return {r["row"]: r for r in saved["rows"]}
+
+
 def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int = 256, iters: int = 20,
           warmup: int = 5, device: str | None = None, rows=ROWS, ddim_steps: int = 50,
-          compile_backend: str = "inductor", autotune: bool = False) -> dict:
+          compile_backend: str = "inductor", autotune: bool = False, keep: str | Path | None = None) -> dict:
     """Measure the ``rows`` (a subset of ``ROWS``) for a U-Net preset; returns the figures as a dict.
 
     ``autotune``: the "compiled + CUDA graphs" networks (ours and diffusers') use Inductor's
     "max-autotune" mode (``fast_sampling.compiled_eps_model``).
+
+    ``keep``: a JSON file that holds every measured row as soon as it is measured. A run stopped by a time
+    limit loses only the row it was measuring; run again with the same settings (same GPU model, torch and
+    diffusers), it measures only the other rows, and the result names the rows it took from the file
+    (``rows_from_an_earlier_run``). The caller removes the file once the result is written.
 
     diffusers' rows get ``status`` "not installed" or "no diffusers counterpart …" when they cannot run.
     """
@@ -224,6 +260,14 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
     if compile_backend not in BACKENDS:
         raise ValueError(f"unknown compile backend {compile_backend!r}: choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if diffusers_available():
+        import diffusers
+    settings = {"preset": preset, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+                "batch_size": batch_size, "sample_batch": sample_batch, "iters": iters, "warmup": warmup,
+                "ddim_steps": ddim_steps, "compile_backend": compile_backend, "autotune": autotune,
+                "torch": torch.__version__, "diffusers": diffusers.__version__ if diffusers_available() else None}
+    keep = Path(keep) if keep is not None else None
+    earlier = kept_rows(keep, settings)
     config = PRESETS[preset]
     shape = (1, config["in_channels"], config["image_size"], config["image_size"])
     missing = _unavailable(preset)
@@ -246,6 +290,10 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         if libraries[library] is not None:
             results.append({"row": row, "status": libraries[library]})
             continue
+        if row in earlier:
+            results.append(earlier[row])
+            tqdm.write(f"{row_line(earlier[row], ddim_steps)}  (kept in {keep} by an earlier run)")
+            continue
         r = measure_row(row, preset, dev, batch_size, sample_batch, iters, warmup, ddim_steps, compile_backend,
                         autotune)
         flops = figures[library]["flops"]
@@ -253,15 +301,13 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         r["sample_tflops"] = flops * r["sample_img_per_s"] / 1e12
         results.append(r)
         tqdm.write(row_line(r, ddim_steps))   # printed now: a run cut by a time limit still shows its rows
+        if keep is not None:                  # and kept: the same command continues from them
+            write_json({"format": KEPT_FORMAT, "settings": settings,
+                        "rows": [x for x in results if x["status"] == "ok"]}, keep)
     ddgan = ddgan_sampling(preset, sample_batch, dev, _timer(dev)) if "ddpm_lib eager" in rows else None
     amp = autocast_dtype(dev)
-    if diffusers_available():
-        import diffusers
-    return {"preset": preset, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
-            "autocast": str(amp).replace("torch.", "") if amp else "fp32", "batch_size": batch_size,
-            "sample_batch": sample_batch, "iters": iters, "warmup": warmup, "ddim_steps": ddim_steps,
-            "compile_backend": compile_backend, "autotune": autotune, "torch": torch.__version__,
-            "diffusers": diffusers.__version__ if diffusers_available() else None,
+    return {**settings, "autocast": str(amp).replace("torch.", "") if amp else "fp32",
+            "rows_from_an_earlier_run": [r["row"] for r in results if r["row"] in earlier],
             "parameters": {k: v["parameters"] for k, v in figures.items()},
             "gflop_per_image_forward": {k: v["flops"] / 1e9 for k, v in figures.items()},
             "rows": results, "ratios": ratios(results), "ddgan": ddgan,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import bench, format_table
+from .bench import bench, bench_rows_file, format_table
 from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output,
                          recorded_path, write_json)
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
@@ -361,6 +361,9 @@ def stopped_line(args: argparse.Namespace) -> str:
     if kept:
         return (f"interrupted: the samples kept in {', '.join(map(str, kept))} stay there; the same command "
                 f"continues from them")
+    if args.command == "bench" and args.out and bench_rows_file(args.out).exists():
+        return (f"interrupted: the rows measured so far are kept in {bench_rows_file(args.out)}; the same command "
+                f"measures only the others")
     return f"interrupted: {args.command} stopped before finishing (it writes its output at the end)"
 
 
@@ -399,10 +402,12 @@ def main(argv: list[str] | None = None) -> int:
                 prepare_output(args.out, (".json",))
             figures = bench(args.preset, args.batch_size, args.sample_batch, args.iters, args.warmup, args.device,
                             rows=[ROW_KEYS[key] for key in args.rows], ddim_steps=args.ddim_steps,
-                            compile_backend=args.compile_backend, autotune=args.autotune)
+                            compile_backend=args.compile_backend, autotune=args.autotune,
+                            keep=bench_rows_file(args.out) if args.out else None)
             print(format_table(figures))
             if args.out:
                 write_json(figures, args.out)
+                bench_rows_file(args.out).unlink(missing_ok=True)
         elif args.command == "export":
             card = export_ema_weights(args.checkpoint, args.out, command=args.training_command
                                       or shlex.join(["python", "-m", "ddpm_lib", *argv]))

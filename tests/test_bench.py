@@ -347,3 +347,34 @@ def test_a_diffusers_that_does_not_import_counts_as_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers now raises ImportError
     assert diffusers_available() is False
 
+
+
+def test_a_stopped_bench_keeps_its_measured_rows_and_the_same_command_measures_only_the_others(
+        tmp_path, monkeypatch, capsys):
+    """A stop during the second row keeps the first in OUT.partial.json; the same command then measures only
+    the second, writes both (naming the kept one) and removes the file; other settings are refused. Catches:
+    rows lost at a time limit, a kept row measured again, a kept file of other settings used, a file left over."""
+    out, keep = tmp_path / "b.json", tmp_path / "b.json.partial.json"
+    real, measured, stop_at = bench_module.measure_row, [], [2]
+
+    def measure(row, *args, **kwargs):
+        measured.append(row)
+        if len(measured) == stop_at[0]:
+            raise KeyboardInterrupt
+        return real(row, *args, **kwargs)
+    monkeypatch.setattr(bench_module, "measure_row", measure)
+    command = ["bench", *TINY, "--compile-backend", "eager", "--rows", "ddpm_lib-eager", "ddpm_lib-optimised",
+               "--out", str(out)]
+    assert main(command) == 130
+    assert f"the rows measured so far are kept in {keep}" in capsys.readouterr().err
+    assert not out.exists() and [r["row"] for r in json.loads(keep.read_text())["rows"]] == ["ddpm_lib eager"]
+    first = json.loads(keep.read_text())["rows"][0]
+    assert main([*command[:-2], "--iters", "2", "--out", str(out)]) == 1
+    assert "other settings (iters 1 there, 2 here)" in capsys.readouterr().err
+    measured.clear(), stop_at.clear(), stop_at.append(0)
+    assert main(command) == 0
+    assert measured == ["ddpm_lib optimised"] and not keep.exists()
+    r = json.loads(out.read_text())
+    assert [row["row"] for row in r["rows"]] == ["ddpm_lib eager", "ddpm_lib optimised"]
+    assert r["rows"][0] == first and r["rows_from_an_earlier_run"] == ["ddpm_lib eager"]
+    assert "kept in" in capsys.readouterr().out
