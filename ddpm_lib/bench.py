@@ -282,6 +282,11 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         net, xt = _network("ddpm_lib", preset), torch.zeros(batch_size, *shape[1:])
         t = torch.ones(batch_size, dtype=torch.long)          # (x_t needs no gradient: eq. 4 saves nothing)
         activations = saved_activation_bytes(lambda: l_simple(xt, net(xt, t)))
+    if dev.type == "cpu" and preset != "tiny":
+        work = row_flops(figures["ddpm_lib"]["flops"], batch_size, sample_batch, iters, warmup, ddim_steps)
+        tqdm.write(f"bench on the CPU: each row computes about {work / 1e12:,.3g} TFLOP ({work / 0.2e12 / 60:,.1f} "
+                   f"min at a laptop's 0.2 TFLOP/s); a quick look: --preset tiny --batch-size 8 --sample-batch 8 "
+                   f"--iters 2 --warmup 1 --ddim-steps 2")
     results = []
     bar = tqdm([r for r in ROWS if r in rows], desc="bench", unit="row")    # a compiled row takes minutes
     for row in bar:
@@ -313,6 +318,13 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
             "rows": results, "ratios": ratios(results), "ddgan": ddgan,
             "activation_gib_fp32_estimate": activations / 2 ** 30,
             "weights_grads_adam_gib_fp32": 4 * 4 * figures["ddpm_lib"]["parameters"] / 2 ** 30}
+
+
+def row_flops(flops: float, batch_size: int, sample_batch: int, iters: int, warmup: int, ddim_steps: int) -> float:
+    """The FLOPs one row computes, from the FLOPs of one forward pass: training steps (three passes per
+    image), sampling evaluations, and two whole DDIM samplings (one untimed)."""
+    return flops * (3 * batch_size * (warmup + iters) + sample_batch * (max(warmup, 1) + iters)
+                    + 2 * ddim_steps * sample_batch)
 
 
 def row_line(r: dict, ddim_steps: int) -> str:
