@@ -298,17 +298,26 @@ def save_training(trainer, batches, extra: dict, out_dir: str | Path, keep: int,
 
 RUN_CONTROL = ("steps", "out_dir", "log_every", "sample_every", "n_samples", "save_every", "keep", "device",
                "compile", "progress", "resume", "data_root")    # the only settings a resumed run may change
+# Settings added after the first checkpoints were written whose default is now None (the data's kind decides):
+# a checkpoint without one was trained with the value every run had before the setting existed.
+BEFORE_RECORDED = {"d_steps": 1}
+
+
+def recorded_setting(saved: dict, f):
+    """The value of the config field ``f`` that a checkpoint's config ``saved`` was trained with; one that it
+    does not record (an older checkpoint) is ``BEFORE_RECORDED``'s value, else the field's default."""
+    return saved[f.name] if f.name in saved else BEFORE_RECORDED.get(f.name, f.default)
 
 
 def check_same_run(path: Path, saved: dict, config, unused: tuple = ()) -> None:
     """Refuse (one-line ``ValueError``) to resume the run ``config`` (a ``TrainConfig`` or ``DDGANConfig``)
     from the checkpoint ``path`` whose config is ``saved`` when any setting differs but ``RUN_CONTROL`` (step
     budget, logging, grids, saving, device) and ``unused`` (settings this run never reads). A setting an
-    older checkpoint lacks counts as its default. Otherwise the resumed run would train with settings its
+    older checkpoint lacks counts as ``recorded_setting`` says. Otherwise the resumed run would train with settings its
     checkpoint does not record, or silently keep the old ones in the optimizer (its weight decay, betas)."""
-    changed = [f"{f.name}={saved.get(f.name, f.default)!r} there, {getattr(config, f.name)!r} here"
+    changed = [f"{f.name}={recorded_setting(saved, f)!r} there, {getattr(config, f.name)!r} here"
                for f in fields(config) if f.name not in RUN_CONTROL + tuple(unused)
-               and saved.get(f.name, f.default) != getattr(config, f.name)]
+               and recorded_setting(saved, f) != getattr(config, f.name)]
     if changed:
         raise ValueError(f"cannot resume from {path}: it was trained with other settings ({'; '.join(changed)}); "
                          f"a resumed run may change only its steps, logging, grids, saving and device: keep the "

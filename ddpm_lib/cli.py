@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from .bench import bench, bench_rows_file, format_table
-from .checkpoint import (check_files, checkpoint_to_resume, file_sha256, load_checkpoint, prepare_output,
-                         recorded_path, write_json)
+from .checkpoint import (BEFORE_RECORDED, check_files, checkpoint_to_resume, file_sha256, load_checkpoint,
+                         prepare_output, recorded_path, recorded_setting, write_json)
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_help import HelpFormatter
@@ -101,7 +101,9 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
                                 f"yet: wait for it to end, then --resume") from None
             raise
         saved = load_checkpoint(found, mmap=True)["config"]                           # weights unread
-        values.update({k: v for k, v in saved.items() if k in values and k not in given | {"resume", "progress"}})
+        kept = {f.name: recorded_setting(saved, f) for f in fields(config_class)
+                if (f.name in saved or f.name in BEFORE_RECORDED) and f.name not in given | {"resume", "progress"}}
+        values.update(kept)
     return config_class(**values)
 
 

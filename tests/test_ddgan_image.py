@@ -1,5 +1,6 @@
 """DDGAN on images: the networks (ddgan_nets.py), the trainer with checkpoints (ddgan_train.py) and the
 ``train-ddgan`` / ``sample-ddgan`` / ``export-ddgan`` commands. Every test names the bug it catches."""
+import dataclasses
 import json
 import os
 import signal
@@ -769,3 +770,26 @@ def test_a_ddgan_trained_on_two_moons_with_the_default_settings_draws_the_moons(
     data, _ = dl.make_toy("two_moons", 10_000, generator=torch.Generator().manual_seed(5))
     near = torch.cdist(samples.double(), data).min(dim=1).values < 0.05
     assert near.double().mean() > 0.75, near.double().mean()
+
+
+def test_a_run_saved_before_d_steps_existed_resumes_with_one_d_update_per_step(tmp_path, capsys):
+    """A checkpoint whose config lacks d_steps (saved before the setting existed, when every run made one D
+    update per step) resumes through the command line with d_steps = 1, on a toy set (whose default is now 2)
+    as on images. Catches: the missing setting compared as None, or filled from today's toy default."""
+    run = tmp_path / "run"
+    assert main(["train-ddgan", "--data", "two_moons", "--toy-n", "200", "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "16", "--d-steps", "1", "--sample-every", "0", "--out-dir", str(run),
+                 "--device", "cpu", "--no-progress"]) == 0
+    path = list_checkpoints(run)[-1]
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["d_steps"]
+    checkpoint.save_atomic(ckpt, path)
+    assert main(["train-ddgan", "--out-dir", str(run), "--steps", "3", "--resume", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    resumed = load_checkpoint(list_checkpoints(run)[-1])
+    assert resumed["config"]["d_steps"] == 1 and resumed["opt_discriminator"]["state"][0]["step"].item() == 3
+    image_run = {f.name: getattr(DDGANConfig(), f.name) for f in dataclasses.fields(DDGANConfig)}
+    del image_run["d_steps"]
+    checkpoint.check_same_run(path, image_run, DDGANConfig())       # an image run of d_steps 1: the same run
+    with pytest.raises(ValueError, match="d_steps=1 there, 2 here"):
+        checkpoint.check_same_run(path, image_run, DDGANConfig(d_steps=2))
