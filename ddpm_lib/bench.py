@@ -284,7 +284,7 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         activations = saved_activation_bytes(lambda: l_simple(xt, net(xt, t)))
     if dev.type == "cpu" and preset != "tiny":
         work = row_flops(figures["ddpm_lib"]["flops"], batch_size, sample_batch, iters, warmup, ddim_steps)
-        tqdm.write(f"bench on the CPU: each row computes about {work / 1e12:,.3g} TFLOP ({work / 0.2e12 / 60:,.1f} "
+        tqdm.write(f"bench on the CPU: each row computes up to {work / 1e12:,.3g} TFLOP ({work / 0.2e12 / 60:,.1f} "
                    f"min at a laptop's 0.2 TFLOP/s); a quick look: --preset tiny --batch-size 8 --sample-batch 8 "
                    f"--iters 2 --warmup 1 --ddim-steps 2")
     results = []
@@ -321,8 +321,9 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
 
 
 def row_flops(flops: float, batch_size: int, sample_batch: int, iters: int, warmup: int, ddim_steps: int) -> float:
-    """The FLOPs one row computes, from the FLOPs of one forward pass: training steps (three passes per
-    image), sampling evaluations, and two whole DDIM samplings (one untimed)."""
+    """The FLOPs one row computes at most, from the FLOPs of one forward pass: training steps (three passes
+    per image), sampling evaluations (at least one untimed, which an eager row skips at ``warmup`` 0), and two
+    whole DDIM samplings (one untimed)."""
     return flops * (3 * batch_size * (warmup + iters) + sample_batch * (max(warmup, 1) + iters)
                     + 2 * ddim_steps * sample_batch)
 

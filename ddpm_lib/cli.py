@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 4 -m ddpm_lib train --data cifar10 --preset ddpm-cifar10 --out-dir runs/c10
     python -m ddpm_lib sample --checkpoint runs/mnist --n 64 --out grid.png    # EMA weights, PNG grid
     python -m ddpm_lib sample --checkpoint runs/mnist --sampler ddim --steps 50 --eta 0 --out ddim.png
-    python -m ddpm_lib train --data two_moons --out-dir runs/moons              # toy MLP: about 15 s on a CPU
+    python -m ddpm_lib train --data two_moons --out-dir runs/moons              # toy MLP: about 25 s on a CPU
     python -m ddpm_lib sample --checkpoint runs/moons --n 1000 --out moons.png # a scatter plot (.pt: the points)
     python -m ddpm_lib evaluate --checkpoint runs/mnist --n 10000 --out results.json   # FID-MNIST and more
     python -m ddpm_lib train-classifier --data mnist-5k --out data/mnist_classifier.pt  # FID-MNIST's features

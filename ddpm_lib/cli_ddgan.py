@@ -2,7 +2,7 @@
 
     python -m ddpm_lib train-ddgan --data mnist-5k --preset mnist --steps 6000 --d-steps 2 --out-dir runs/ddgan
     python -m ddpm_lib train-ddgan --out-dir runs/ddgan --steps 8000 --resume       # continue it, same settings
-    python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --out-dir runs/gan8   # about 50 s on a CPU
+    python -m ddpm_lib train-ddgan --data eight_gaussians --preset tiny --out-dir runs/gan8   # about 40 s on a CPU
     python -m ddpm_lib sample-ddgan --checkpoint runs/ddgan --n 64 --out ddgan.png   # T calls of G_ema
     python -m ddpm_lib sample-ddgan --checkpoint runs/gan8 --n 2000 --out gan8.png # a scatter plot (.pt: the points)
     python -m ddpm_lib export-ddgan --checkpoint runs/ddgan --out data/ddgan_mnist.pt --training-command "…"

@@ -52,13 +52,16 @@ def scatter2d(x: torch.Tensor, ax=None, c=None, title: str | None = None, lim: f
     return ax
 
 
-def save_scatter(x: torch.Tensor, path, title: str | None = None, dpi: int = 100):
-    """Write 2-D points (N, 2) to ``path`` as a scatter plot (axes fitted to the points, equal scales).
-    Draws on its own ``Figure``, not pyplot's, so a command or a notebook's current figure is left alone."""
-    fig = Figure(figsize=(4, 4), dpi=dpi)
+def save_scatter(x: torch.Tensor, path, title: str | None = None, lim: float = 3.0, dpi: int = 100):
+    """Write 2-D points (N, 2) to ``path`` as a scatter plot on the fixed square [−lim, lim]² (the toy sets
+    lie within ±2.4), so that plots of one run's steps compare at a glance and a collapsed or exploding
+    sampler shows as one; the title counts the points outside the square. Draws on its own ``Figure``, not
+    pyplot's, so a command or a notebook's current figure is left alone."""
+    outside = int((x.detach().abs() > lim).any(dim=1).sum())
+    note = f" ({outside:,} outside ±{lim:g})" if outside else ""
+    fig = Figure(figsize=(4, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    scatter2d(x, ax=ax, lim=None, title=title, s=4 if x.shape[0] <= 1000 else 1)
-    ax.set_aspect("equal", adjustable="datalim")
+    scatter2d(x, ax=ax, lim=lim, title=(title or "") + note, s=4 if x.shape[0] <= 1000 else 1)
     fig.savefig(path)
     return path
 

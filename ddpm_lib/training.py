@@ -54,7 +54,7 @@ from .unet import PRESETS
 # Settings that a TrainConfig left at None takes from its data's kind. Images: the DDPM paper's CIFAR-10
 # rate and batch (Ho et al. 2020, App. B) and a 1,000-step warm-up. The toy MLP on 2-D points learns at
 # that rate too slowly: after 10,000 steps its two moons are one blurred band, while 5,000 steps at 3e-3
-# with batch 512 (about 15 s on 2 CPU cores) draw the moons, the eight modes and the spiral cleanly.
+# with batch 512 (about 20 s on 2 CPU cores) draw the moons, the eight modes and the spiral cleanly.
 # A toy run's samples are a scatter plot, which needs more points than an image grid.
 KIND_DEFAULTS = {"images": {"steps": 20_000, "batch_size": 128, "lr": 2e-4, "warmup": 1000, "n_samples": 64},
                  "toy": {"steps": 5_000, "batch_size": 512, "lr": 3e-3, "warmup": 100, "n_samples": 1000}}

@@ -172,3 +172,30 @@ def test_save_scatter_draws_the_points_where_they_are_on_its_own_figure(tmp_path
     assert rows[left].mean() > rows[right].mean() + 50                    # image rows grow downwards
     rows, cols = blue_dots(torch.stack([torch.linspace(-1, 1, 200), torch.zeros(200)], dim=1), "segment.png")
     assert cols.max() - cols.min() > 10 * (rows.max() - rows.min() + 1)
+
+
+def test_save_scatter_draws_every_run_on_one_equal_scaled_square_and_counts_the_points_outside(tmp_path, monkeypatch):
+    """Points at (±2, 0) and (0, ±2): 4 units take as many pixels across as up; a collapsed sampler (every
+    point near (0.5, 0.5)) stays a dot, not a blob filling the axes; two points beyond ±3 are counted in the
+    title. Catches: axes fitted to the points (a collapse looks healthy), unequal scales, points lost silently."""
+    import numpy as np
+    from PIL import Image
+    titles = []
+    real = plots.scatter2d
+    monkeypatch.setattr(plots, "scatter2d", lambda x, **kw: titles.append(kw["title"]) or real(x, **kw))
+
+    def blue_dots(x, name):
+        plots.save_scatter(x, tmp_path / name, title="t")
+        rgb = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(int)
+        return np.nonzero(rgb[..., 2] - rgb[..., 0] > 60)
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0], [0.0, -2.0]]).repeat_interleave(50, dim=0)
+    rows, cols = blue_dots(centres + 0.02 * torch.randn(200, 2, generator=g), "cross.png")
+    across = cols.max() - cols.min()
+    up = rows.max() - rows.min()
+    assert abs(across - up) <= 0.03 * across and titles[-1] == "t"
+    rows, cols = blue_dots(0.5 + 1e-3 * torch.randn(1000, 2, generator=g), "collapsed.png")
+    assert cols.max() - cols.min() < 0.05 * across and rows.max() - rows.min() < 0.05 * across
+    blue_dots(torch.tensor([[0.0, 0.0], [3.5, 0.0], [0.0, -4.0], [2.9, 2.9]]), "outside.png")
+    assert titles[-1] == "t (2 outside ±3)"
