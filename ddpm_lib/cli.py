@@ -53,7 +53,7 @@ from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments
                             run_evaluate_guidance, run_sample)
 from .metrics import METRIC, frechet_distance, image_statistics
 from .run_folder import RunLocked, is_locked
-from .sample_batches import draw_batches, kept_files, kept_until_written, machine_name, warm_up
+from .sample_batches import draw_batches, kept_count, kept_files, kept_until_written, machine_name, warm_up
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
 from .training import KIND_DEFAULTS, TrainConfig, train
@@ -284,7 +284,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     ema_model, schedule, ckpt = load_sampling_model(args.checkpoint, device, weights=args.weights)
     ema_model = guided_model(ema_model, ckpt, None)[0]     # a class-conditional model: its null label (unconditional)
     compile_seconds, batch_shape = None, (min(args.batch_size, args.n), *ckpt["example_shape"])
-    if args.compile:                # one static batch shape; a smaller last batch is padded to it
+    if args.compile and kept_count(args.out) < args.n:    # one static batch shape; a smaller last one is padded
         ema_model = compiled_eps_model(ema_model, batch_shape, device, amp_dtype=torch.bfloat16 if args.bf16 else None)
         compile_seconds = round(ema_model.compile_seconds, 1)
     path = ckpt["path"]

@@ -51,6 +51,15 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial.pt")
 
 
+def kept_count(out: str | Path) -> int:
+    """How many samples an earlier, stopped run of the command writing ``out`` kept (0 when there is no
+    readable file; ``draw_batches`` checks the file's settings and says what is wrong with it)."""
+    try:
+        return sum(len(b) for b in torch.load(partial_path(out), map_location="cpu", weights_only=True)["batches"])
+    except Exception:                                    # none, cut off, or not a file of kept samples
+        return 0
+
+
 def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[list, float, list]:
     """The batches, seconds and calls kept in ``path`` (none when it does not exist), with ``generator`` set
     to the state after the last kept batch. A file of other settings raises ``ValueError``."""

@@ -274,9 +274,10 @@ def test_evaluate_compile_samples_through_one_compiled_network_and_scores_as_the
     """``evaluate --compile --n 6 --batch-size 4`` (T = 3) of an unconditional and of a class-conditional model
     (its null label): the network is compiled once, for batches of 4, and every sampler step goes through it
     (3 steps × 2 batches, the last batch of 2 padded); the FID-MNIST and class counts are the eager run's,
-    and the JSON says it was compiled. torch.compile's backend is "aot_eager" here (the same graph, no code
-    generation: seconds on a CPU). Catches: --compile ignored, one compilation per batch shape, the
-    class-conditional model left uncompilable (a lambda)."""
+    and the JSON says it was compiled. Stopped after its last batch, the same command compiles nothing: every
+    sample is kept. torch.compile's backend is "aot_eager" here (the same graph, no code generation: seconds on
+    a CPU). Catches: --compile ignored, one compilation per batch shape, the class-conditional model left
+    uncompilable (a lambda), a minute of GPU compiling spent on a run that has nothing left to draw."""
     monkeypatch.chdir(tmp_path)
     dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=3, steps=1, batch_size=8,
                             num_classes=classes, sample_every=0, device="cpu", out_dir="run", progress=False))
@@ -301,6 +302,13 @@ def test_evaluate_compile_samples_through_one_compiled_network_and_scores_as_the
     assert fast["compiled"] and not eager["compiled"] and fast["compile_seconds"] >= 0
     assert fast["samples"]["class_counts"] == eager["samples"]["class_counts"]
     assert fast["samples"]["fid_mnist"] == pytest.approx(eager["samples"]["fid_mnist"], rel=1e-4)
+    real_statistics = cli.image_statistics                # stopped after its last batch: every sample kept
+    monkeypatch.setattr(cli, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(common + ["--compile", "--out", "kept.json"]) == 130 and len(built) == 2
+    monkeypatch.setattr(cli, "image_statistics", real_statistics)
+    assert main(common + ["--compile", "--out", "kept.json"]) == 0 and len(built) == 2      # nothing to compile for
+    kept = json.loads((tmp_path / "kept.json").read_text())
+    assert kept["compiled"] and kept["compile_seconds"] is None and kept["samples"] == fast["samples"]
     capsys.readouterr()
 
 
