@@ -51,13 +51,21 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial.pt")
 
 
+def _read_kept(path: Path) -> dict | None:
+    """The contents of a file of kept samples, or None when it is cut off or not such a file."""
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:                                    # cut off, or not a torch file at all
+        return None
+    return kept if isinstance(kept, dict) and kept.get("format") == FORMAT else None
+
+
 def kept_count(out: str | Path) -> int:
     """How many samples an earlier, stopped run of the command writing ``out`` kept (0 when there is no
     readable file; ``draw_batches`` checks the file's settings and says what is wrong with it)."""
-    try:
-        return sum(len(b) for b in torch.load(partial_path(out), map_location="cpu", weights_only=True)["batches"])
-    except Exception:                                    # none, cut off, or not a file of kept samples
-        return 0
+    path = partial_path(out)
+    kept = _read_kept(path) if path.exists() else None
+    return sum(len(b) for b in kept["batches"]) if kept else 0
 
 
 def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[list, float, list]:
@@ -65,11 +73,8 @@ def _resume(path: Path, key: dict | None, generator: torch.Generator) -> tuple[l
     to the state after the last kept batch. A file of other settings raises ``ValueError``."""
     if not path.exists():
         return [], 0.0, []
-    try:
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:                                    # cut off, or not a torch file at all
-        kept = None
-    if not isinstance(kept, dict) or kept.get("format") != FORMAT:
+    kept = _read_kept(path)
+    if kept is None:
         raise ValueError(f"{path} is not a file of kept samples of this ddpm_lib (damaged, or from another "
                          f"version): delete it to start afresh")
     if kept["key"] != key:
