@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,6 +30,13 @@ from .schedules import make_schedule
 from .unet import PRESETS, UNet
 
 FORMAT = "ddpm_lib-checkpoint-1"
+FILE_KINDS = {   # every tagged file a command reads → what it is and which commands read it (a test keeps the tags)
+    FORMAT: "a training checkpoint (diffusion runs: sample, evaluate, export; DDGAN runs: sample-ddgan, export-ddgan)",
+    "ddpm_lib-weights-1": "an exported diffusion model (sample, evaluate, evaluate-guidance, trilemma --ddpm)",
+    "ddpm_lib-ddgan-weights-1": "an exported DDGAN generator (sample-ddgan, trilemma --ddgan)",
+    "ddpm_lib-noisy-classifier-1": "a noise-aware classifier (--classifier of sample and evaluate-guidance)",
+    "ddpm_lib-mnist-classifier-1": "the MNIST classifier behind FID-MNIST (--classifier of evaluate and trilemma)",
+}
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")     # temporary files (".ckpt_….tmp-<pid>") never match
 
 
@@ -62,20 +71,36 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def checkpoint_to_resume(out_dir: str | Path, resume: bool) -> Path | None:
-    """The run folder rule of every trainer: with ``resume`` the latest checkpoint in ``out_dir``
-    (``FileNotFoundError`` when there is none); without it None, and ``FileExistsError`` when the folder
-    already holds checkpoints (a new run never mixes with an old one)."""
+RUN_COMMANDS = {"diffusion": "train", "ddgan": "train-ddgan"}   # the command that trains each kind of run
+_RUN_NAMES = {"diffusion": "diffusion model", "ddgan": "DDGAN"}
+
+
+def run_kind(ckpt: dict) -> str:
+    """``"ddgan"`` for a checkpoint of a DDGAN run, ``"diffusion"`` for an ε-model's (U-Net or toy MLP)."""
+    return "ddgan" if ckpt.get("model_spec", {}).get("kind") == "ddgan" else "diffusion"
+
+
+def checkpoint_to_resume(out_dir: str | Path, resume: bool, kind: str) -> Path | None:
+    """The run folder rule of every trainer of runs of ``kind`` (``RUN_COMMANDS``): with ``resume`` the
+    latest checkpoint in ``out_dir`` (``FileNotFoundError`` when there is none); without it None, and
+    ``FileExistsError`` when the folder already holds checkpoints (a new run never mixes with an old one).
+    A folder holding the other kind's run → one-line ``ValueError`` naming the command that continues it."""
     out_dir = Path(out_dir)
-    if resume:
-        found = latest_checkpoint(out_dir)
-        if found is None:
+    found = latest_checkpoint(out_dir)
+    if found is None:
+        if resume:
             raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
-        return found
-    if list_checkpoints(out_dir):
+        return None
+    ckpt = load_checkpoint(found, mmap=True)                                # weights unread
+    held = run_kind(ckpt)
+    if held != kind:
+        raise ValueError(f"{out_dir} holds a {_RUN_NAMES[held]} run (model kind {ckpt['model_spec'].get('kind')!r}): continue it with "
+                         f"`python -m ddpm_lib {RUN_COMMANDS[held]} --out-dir {out_dir} --resume`, "
+                         f"or give `{RUN_COMMANDS[kind]}` another --out-dir")
+    if not resume:
         raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "
                               f"or choose another --out-dir")
-    return None
+    return found
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -218,13 +243,27 @@ def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeError(f"cannot read {what} {path}: the file is truncated, damaged or not a "
-                           f"PyTorch file ({reason})") from exc
+        raise RuntimeError(f"cannot read {what} {path}: {_unreadable_because(path, exc)}") from exc
     formats = fmt if isinstance(fmt, tuple) else (fmt,)
-    if not isinstance(blob, dict) or blob.get("format") not in formats:
+    found = blob.get("format") if isinstance(blob, dict) else None
+    if found not in formats:
+        if found in FILE_KINDS:
+            raise ValueError(f"{path} is {FILE_KINDS[found]}, not a ddpm_lib {what}")
         raise ValueError(f"{path} is not a ddpm_lib {what} (no format tag {' or '.join(map(repr, formats))})")
     return blob
+
+
+def _unreadable_because(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` raised ``exc``, in words that fit a ddpm_lib file
+    (torch's own first line may advise ``weights_only=False``, which would let the file run code)."""
+    if not zipfile.is_zipfile(path):
+        return ("the file is truncated, damaged or not a PyTorch file (it is no zip archive, which every file "
+                "torch.save writes is)")
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("it holds Python objects that weights_only=True will not unpickle (ddpm_lib's files hold only "
+                "tensors, numbers, strings and containers), so another program wrote it")
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the file is truncated, damaged or not a PyTorch file ({reason})"
 
 
 def file_sha256(path: str | Path) -> str:

@@ -84,8 +84,9 @@ def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
                    help="hide the progress bar")
 
 
-def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
-    """The ``config_class`` (``TrainConfig`` or ``DDGANConfig``) of a training command. With ``--resume``
+def config_from_args(config_class, args: argparse.Namespace, argv: list[str], kind: str):
+    """The ``config_class`` (``TrainConfig`` or ``DDGANConfig``) of a training command of runs of ``kind``
+    (``"diffusion"`` or ``"ddgan"``: a folder of the other kind is refused, naming its command). With ``--resume``
     every setting not on the command line ``argv`` (the progress bar aside) takes the resumed run's value,
     not the flag's default, so ``train --out-dir D --steps N --resume`` continues the run as it was set
     up; a flag that contradicts the run is refused by the trainer (``checkpoint.check_same_run``). The
@@ -94,7 +95,7 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str]):
     if args.resume:
         given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
         try:
-            found = checkpoint_to_resume(args.out_dir, resume=True)
+            found = checkpoint_to_resume(args.out_dir, resume=True, kind=kind)
         except FileNotFoundError:                       # none yet: is a run still writing its first one?
             if is_locked(args.out_dir):
                 raise RunLocked(f"another training run is writing into {args.out_dir} and has saved no checkpoint "
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in DDGAN_COMMANDS:
             run_ddgan_command(args, argv)
         elif args.command == "train":
-            train(config_from_args(TrainConfig, args, argv))
+            train(config_from_args(TrainConfig, args, argv, kind="diffusion"))
         elif args.command == "sample":
             run_sample(args)
         elif args.command == "evaluate":

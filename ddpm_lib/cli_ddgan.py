@@ -94,7 +94,7 @@ def run_ddgan_command(args: argparse.Namespace, argv: list[str]) -> None:
     """Run one of ``DDGAN_COMMANDS``; ``argv`` is the command line (recorded by export-ddgan)."""
     if args.command == "train-ddgan":
         from .cli import config_from_args              # cli imports this module: import at call time
-        train_ddgan(config_from_args(DDGANConfig, args, argv))
+        train_ddgan(config_from_args(DDGANConfig, args, argv, kind="ddgan"))
     elif args.command == "sample-ddgan":
         run_sample_ddgan(args)
     elif args.command == "export-ddgan":

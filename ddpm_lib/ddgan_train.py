@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (check_card, check_files, check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
+from .checkpoint import (FORMAT as CHECKPOINT_FORMAT, check_card, check_files, check_same_run, checkpoint_to_resume,
+                         load_checkpoint, load_model_state,
                          read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
                          save_with_card)
 from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip
@@ -230,8 +231,7 @@ def _resume(path: Path, trainer: DDGANTrainer, batches: EpochBatches, config: DD
     """Load a checkpoint into ``trainer`` and ``batches`` and restore the random streams, so that the
     next step repeats the interrupted run's bit for bit; ``config`` must match the checkpoint's
     (``check_same_run``). Returns the checkpoint dict."""
-    ckpt = load_checkpoint(path)
-    _check_ddgan_checkpoint(ckpt, path)
+    ckpt = load_checkpoint(path)                   # a DDGAN run's: checkpoint_to_resume checked its kind
     check_same_run(path, ckpt["config"], config, unused=() if config.data in TOY_SETS else ("toy_n",))
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
@@ -261,7 +261,7 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
 def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = Path(config.out_dir)
-    resume_from = checkpoint_to_resume(out_dir, config.resume)
+    resume_from = checkpoint_to_resume(out_dir, config.resume, kind="ddgan")
     x0_data = load_ddgan_data(config, device)
     example_shape = tuple(x0_data.shape[1:])
     spec = ddgan_spec(config.preset, example_shape)
@@ -352,14 +352,9 @@ def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
 
 def _read_ddgan_file(path: Path) -> dict:
     """A DDGAN training checkpoint or exported weights file, read onto the CPU, as a dict with its ``format`` tag."""
-    try:
-        blob = load_checkpoint(path, map_location="cpu")
-    except ValueError:
-        try:
-            return read_tagged_file(path, WEIGHTS_FORMAT, "DDGAN weights file")
-        except ValueError:
-            raise ValueError(f"{path} is neither a training checkpoint nor an exported DDGAN weights file") from None
-    _check_ddgan_checkpoint(blob, path)
+    blob = read_tagged_file(path, (CHECKPOINT_FORMAT, WEIGHTS_FORMAT), "DDGAN checkpoint or exported DDGAN weights file")
+    if blob["format"] == CHECKPOINT_FORMAT:
+        _check_ddgan_checkpoint(blob, path)
     return blob
 
 

@@ -374,7 +374,7 @@ def train(config: TrainConfig) -> Trainer:
 
 def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> Trainer:
     main, out_dir = rank == 0, Path(config.out_dir)
-    resume_from = checkpoint_to_resume(out_dir, config.resume)
+    resume_from = checkpoint_to_resume(out_dir, config.resume, kind="diffusion")
 
     def reduce(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if world > 1:

@@ -160,8 +160,31 @@ def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):
         load_checkpoint(tmp_path / "list.pt")
     torch.save({"format": checkpoint.FORMAT, "object": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint"):   # weights_only=True refuses modules
+    with pytest.raises(RuntimeError, match="cannot read checkpoint") as err:   # weights_only=True refuses modules
         load_checkpoint(tmp_path / "code.pt")
+    assert "Python objects that weights_only=True will not unpickle" in str(err.value)
+    assert "weights_only` set to `False`" not in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "notes.pt").write_text('{"step": 1}')
+    with pytest.raises(RuntimeError, match="it is no zip archive") as err:
+        load_checkpoint(tmp_path / "notes.pt")
+    assert "False" not in str(err.value)
+
+
+def test_a_file_of_another_known_kind_is_named_with_the_commands_that_read_it(tmp_path):
+    """Each format tag a command reads is in FILE_KINDS, and a file of one kind given where another is
+    expected is named for what it is. Catches: "is not a ddpm_lib checkpoint (no format tag …)" for an
+    exported DDGAN, which leaves the user to guess that ``sample-ddgan`` reads it; a tag added without an entry."""
+    from ddpm_lib import classifier, ddgan_train, export, noisy_classifier
+    tags = {checkpoint.FORMAT, export.FORMAT, ddgan_train.WEIGHTS_FORMAT, noisy_classifier.FORMAT, classifier.FORMAT}
+    assert set(checkpoint.FILE_KINDS) == tags
+    torch.save({"format": ddgan_train.WEIGHTS_FORMAT}, tmp_path / "gan.pt")
+    with pytest.raises(ValueError) as err:
+        checkpoint.read_tagged_file(tmp_path / "gan.pt", (checkpoint.FORMAT, export.FORMAT), "checkpoint or weights")
+    assert str(err.value) == (f"{tmp_path / 'gan.pt'} is an exported DDGAN generator (sample-ddgan, trilemma "
+                              f"--ddgan), not a ddpm_lib checkpoint or weights")
+    torch.save({"format": "ddpm_lib-something-9"}, tmp_path / "new.pt")
+    with pytest.raises(ValueError, match="is not a ddpm_lib checkpoint \\(no format tag 'ddpm_lib-checkpoint-1'\\)"):
+        load_checkpoint(tmp_path / "new.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
 

@@ -186,7 +186,7 @@ def test_hflip_flag_reaches_the_config_and_is_refused_for_points(tmp_path, capsy
     parser = cli.build_parser()
     for argv, expected in ((["train", "--data", "cifar10", "--hflip"], True), (["train", "--data", "cifar10"], False)):
         args = parser.parse_args(argv + ["--out-dir", str(tmp_path / "run")])
-        assert cli.config_from_args(dl.TrainConfig, args, argv).hflip is expected
+        assert cli.config_from_args(dl.TrainConfig, args, argv, kind="diffusion").hflip is expected
     for data in ("two_moons", "mnist-5k"):
         assert main(["train", "--data", data, "--hflip", "--out-dir", str(tmp_path / data), "--no-progress"]) == 1
         err = capsys.readouterr().err
@@ -591,3 +591,23 @@ def test_train_ddgan_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "train-ddgan trains in one process" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_run_folder_of_the_other_trainer_is_refused_naming_the_command_that_continues_it(tmp_path, capsys):
+    """``train`` into a DDGAN run's folder and ``train-ddgan`` into a diffusion run's, new or ``--resume``:
+    one line naming the other command. Catches: ``train --resume`` over a DDGAN run failing on the T = 4 it
+    took from that run ("the linear schedule needs T >= 21"), and a new run told to pass --resume to the
+    command that cannot continue it."""
+    toy = ["--data", "two_moons", "--toy-n", "64", "--steps", "2", "--batch-size", "8", "--sample-every", "0",
+           "--device", "cpu", "--no-progress"]
+    diffusion, gan = str(tmp_path / "diffusion"), str(tmp_path / "gan")
+    assert main(["train", *toy, "--T", "30", "--out-dir", diffusion]) == 0
+    assert main(["train-ddgan", *toy, "--preset", "tiny", "--out-dir", gan]) == 0
+    capsys.readouterr()
+    for command, folder, other in (("train", gan, "train-ddgan"), ("train-ddgan", diffusion, "train")):
+        for extra in (["--resume", "--steps", "4"], toy):
+            assert main([command, "--out-dir", folder, *extra]) == 1
+            err = one_error_line(capsys)
+            assert f"`python -m ddpm_lib {other} --out-dir {folder} --resume`" in err, err
+            assert ("DDGAN run" if other == "train-ddgan" else "diffusion model run") in err
+    assert [p.name for p in list_checkpoints(gan)] == [p.name for p in list_checkpoints(diffusion)] == ["ckpt_00000002.pt"]

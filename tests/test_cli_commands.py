@@ -117,7 +117,8 @@ def test_a_diffusion_checkpoint_as_the_guiding_classifier_is_named_the_wrong_kin
     user looking for a card when the file is not a noisy classifier at all."""
     assert main(["sample", "--checkpoint", str(models["ddpm"]), "--label", "1", "--classifier", str(models["ckpt"]),
                  "--n", "2", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 1
-    assert "is not a ddpm_lib noisy classifier" in one_error_line(capsys)
+    assert "ckpt_00000001.pt is a training checkpoint (diffusion runs: sample, evaluate, export; DDGAN runs: " \
+           "sample-ddgan, export-ddgan), not a ddpm_lib noisy classifier" in one_error_line(capsys)
 
 
 def test_trilemma_records_its_inputs_and_classifier_and_shows_each_rows_progress(models, tmp_path, capsys,

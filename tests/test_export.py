@@ -131,7 +131,8 @@ def test_sampling_loader_reads_weights_exported_before_step_and_shape_were_store
     model, s, info = load_sampling_model(path)
     assert info["step"] == 3 and info["example_shape"] == (2,) and info["config"]["data"] == "two_moons"
     assert s.T == 30 and info["source"] == "weights"
-    with pytest.raises(ValueError, match="is not a ddpm_lib checkpoint or exported weights file"):
+    with pytest.raises(ValueError, match="is the MNIST classifier behind FID-MNIST .*, not a ddpm_lib checkpoint or "
+                                         "exported weights file"):
         load_sampling_model(DEFAULT_CLASSIFIER)
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="does not match the sha256"):
