@@ -315,17 +315,28 @@ def write_training_samples(x0: torch.Tensor, out_dir: Path, step: int, nrow: int
         write_samples(x0, stem.with_suffix(".png"), nrow, title=f"step {step:,}: {x0.shape[0]:,} samples")
 
 
+class GridDropped(Exception):
+    """A stop was asked for while a training grid was being drawn: the grid is dropped so the run saves now."""
+
+
 @torch.no_grad()
-def training_samples(trainer: Trainer, config: TrainConfig, example_shape: tuple, device):
+def training_samples(trainer: Trainer, config: TrainConfig, example_shape: tuple, device,
+                     stop: StopRequest | None = None):
     """``(samples, nrow)`` for a grid during training: ``n_samples`` draws of θ_ema (Algorithm 2) from
     the same x_T each time (seed ``config.seed``), with a passing bar of their T steps. A class-conditional
     model draws max(1, n_samples // K) samples of each class 0..K−1 at w = 1 (ε_θ(x_t, t, y)), one class
-    per row."""
+    per row. ``GridDropped`` as soon as ``stop.requested`` (Ctrl-C or SIGTERM) turns true: a grid of T
+    network calls takes minutes on a CPU, and a stop that waited for it could meet a SIGKILL before saving."""
     g = torch.Generator(device).manual_seed(config.seed)     # the same x_T each time: comparable grids
+
+    def callback(t, xt):
+        if stop is not None and stop.requested:
+            raise GridDropped
+
     K = config.num_classes
     if not K:
         return sample_ddpm(trainer.ema_model, trainer.schedule, (config.n_samples, *example_shape), generator=g,
-                           progress=config.progress), None
+                           progress=config.progress, callback=callback), None
     per_class = max(1, config.n_samples // K)
     labels = torch.arange(K, device=device).repeat_interleave(per_class)      # row k: class k
 
@@ -333,7 +344,7 @@ def training_samples(trainer: Trainer, config: TrainConfig, example_shape: tuple
         return trainer.ema_model(xt, t, labels)
 
     return sample_ddpm(eps_model, trainer.schedule, (K * per_class, *example_shape), generator=g,
-                       progress=config.progress), per_class
+                       progress=config.progress, callback=callback), per_class
 
 
 def train(config: TrainConfig) -> Trainer:
@@ -456,8 +467,11 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 mark, step_at_mark, paused = now, step, 0.0
             side_work = time.perf_counter()
             if main and config.sample_every and (step % config.sample_every == 0 or last):
-                samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device)
-                write_training_samples(samples, out_dir, step, nrow)
+                try:                                     # a stop drops the grid: the next step saves and stops
+                    samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device, stop)
+                    write_training_samples(samples, out_dir, step, nrow)
+                except GridDropped:
+                    tqdm.write(f"stop asked for: the sample grid of step {step} is not drawn")
             if step % config.save_every == 0 or last or stopping:
                 check_finite()
                 last_saved = save()

@@ -672,3 +672,30 @@ def test_write_samples_saves_2d_points_as_a_scatter_plot_and_refuses_a_png_of_ot
     train_module.write_training_samples(points, tmp_path, 12)
     assert sorted(p.name for p in tmp_path.glob("samples_*")) == ["samples_00000012.png", "samples_00000012.pt"]
     assert torch.equal(torch.load(tmp_path / "samples_00000012.pt", weights_only=True), points)
+
+
+def test_a_stop_during_a_sample_grid_drops_the_grid_and_saves_after_the_next_step(tmp_path, monkeypatch, capsys):
+    """Ctrl-C arrives in the first of the T = 50 steps of step 4's grid: the grid stops there (no PNG),
+    step 5 runs, is saved, and the run stops; resumed, it ends as an uninterrupted run does. Catches: a stop
+    that waits for the whole grid (minutes of T network calls on a CPU, past a sender's SIGKILL)."""
+    whole = train(toy_config(tmp_path, "whole"))
+    calls = []
+    original = train_module.sample_ddpm
+
+    def ctrl_c_in_the_grid(*args, callback, **kwargs):
+        def counted(t, xt):
+            calls.append(t)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            callback(t, xt)
+        return original(*args, callback=counted, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_ddpm", ctrl_c_in_the_grid)
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_config(tmp_path, "split", sample_every=4))
+    assert calls == [50]
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    assert not list((tmp_path / "split").glob("samples_*"))
+    assert "the sample grid of step 4 is not drawn" in capsys.readouterr().out
+    monkeypatch.setattr(train_module, "sample_ddpm", original)
+    assert_same_training_state(whole, train(toy_config(tmp_path, "split", resume=True)))
