@@ -377,6 +377,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_device_flag(device: str) -> None:
+    """Refuse a ``--device`` that torch cannot parse or this machine lacks, in one line, before any work
+    (torch's own words come from deep inside the first ``.to(device)``: "Found no NVIDIA driver…")."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, …)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can use "
+                         f"(leave --device out to take the GPU when there is one, else the CPU)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: Apple's MPS backend is not available here")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -387,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "sampler"):
             check_sampler_flags(args)
+        if getattr(args, "device", None):
+            check_device_flag(args.device)
         if args.command in DDGAN_COMMANDS:
             run_ddgan_command(args, argv)
         elif args.command == "train":

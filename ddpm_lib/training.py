@@ -115,10 +115,14 @@ class TrainConfig:
         for name in ("toy_n", "T", "steps", "batch_size", "log_every", "n_samples", "save_every", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.warmup, self.sample_every, self.weight_decay) < 0 or not self.lr > 0 \
-                or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("lr and grad_clip must be positive, warmup, sample_every and weight_decay "
-                             "non-negative, and ema_decay in [0, 1)")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup", "sample_every", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1) (θ_ema ← d·θ_ema + (1 − d)·θ), got {self.ema_decay}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or a positive number of classes, "
                              f"got {self.num_classes!r}")

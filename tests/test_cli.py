@@ -611,3 +611,23 @@ def test_a_run_folder_of_the_other_trainer_is_refused_naming_the_command_that_co
             assert f"`python -m ddpm_lib {other} --out-dir {folder} --resume`" in err, err
             assert ("DDGAN run" if other == "train-ddgan" else "diffusion model run") in err
     assert [p.name for p in list_checkpoints(gan)] == [p.name for p in list_checkpoints(diffusion)] == ["ckpt_00000002.pt"]
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "two_moons", "--out-dir", "{tmp}/run"],
+                                     ["sample", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/x.png"],
+                                     ["train-ddgan", "--data", "two_moons", "--out-dir", "{tmp}/gan"],
+                                     ["evaluate", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/e.json"]])
+def test_a_device_the_machine_lacks_is_refused_in_one_line_before_any_work(command, tmp_path, capsys, monkeypatch):
+    """Catches: torch's "Found no NVIDIA driver on your system…" from deep inside the first ``.to(device)``,
+    or a parse error listing every device type torch knows, after data and models were loaded."""
+    argv = [a.format(tmp=tmp_path) for a in command]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--device", "cuda"]) == 1
+    assert "--device cuda: this machine has no CUDA GPU" in one_error_line(capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main([*argv, "--device", "cuda:2"]) == 1
+    assert one_error_line(capsys) == "error: --device cuda:2: this machine has 2 CUDA GPU(s), numbered from 0"
+    assert main([*argv, "--device", "tpu"]) == 1
+    assert "--device tpu: not a device name" in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,7 @@
 """The trainer: Algorithm 1's step, warm-up, EMA, batches, overfitting, bit-exact resume, Ctrl-C, NaN."""
 import copy
 import json
+import math
 import os
 import signal
 from types import SimpleNamespace
@@ -413,6 +414,13 @@ def test_config_rejects_unknown_names_and_bad_numbers():
         TrainConfig(preset="huge")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         TrainConfig(batch_size=0)
+    bad = {"lr": [0, -1e-4, math.nan], "grad_clip": [0, -1], "warmup": [-1], "sample_every": [-1],
+           "weight_decay": [-0.1, math.nan], "ema_decay": [-0.1, 1, 1.5]}
+    for name, values in bad.items():           # each message names the setting and its value
+        for value in values:
+            with pytest.raises(ValueError, match=f"^{name} must .*, got {value}$"):
+                TrainConfig(**{name: value})
+    TrainConfig(warmup=0, sample_every=0, weight_decay=0, ema_decay=0)      # the edges that are allowed
 
 
 # ---- classifier-free guidance: a class-conditional U-Net trained with label dropout ----
