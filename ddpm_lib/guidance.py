@@ -59,7 +59,11 @@ def _labels_for(y: torch.Tensor, batch: int, num_classes: int, device, what: str
     if y.ndim == 1 and y.shape[0] != batch:
         raise ValueError(f"{y.shape[0]} labels for a batch of {batch} samples: pass one label per sample "
                          f"(shape ({batch},)) or a single int for all")
-    if y.device.type == "cpu":
+    if y.device.type != "cpu" or torch.compiler.is_compiling():
+        # on the device: reading y back would stall the GPU, and split a compiled graph in two
+        torch._assert_async(((y >= 0) & (y < num_classes)).all(),
+                            f"labels must lie in 0..{num_classes - 1} (the {num_classes} {what})")
+    else:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in 0..{num_classes - 1} (the {num_classes} {what}), "

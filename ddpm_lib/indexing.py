@@ -9,7 +9,8 @@ from .schedules import Schedule
 def check_t(s: Schedule, t, batch: int | None = None) -> None:
     """Raise ``ValueError`` unless t is an int or integer tensor of shape (B,) with 1 <= t <= T.
 
-    For a tensor on a GPU the range is checked on the device (a device-side assert), not on the host.
+    For a tensor on a GPU, or inside ``torch.compile``, the range is checked on the device (an asynchronous
+    assert), not on the host.
     """
     if isinstance(t, bool):
         raise ValueError(f"t must be an integer timestep in 1..{s.T}, got {t!r}")
@@ -24,7 +25,8 @@ def check_t(s: Schedule, t, batch: int | None = None) -> None:
             raise ValueError("t is empty")
         if t.ndim == 1 and batch is not None and t.shape[0] not in (1, batch):
             raise ValueError(f"t has {t.shape[0]} timesteps but the batch has {batch} samples")
-        if t.device.type != "cpu":     # check on the device: reading t back would stall the GPU
+        if t.device.type != "cpu" or torch.compiler.is_compiling():
+            # on the device: reading t back would stall the GPU, and split a compiled graph in two
             torch._assert_async(((t >= 1) & (t <= s.T)).all(), f"t must lie in 1..T = 1..{s.T}")
             return
         lo, hi = int(t.min()), int(t.max())

@@ -191,3 +191,21 @@ def test_a_negative_or_fractional_warmup_is_refused(bad):
     the first timed sampler step)."""
     with pytest.raises(ValueError, match="warmup"):
         compiled_eps_model(ToyEpsModel(hidden=8).eval(), BATCH, backend="eager", warmup=bad)
+
+
+@pytest.mark.parametrize("preset, num_classes", [("mnist", 0), ("ddpm-cifar10", 0), ("mnist", 10)])
+def test_each_presets_network_is_one_graph_on_a_gpu(preset, num_classes):
+    """A CUDA graph can only replay a network that ``torch.compile`` captures whole: a graph break (an
+    ``.item()``, a Python branch on a tensor) would split it and sync with the host at every sampler step.
+    Traced by Dynamo's ``explain`` on the meta device, which takes the code's GPU path and computes nothing
+    (so the 35.7M-parameter preset costs no time). Catches: any host read added to the networks' forward,
+    such as a label range check by ``int(y.max())`` in the class-conditional U-Net."""
+    from ddpm_lib.checkpoint import build_model, model_spec
+    torch._dynamo.reset()
+    channels = 3 if preset == "ddpm-cifar10" else 1
+    model = build_model(model_spec((channels, 32, 32), preset, num_classes)).to("meta").eval()
+    xt, t = torch.randn(2, channels, 32, 32, device="meta"), torch.tensor([1, 1000], device="meta")
+    inputs = (xt, t, torch.tensor([0, num_classes], device="meta")) if num_classes else (xt, t)
+    report = torch._dynamo.explain(model)(*inputs)
+    assert (report.graph_count, report.graph_break_count) == (1, 0), [b.reason for b in report.break_reasons]
+    torch._dynamo.reset()

@@ -12,7 +12,7 @@ from torch import nn
 
 import ddpm_lib as dl
 from ddpm_lib import training as train_module
-from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint, resume_training
+from ddpm_lib.checkpoint import build_model, list_checkpoints, load_checkpoint, model_spec, resume_training
 from ddpm_lib.ema import ema_decay, make_ema_model, update_ema
 from ddpm_lib.data import EpochBatches
 from ddpm_lib.training import Trainer, TrainConfig, diffusion_loss, learning_rate, train
@@ -559,6 +559,29 @@ def test_the_compiled_step_computes_the_eager_steps_loss_and_gradients(backend):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * scale, msg=f"gradient of {name}")
     losses = [[trainer.train_step(x0).item() for _ in range(3)] for trainer in trainers]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("device, preset, num_classes", [("cpu", "tiny", 0), ("cpu", "tiny", 10), ("meta", "mnist", 0),
+                                                         ("meta", "ddpm-cifar10", 0), ("meta", "mnist", 10)])
+def test_the_compiled_steps_forward_is_one_graph_with_no_host_sync(device, preset, num_classes):
+    """``compile=True`` must capture x_t, ε_θ and L_simple as one graph: a graph break splits the compiled
+    step into pieces with a host sync between them (issue 7: "torch.compile of the whole step, no host syncs").
+    Dynamo's ``explain`` traces the step on the CPU and on the meta device, which stands for a GPU (the code
+    takes its non-CPU path, and nothing is computed, so the full presets cost nothing). Catches: check_t's
+    ``int(t.min())`` inside the compiled step on a CPU (three graph breaks and a page of warnings before
+    it checked on the device there too), or any ``.item()`` / ``int(tensor)`` added to the step."""
+    torch._dynamo.reset()
+    config = TrainConfig(data="mnist-5k", preset=preset, T=1000, num_classes=num_classes, compile=True)
+    spec = model_spec((1, 32, 32), preset, num_classes)
+    trainer = Trainer(build_model(spec), config, torch.device("cpu"))
+    trainer.model.to(device)
+    trainer.schedule = trainer.schedule.to(device)
+    x0, eps = torch.randn(2, 1, 32, 32, device=device), torch.randn(2, 1, 32, 32, device=device)
+    t = torch.tensor([1, 1000], device=device)
+    y = torch.tensor([3, num_classes], device=device) if num_classes else None
+    report = torch._dynamo.explain(trainer._loss)(x0, t, eps, y)
+    assert (report.graph_count, report.graph_break_count) == (1, 0), [b.reason for b in report.break_reasons]
+    torch._dynamo.reset()
 
 
 def test_fp16_steps_clip_the_unscaled_gradient(monkeypatch):
