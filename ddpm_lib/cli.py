@@ -63,6 +63,17 @@ from .unet import PRESETS
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
 # Errors that every rank of a torchrun job raises alike (settings, files, a NaN loss that the ranks agree on,
 # rank 0's lock refusal): only rank 0 prints them. Others (a rank's own failure, a lost peer) name their rank.
+OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torch's message says only how much it asked for)
+    "train": "→ train with a smaller --batch-size, more processes (torchrun) or a smaller --preset in a new "
+             "--out-dir (a run resumes only with its own batch size)",
+    "train-ddgan": "→ train with a smaller --batch-size or --preset in a new --out-dir (a run resumes only with "
+                   "its own batch size)",
+    "sample": "→ draw fewer samples at once (--n)", "sample-ddgan": "→ draw fewer samples at once (--n)",
+    "evaluate": "→ a smaller --batch-size (the kept batches stay valid only for the same one)",
+    "evaluate-guidance": "→ a smaller --batch-size", "trilemma": "→ a smaller --batch-size",
+    "bench": "→ a smaller --batch-size or --sample-batch", "train-noisy-classifier": "→ a smaller --batch-size",
+    "train-classifier": "→ a smaller --batch-size",
+}
 SAME_ON_EVERY_RANK = (ValueError, FloatingPointError, FileExistsError, FileNotFoundError, RunLocked)
 
 
@@ -449,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            exc = f"{str(exc).strip().splitlines()[0]} {OUT_OF_MEMORY.get(args.command, '')}".strip()
         if rank == 0 or not isinstance(exc, SAME_ON_EVERY_RANK):
             print(f"error: {exc}" if rank == 0 else f"error (rank {rank}): {exc}", file=sys.stderr)
         return 1

@@ -631,3 +631,24 @@ def test_a_device_the_machine_lacks_is_refused_in_one_line_before_any_work(comma
     assert main([*argv, "--device", "tpu"]) == 1
     assert "--device tpu: not a device name" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_running_out_of_gpu_memory_names_the_flag_to_lower(tmp_path, capsys, monkeypatch):
+    """torch's message says how much memory it asked for, over several lines, not what to change. Faked on the
+    CPU by raising torch's OutOfMemoryError inside the command. Catches: a multi-line error, or one without
+    the flag (--n for sample, --batch-size in a new --out-dir for train)."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total "
+                                          "capacity of 14.74 GiB\nIf reserved but unallocated memory is large …")
+
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "1", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(guidance_eval, "sample_ddpm", out_of_memory)
+    assert main(["sample", "--checkpoint", run, "--n", "5000", "--out", str(tmp_path / "x.pt"), "--device", "cpu"]) == 1
+    assert one_error_line(capsys) == ("error: CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 has a total "
+                                      "capacity of 14.74 GiB → draw fewer samples at once (--n)")
+    monkeypatch.setattr(dl.training.Trainer, "train_step", out_of_memory)
+    assert main(["train", "--out-dir", run, "--steps", "2", "--resume", "--no-progress"]) == 1
+    assert "GiB → train with a smaller --batch-size" in one_error_line(capsys)
