@@ -760,3 +760,388 @@ def test_steps_to_unit_variance_is_tried_on_the_pairs_its_verdict_claims(capsys)
     ok, out = verdict(capsys, checks.check_steps_to_unit_variance, recording, seed=0)    # one call of the check
     assert ok, out
     assert len(seen) >= 10 and {1.0, 1.005, 0.995} <= {v for _, v in seen}
+
+
+# --------------------------------------------------------------------------- found by mutation testing of the checks
+def test_checks_compare_the_shape_of_every_case_and_offer_broadcasting_only_to_broadcast_outputs(capsys):
+    """A KL summed over the whole batch (one number) is told its shape, not offered broadcasting; an EMA that
+    flattens its result is right in shape on the 1-D case only and told its shape too. Catches: a broadcast
+    shape accepted for every output, or the shapes of the first case alone checked (the rest crashed)."""
+    per_coordinate = lambda m1, v1, m2, v2: 0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
+    assert_fails(capsys, checks.check_gaussian_kl, lambda *a: per_coordinate(*a).sum(), "has shape ()",
+                 "sum over the D coordinates")
+    assert_fails(capsys, checks.check_ema_update, lambda e, th, d: ema_update(e, th, d).flatten(), "has shape")
+
+    def coefficients_only(s, x0, xt, t):           # the mean's coefficients added, x_0 and x_t forgotten
+        mean, var = dl.q_posterior(s, torch.ones_like(x0[:, :1, :1, :1]), torch.ones_like(x0[:, :1, :1, :1]), t)
+        return mean, var
+    assert_fails(capsys, checks.check_q_posterior, coefficients_only, "the mean has shape (6, 1, 1, 1)")
+
+
+def test_a_wrong_term_in_most_rows_is_not_taken_for_rounding(capsys):
+    """Exact at t = 1, off by a relative 1e-3 at t = 2 and by 1e-6 elsewhere: the entries that differ (5 in 6) are
+    fewer than the 90 % that rounding touches, so the verdict names no float32 although the median error is
+    rounding-sized. Catches: a looser share of differing entries in the rounding test."""
+    def off_after_one(s, x0, t, eps):
+        x = q_sample_with("alpha_bar")(s, x0, t, eps)
+        rel = torch.where(t == 1, 0.0, torch.where(t == 2, 1e-3, 1e-6)).to(x.dtype).view(-1, 1, 1, 1)
+        return x * (1 + rel)
+    ok, out = verdict(capsys, checks.check_q_sample, off_after_one)
+    assert not ok and "float" not in out and "differs from the library's answer" in out, out
+
+
+def test_rounding_is_judged_relative_to_the_size_of_the_answer(capsys):
+    """L_{t−1} computed entirely in float32 (schedule included) is large at t = T of the cosine schedule (β_T =
+    0.999), so its rounding is above 1e-2 in absolute terms but below 1e-2 relative to the answer: the verdict
+    still names float32. Catches: the error not divided by the reference's scale."""
+    from types import SimpleNamespace
+
+    def in_float32(s, x0, xt, eps_pred, t):
+        s32 = SimpleNamespace(**{k: getattr(s, k).float() for k in ("beta", "alpha", "alpha_bar", "beta_tilde")})
+        return denoising()(s32, x0.float(), xt.float(), eps_pred.float(), t)
+    assert_fails(capsys, checks.check_denoising_term, in_float32, "your result is float32", "keep every step in float64")
+
+
+def test_only_at_t_1_and_only_at_t_T_mean_exactly_those_steps(capsys):
+    """An answer wrong only at t = 2 is not wrong "only at t = 1"; a wrong row at t = T − 1 is not "only at t = T".
+    Catches: the per-t diagnosis lumping neighbouring steps with the ends."""
+    def wrong_at_two(s, x0, t, eps):
+        return q_sample_with("alpha_bar")(s, x0, t, eps) + (t == 2).to(x0.dtype).view(-1, 1, 1, 1)
+    ok, out = verdict(capsys, checks.check_q_sample, wrong_at_two)
+    assert not ok and "differs from the library's answer (largest error" in out, out
+    s = dl.make_schedule("linear", 1000)
+    t = torch.tensor([5, 999, 1000])
+    ref = torch.zeros(3, 2, dtype=torch.float64)
+    out_rows = ref.clone()
+    out_rows[1] = 1.0                                        # wrong at t = T − 1 only
+    message = checks.grading._where([(out_rows,)], [(ref,)], [(s, t)], 0, lambda s, t: (t, s.T))
+    assert "only at" not in message, message
+    out_rows[2] = 1.0
+    out_rows[1] = 0.0                                        # wrong at t = T only
+    message = checks.grading._where([(out_rows,)], [(ref,)], [(s, t)], 0, lambda s, t: (t, s.T))
+    assert "only at t = T" in message, message
+
+
+def test_one_step_per_sample_is_checked_to_a_tight_tolerance(capsys):
+    """9.1 with a tensor t that gives every sample the first sample's step, and 8.1 whose int t path is 0.1 % off,
+    both fail: the batched call must equal the per-sample calls. Catches: shapes compared but not values (an `and`
+    for an `or`), a loose tolerance, and a batch whose samples all take the same step."""
+    def first_step_for_all(s, x0, xt, t, z):
+        return ddgan_step(s, x0, xt, t if isinstance(t, int) else int(t.flatten()[0]), z)
+    assert_fails(capsys, checks.check_ddgan_step, first_step_for_all, "sample b must take its own step")
+
+    def int_t_slightly_off(s, e, t, gr, sc):
+        return guided_eps(s, e, t, gr, sc) * (1.001 if isinstance(t, int) else 1.0)
+    assert_fails(capsys, checks.check_guided_eps, int_t_slightly_off, "sample b must take its own step")
+
+
+def test_answers_tied_to_one_schedule_or_one_image_shape_fail(capsys):
+    """q_sample and the ancestral step computed from their own linear schedule (not ``s``), 9.1 from the default
+    DDGAN schedule, and q_sample reshaped with H and W swapped all fail. Catches: inputs drawn from the linear
+    schedule only, DDGAN's T = 4 only, or square images only."""
+    def own_linear(answer):
+        return lambda s, *rest: answer(dl.make_schedule("linear", s.T), *rest)
+    assert_fails(capsys, checks.check_q_sample, own_linear(q_sample_with("alpha_bar")))
+    assert_fails(capsys, checks.check_ancestral_step, own_linear(ancestral_step))
+    with pytest.raises(IndexError):             # t = 50 of the cosine schedule is past the DDGAN schedule's end
+        checks.check_ddgan_step(lambda s, *rest: ddgan_step(dl.ddgan_schedule(4), *rest), seed=0)
+
+    def h_w_swapped(s, x0, t, eps):
+        B, C, H, W = x0.shape
+        return q_sample_with("alpha_bar")(s, x0, t, eps).reshape(B, C, W, H)
+    assert_fails(capsys, checks.check_q_sample, h_w_swapped, "has shape")
+
+
+def test_a_guidance_weight_used_non_linearly_fails(capsys):
+    """ε_u + w²·(ε_c − ε_u) is right at w = 0 and w = 1: the cases include other w. Catches: fewer cases, or only
+    the ends w = 0, 1."""
+    assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: eu + w ** 2 * (ec - eu))
+
+
+def test_a_wrong_sign_on_the_whole_answer_fails(capsys):
+    """x_0 = (c_t·x_t − μ̃_t)/a_t is the right x_0 negated. Catches: comparisons of magnitudes only."""
+    def negated(s, mean, xt, t):
+        ab, ab_prev = s.alpha_bar[t, None], s.alpha_bar[t - 1, None]
+        a_t = ab_prev.sqrt() * s.beta[t, None] / (1 - ab)
+        c_t = s.alpha[t, None].sqrt() * (1 - ab_prev) / (1 - ab)
+        return (c_t * xt - mean) / a_t
+    assert_fails(capsys, checks.check_x0_from_posterior_mean, negated, "differs from the library's answer")
+
+
+def test_q_sample_names_every_listed_mistake_and_its_moments(capsys):
+    """The √β_t and swapped-coefficient mistakes get their hints; an x_t whose noise is 10 % too small or whose
+    signal is 5 % too small is told which moment is off. Catches: catalogue entries that no longer match their
+    mistake, and moments over too few draws, at a late t only, or with a loose bound."""
+    def coefs(signal, noise):
+        def answer(s, x0, t, eps):
+            ab = s.alpha_bar[t].view(-1, 1, 1, 1)
+            return signal(s, t, ab) * x0 + noise(s, t, ab) * eps
+        return answer
+    root_beta = coefs(lambda s, t, ab: ab.sqrt(), lambda s, t, ab: s.beta[t].view(-1, 1, 1, 1).sqrt())
+    assert_fails(capsys, checks.check_q_sample, root_beta, "belongs to one step")
+    assert_fails(capsys, checks.check_q_sample, coefs(lambda s, t, ab: (1 - ab).sqrt(), lambda s, t, ab: ab.sqrt()),
+                 "coefficients are swapped")
+    assert_fails(capsys, checks.check_q_sample,
+                 coefs(lambda s, t, ab: ab.sqrt(), lambda s, t, ab: 0.9 * (1 - ab).sqrt()), "the variance of x_t")
+    ok, out = verdict(capsys, checks.check_q_sample,           # seed 2 draws t = 251 for the moments
+                      coefs(lambda s, t, ab: 0.95 * ab.sqrt(), lambda s, t, ab: (1 - ab).sqrt()), seed=2)
+    assert not ok and "the mean of x_t" in out, out
+
+
+def test_q_posterior_names_its_mistakes_and_consults_the_completed_square(capsys):
+    """Swapped coefficients, the upside-down ratio, and NaN at t = 1 (the completed-square form, 0·∞ there) are
+    named; α_{t−1} for ᾱ_{t−1} (right at t ≤ 2 only) in the mean or in the variance, and a mean or a variance
+    0.1 % off, are told the completed square disagrees, for that output. Catches: catalogue entries that no
+    longer match, inputs without t = 1, and a completed square that tests t = 2 only, one output only, or
+    loosely."""
+    def answer(s, x0, xt, t, mean_prev="alpha_bar", var_prev="alpha_bar", swap=False, upside_down=False,
+               mean_scale=1.0, var_scale=1.0):
+        at = lambda v, k: v[k].view(-1, 1, 1, 1)
+        ab, beta, alpha = at(s.alpha_bar, t), at(s.beta, t), at(s.alpha, t)
+        mp, vp = at(getattr(s, mean_prev), t - 1), at(getattr(s, var_prev), t - 1)
+        c0, ct = mp.sqrt() * beta / (1 - ab), alpha.sqrt() * (1 - mp) / (1 - ab)
+        mean = (ct * x0 + c0 * xt) if swap else (c0 * x0 + ct * xt)
+        var = ((1 - ab) / (1 - vp) if upside_down else (1 - vp) / (1 - ab)) * beta
+        return mean * mean_scale, var * var_scale
+    check = checks.check_q_posterior
+    assert_fails(capsys, check, lambda *a: answer(*a, swap=True), "the mean: the coefficients of x_0 and x_t are swapped")
+    assert_fails(capsys, check, lambda *a: answer(*a, upside_down=True), "the variance: the ratio is upside down")
+    square = "disagrees with completing the square"
+    assert_fails(capsys, check, lambda *a: answer(*a, mean_prev="alpha"), f"the mean: {square}")
+    assert_fails(capsys, check, lambda *a: answer(*a, var_prev="alpha"), f"the variance: {square}")
+    assert_fails(capsys, check, lambda *a: answer(*a, mean_scale=1.001), f"the mean: {square}")
+    assert_fails(capsys, check, lambda *a: answer(*a, var_scale=1.001), f"the variance: {square}")
+
+    def completed_square_form(s, x0, xt, t):
+        at = lambda v, k: v[k].view(-1, 1, 1, 1)
+        beta, alpha, ab_prev = at(s.beta, t), at(s.alpha, t), at(s.alpha_bar, t - 1)
+        var = 1 / (alpha / beta + 1 / (1 - ab_prev))
+        return var * (alpha.sqrt() / beta * xt + ab_prev.sqrt() / (1 - ab_prev) * x0), var
+    assert_fails(capsys, check, completed_square_form, "gives inf or NaN only at t = 1")
+
+
+def test_x0_from_posterior_mean_is_graded_to_float64_precision(capsys):
+    """x_0 recovered in float32 is off by up to about 1e-3 near t = T (a_t is small there): it fails and the verdict
+    names float32."""
+    def in_float32(s, mean, xt, t):
+        ab, ab_prev = s.alpha_bar[t, None].float(), s.alpha_bar[t - 1, None].float()
+        a_t = ab_prev.sqrt() * s.beta[t, None].float() / (1 - ab)
+        c_t = s.alpha[t, None].float().sqrt() * (1 - ab_prev) / (1 - ab)
+        return (mean.float() - c_t * xt.float()) / a_t
+    assert_fails(capsys, checks.check_x0_from_posterior_mean, in_float32, "float32")
+
+
+def test_power_iteration_uses_tol_and_names_the_rest(capsys):
+    """An answer that ignores ``tol`` (1e-12 written in) fails: the chains have tolerances 1e-12 and 1e-10. A π
+    that stops early (1e-6 written in) or is normalised by its L2 norm is told π P ≠ π or Σ π ≠ 1; a π returned in
+    float32 fails; one started from the uniform distribution is told so. Catches: one tolerance for every chain,
+    a stationarity test that is loose, needs both conditions to fail or runs on the reference, a loose tolerance
+    on π, and a catalogue entry attached to the wrong output."""
+    def answer(P, start, tol=1e-12, fixed_tol=None, normalise=None, dtype=None, uniform=False):
+        pi, n = (torch.full_like(start, 1 / len(start)) if uniform else start), 0
+        while True:
+            n += 1
+            nxt = pi @ P
+            if normalise == "l2":
+                nxt = nxt / nxt.norm()
+            if (nxt - pi).abs().max() < (tol if fixed_tol is None else fixed_tol):
+                return (nxt if dtype is None else nxt.to(dtype)), n
+            pi = nxt
+    check = checks.check_power_iteration
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, fixed_tol=1e-12), "the number of products")
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, fixed_tol=1e-6), "π: the vector returned is not stationary")
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, normalise="l2"), "π: the vector returned is not stationary")
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, dtype=torch.float32), "π:")
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, uniform=True),
+                 "the number of products: start from the given `start`")
+
+
+def test_steps_to_unit_variance_grades_ten_pairs_besides_its_two_probes(capsys):
+    """The two probes (β = 0.02; v_0 = 1 and 1.005) that look for a crash come on top of the 10 graded pairs the
+    verdict claims. Catches: fewer graded pairs hidden behind the probes."""
+    seen = []
+    right = within_tolerance_at_start(unit_variance_steps)
+
+    def recording(beta, var0):
+        seen.append((beta, var0))
+        return right(beta, var0)
+    assert checks.check_steps_to_unit_variance(recording, seed=0)
+    graded = set(seen) - {(0.02, 1.0), (0.02, 1.005)}
+    assert len(graded) >= 10, sorted(graded)
+
+
+def test_gaussian_kl_names_its_mistakes_and_its_properties_bite(capsys):
+    """|m1 − m2| for (m1 − m2)² is caught (the cases' means differ) and told the Monte-Carlo estimate disagrees; the
+    KL without its −1 is named; a KL 0.01 too large, inside the Monte-Carlo error, is told KL(p ‖ p) = 0.
+    Catches: equal means in the cases, a Monte-Carlo bound too loose or from too few samples, a loose KL(p ‖ p),
+    and a catalogue entry that no longer matches."""
+    def kl(m1, v1, m2, v2, mean_term=lambda d: d ** 2, minus=1.0, plus=0.0):
+        return (0.5 * (torch.log(v2 / v1) + (v1 + mean_term(m1 - m2)) / v2 - minus)).sum(1) + plus
+    check = checks.check_gaussian_kl
+    assert_fails(capsys, check, lambda *a: kl(*a, mean_term=torch.abs), "a Monte-Carlo estimate of the KL")
+    assert_fails(capsys, check, lambda *a: kl(*a, minus=0.0), "the −1 is missing")
+    assert_fails(capsys, check, lambda *a: kl(*a, plus=0.01), "KL(p ‖ p) should be 0")
+
+
+def test_denoising_term_names_its_mistakes_and_its_closed_forms_bite(capsys):
+    """μ_θ divided by √ᾱ_t is named; twice the KL is told the closed form at ε_θ = ε; the mean term divided by q's
+    variance instead of p's is told the λ_t·‖ε − ε_θ‖² growth; an answer wrong only at t = T fails (every batch
+    holds t = T). Catches: a catalogue entry that no longer matches, closed forms checked loosely or not at all,
+    and batches without t = T."""
+    def answer(s, x0, xt, eps_pred, t, divide="alpha", factor=1.0, mean_var="p"):
+        beta, alpha, ab, ab_prev = (v[:, None] for v in (s.beta[t], s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1]))
+        mean_q = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * xt
+        var_q = (1 - ab_prev) / (1 - ab) * beta
+        mean_p = (xt - beta / (1 - ab).sqrt() * eps_pred) / getattr(s, divide)[t][:, None].sqrt()
+        var_p = beta
+        mean_term = (mean_q - mean_p) ** 2 / (var_p if mean_var == "p" else var_q)
+        return factor * (0.5 * (torch.log(var_p / var_q) + var_q / var_p - 1 + mean_term)).sum(1)
+    check = checks.check_denoising_term
+    assert_passes(capsys, check, answer)
+    assert_fails(capsys, check, lambda *a: answer(*a, divide="alpha_bar"), "not √ᾱ_t")
+    assert_fails(capsys, check, lambda *a: answer(*a, factor=2.0), "should reduce to")
+    assert_fails(capsys, check, lambda *a: answer(*a, mean_var="q"), "should grow by λ_t")
+    wrong_at_T = lambda s, x0, xt, e, t: denoising()(s, x0, xt, e, t) * (1 + 0.1 * (t == s.T).to(x0.dtype))
+    assert_fails(capsys, check, wrong_at_T, "only at t = T")
+
+
+def test_training_step_returns_one_number(capsys):
+    """Per-sample losses (a tensor of B values) are refused with the message to return loss.item(). Catches: any
+    tensor accepted as the loss (it crashed)."""
+    def per_sample(model, opt, s, x0, generator):
+        t = torch.randint(1, s.T + 1, (x0.shape[0],), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        err = ((eps - model(dl.q_sample(s, x0, t, eps), t)) ** 2).mean(1)
+        opt.zero_grad()
+        err.mean().backward()
+        opt.step()
+        return err.detach()
+    assert_fails(capsys, checks.check_training_step, per_sample, "return the loss as a number")
+
+
+def test_ema_update_is_tried_with_decay_0(capsys):
+    """d·(θ_ema + (1 − d)/d·θ) is the rule on paper but NaN at d = 0 (θ_ema = θ there). Catches: cases without
+    the edge d = 0."""
+    assert_fails(capsys, checks.check_ema_update,
+                 lambda e, th, d: d * (e + (1 - d) / torch.tensor(d, dtype=e.dtype) * th))
+
+
+def test_ddim_names_its_mistakes_and_tries_eta_and_the_last_step(capsys):
+    """σ without η, or in float32, fails; σ without its second root is named; a DDIM step that clips x̂_0 on its
+    last step (t' = 0) fails. Catches: η = 1 only, a loose tolerance on σ, a catalogue entry that no longer
+    matches, and pairs without t' = 0."""
+    check = checks.check_ddim_sigma
+    assert_fails(capsys, check, lambda s, t, tp, eta: ddim_sigma(s, t, tp, 1.0))
+    assert_fails(capsys, check, lambda *a: ddim_sigma(*a).float(), "float32")
+
+    def no_inner_root(s, t, t_prev, eta):
+        a, ap = s.alpha_bar[t], s.alpha_bar[t_prev]
+        return eta * ((1 - ap) / (1 - a)).sqrt() * (1 - a / ap)
+    assert_fails(capsys, check, no_inner_root, "needs its square root too")
+
+    def clipped_at_the_end(s, xt, eps, t, t_prev, eta, noise):
+        out = ddim_update(s, xt, eps, t, t_prev, eta, noise)
+        last = (torch.as_tensor(t_prev) == 0).reshape(-1, *([1] * (xt.ndim - 1)))
+        return torch.where(last, out.clamp(-1, 1), out)
+    assert_fails(capsys, checks.check_ddim_update, clipped_at_the_end, "differs from the library's answer")
+
+
+def test_guidance_names_its_mistakes(capsys):
+    """8.1 with α_t for ᾱ_t is named; 8.2 with (1 − w)·ε_u + ε_c (right at w = 1 only) is told the ends.
+    Catches: a catalogue entry that no longer matches, and an ends test that needs both ends wrong."""
+    def alpha_for_alpha_bar(s, e, t, gr, sc):
+        return e - (1 - s.alpha[t]).view(-1, 1, 1, 1).sqrt().to(e.dtype) * sc * gr
+    assert_fails(capsys, checks.check_guided_eps, alpha_for_alpha_bar, "α_t where ᾱ_t belongs")
+    assert_fails(capsys, checks.check_cfg_combine, lambda eu, ec, w: (1 - w) * eu + ec, "w = 0 must return ε_u")
+
+
+def test_gan_losses_name_a_summed_generator_loss(capsys):
+    """loss_g as a sum is told means, under its own label. Catches: the catalogue entry attached to loss_d."""
+    sp = F.softplus
+    assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).mean() + sp(f).mean(), sp(-f).sum()),
+                 "loss_g: the losses are means over the batch, not sums")
+
+
+def test_interleaved_embedding_is_graded_tightly_at_both_ends_of_t(capsys):
+    """ω_i from ln P rounded to 9.21 drifts in phase by more than the 3e-4 tolerance at large t and fails; a lookup
+    table of T rows (t = 0 … T − 1) raises IndexError at t = T; the frequencies off by one in i are named.
+    Catches: a loose tolerance, cases without t = 1000, and a catalogue entry that no longer matches."""
+    def answer(t, dim, log_p=math.log(10_000.0), shift=0):
+        h = dim // 2
+        omega = torch.exp(-log_p * (torch.arange(h, dtype=torch.float64) + shift) / h)
+        args = t.double()[:, None] * omega
+        return torch.stack((torch.sin(args), torch.cos(args)), -1).reshape(len(t), dim)
+    check = checks.check_interleaved_embedding
+    assert_fails(capsys, check, lambda t, dim: answer(t, dim, log_p=9.21))
+    assert_fails(capsys, check, lambda t, dim: answer(t, dim, shift=1), "off by one in i")
+
+    def table_of_T_rows(t, dim):
+        return answer(torch.arange(1000), dim)[t]
+    for seed in (0, 1, 2):                  # t = 1000 is in every draw, not only where the random t hits it
+        with pytest.raises(IndexError):
+            check(table_of_T_rows, seed=seed)
+
+
+def test_resblock_names_its_mistakes_and_uses_non_trivial_norms(capsys):
+    """Dropout after conv2 and the 'add' bias after norm2 are named; GroupNorm without block.norm's affine
+    parameters fails; the block run in float32 is told to keep float64. Catches: catalogue entries that no longer
+    match, blocks at their initial (identity) norms, and a loose tolerance."""
+    def answer(block, x, temb, dropout_after=False, add_after_norm=False, affine=True):
+        norm = lambda n, h: n(h) if affine else F.group_norm(h, n.num_groups, eps=n.eps)
+        h = block.conv1(F.silu(norm(block.norm1, x)))
+        proj = block.time_proj(F.silu(temb))[:, :, None, None]
+        if block.time_cond == "scale_shift":
+            scale, shift = proj.chunk(2, dim=1)
+            h = norm(block.norm2, h) * (1 + scale) + shift
+        else:
+            h = norm(block.norm2, h) + proj if add_after_norm else norm(block.norm2, h + proj)
+        h = F.silu(h)
+        h = block.dropout(block.conv2(h)) if dropout_after else block.conv2(block.dropout(h))
+        return h + block.skip(x)
+    check = checks.check_resblock_forward
+    assert_passes(capsys, check, answer)
+    assert_fails(capsys, check, lambda *a: answer(*a, dropout_after=True), "not after it")
+    assert_fails(capsys, check, lambda *a: answer(*a, add_after_norm=True), "added before norm2")
+    assert_fails(capsys, check, lambda *a: answer(*a, affine=False))
+
+    def in_float32(block, x, temb):
+        import copy
+        return answer(copy.deepcopy(block).float(), x.float(), temb.float()).double()
+    assert_fails(capsys, check, in_float32, "keep every step in float64")
+
+
+def test_power_iteration_signed_max_fails_on_draws_where_only_the_falling_start_shows_it(capsys):
+    """With seeds 2, 14 and 17 the lazy random chains stop the signed max (no .abs()) at the same product as
+    max |·|; the chain started at (π + e_j)/2, whose largest move is a fall, still catches it. Catches: that chain
+    left out."""
+    def signed_max(P, start, tol=1e-12):
+        pi, n = start, 0
+        while True:
+            n += 1
+            nxt = pi @ P
+            if (nxt - pi).max() < tol:
+                return nxt, n
+            pi = nxt
+    for seed in (2, 14, 17):
+        ok, out = verdict(capsys, checks.check_power_iteration, signed_max, seed)
+        assert not ok and ".abs() before .max()" in out, out
+
+
+def test_snr_crossing_closest_to_one_is_not_the_first_below_one(capsys):
+    """The step whose SNR is closest to 1 is sometimes the first one below 1 on all four named schedules (seeds 3
+    and 11); the random schedule, with its coarser steps, catches it. Catches: that schedule left out."""
+    closest = lambda s: int(torch.argmin((s.snr[1:] - 1).abs())) + 1
+    for seed in (3, 11):
+        ok, out = verdict(capsys, checks.check_snr_crossing, closest, seed)
+        assert not ok, out
+
+
+def test_x0_from_posterior_mean_refuses_an_answer_off_by_a_relative_1e_4(capsys):
+    """The check's tolerance is relative 1e-6: an x_0 0.01 % too large fails. Catches: a tolerance of 1e-3, which
+    let it pass."""
+    def slightly_off(s, mean, xt, t):
+        ab, ab_prev = s.alpha_bar[t, None], s.alpha_bar[t - 1, None]
+        a_t = ab_prev.sqrt() * s.beta[t, None] / (1 - ab)
+        c_t = s.alpha[t, None].sqrt() * (1 - ab_prev) / (1 - ab)
+        return (mean - c_t * xt) / a_t * (1 + 1e-4)
+    assert_fails(capsys, checks.check_x0_from_posterior_mean, slightly_off, "differs from the library's answer")
