@@ -154,6 +154,11 @@ def test_q_sample(capsys):
     minus_noise = lambda s, x0, t, eps: q_sample_with("alpha_bar")(s, x0, t, -eps)
     assert_fails(capsys, checks.check_q_sample, minus_noise, "the sign of the noise")
 
+    def first_step_for_all(s, x0, t, eps):    # one ᾱ (a number) for the whole batch
+        c = s.alpha_bar[t[0]].to(x0.dtype)
+        return c.sqrt() * x0 + (1 - c).sqrt() * eps
+    assert_fails(capsys, checks.check_q_sample, first_step_for_all, "every sample took the first sample's step t[0]")
+
     def clean_at_one(s, x0, t, eps):          # an unknown mistake: a wrong special case at t = 1
         return torch.where((t == 1).view(-1, 1, 1, 1), x0, q_sample_with("alpha_bar")(s, x0, t, eps))
     assert_fails(capsys, checks.check_q_sample, clean_at_one, "differs from the library's answer only at t = 1")

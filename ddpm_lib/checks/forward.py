@@ -26,6 +26,7 @@ def check_q_sample(fn, seed=None) -> bool:
     ab = lambda s, t, x: gather(s.alpha_bar, t, x)
     a = lambda s, t, x: gather(s.alpha, t, x)
     ab_prev = lambda s, t, x: gather(s.alpha_bar, t - 1, x)
+    ab_first = lambda s, t, x: gather(s.alpha_bar, int(t.reshape(-1)[0]), x)
     mistakes = [
         Mistake("looks like you used α_t (s.alpha) where ᾱ_t (s.alpha_bar) is needed: that is one forward step, "
                 "not the closed form", _mix(lambda *z: a(*z).sqrt(), lambda *z: (1 - a(*z)).sqrt())),
@@ -42,6 +43,9 @@ def check_q_sample(fn, seed=None) -> bool:
                 _mix(lambda *z: ab(*z).sqrt(), lambda s, t, x: gather(s.beta, t, x).sqrt())),
         Mistake("the coefficients are swapped: x_0 gets √ᾱ_t and ε gets √(1 − ᾱ_t)",
                 _mix(lambda *z: (1 - ab(*z)).sqrt(), lambda *z: ab(*z).sqrt())),
+        Mistake("every sample took the first sample's step t[0]: t holds one step per sample, so take ᾱ at each "
+                "(s.alpha_bar[t] has shape (B,); reshape it to (B, 1, 1, 1) to scale each image)",
+                _mix(lambda *z: ab_first(*z).sqrt(), lambda *z: (1 - ab_first(*z)).sqrt())),
         Mistake("the sign of the noise: x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε adds it (the same law, but not the same x_t "
                 "for the given ε)", _mix(lambda *z: ab(*z).sqrt(), lambda *z: -(1 - ab(*z)).sqrt())),
     ]
