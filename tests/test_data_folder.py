@@ -162,3 +162,34 @@ def test_an_incomplete_cache_folder_is_replaced_by_the_fetch(no_clone, monkeypat
     assert (dl.course_data("laptop") / "a").read_bytes() == b"1"
     assert sorted(p.name for p in (no_clone / "cache" / "data").iterdir()) == ["laptop", "mnist_classifier.pt"]
 
+
+def test_an_absolute_path_needs_no_data_folder(no_clone):
+    """An absolute path is returned as it is even where no data/ folder exists and none may be fetched.
+    Catches: a download (or a FileNotFoundError) before an absolute path is recognised."""
+    assert dl.course_data(no_clone / "mine" / "w.pt", fetch=False) == no_clone / "mine" / "w.pt"
+    assert not (no_clone / "cache").exists()
+
+
+def test_the_clone_beside_the_package_comes_before_the_one_around_the_working_folder(no_clone, monkeypatch):
+    """Both the package's own clone and another clone around the working folder have a data/ folder: the
+    package's is taken (the one whose models match its code). Catches: the search order reversed."""
+    monkeypatch.setattr(data_folder, "CLONE_DATA", REPO / "data")
+    other = no_clone / "other_clone"
+    (other / "ddpm_lib").mkdir(parents=True)
+    (other / "data").mkdir()
+    (other / "data" / "mnist_classifier.pt").write_bytes(b"x")
+    (other / "notebooks").mkdir()
+    monkeypatch.chdir(other / "notebooks")
+    assert dl.course_data("laptop") == REPO / "data" / "laptop"
+    monkeypatch.setattr(data_folder, "CLONE_DATA", no_clone / "site-packages" / "data")
+    assert dl.course_data("laptop") == other / "data" / "laptop"
+
+
+def test_an_archive_with_an_absolute_member_is_refused(no_clone, monkeypatch):
+    """A member named with a leading "/" under data/ is refused like one with "..", and nothing is kept.
+    Catches: absolute member names accepted."""
+    url = make_archive(no_clone / "abs.zip", {"c-main/data/mnist_classifier.pt": b"x", "/data/laptop/a": b"1"})
+    monkeypatch.setenv("DDPM_COURSE_ARCHIVE", url)
+    with pytest.raises(RuntimeError, match="refusing the archive member '/data/laptop/a'"):
+        dl.course_data("laptop")
+    assert list((no_clone / "cache").iterdir()) == []

@@ -137,3 +137,81 @@ def test_sampling_loader_reads_weights_exported_before_step_and_shape_were_store
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="does not match the sha256"):
         load_sampling_model(path)
+
+
+def test_the_card_records_the_training_time_and_by_default_the_command_that_ran(run_dir, tmp_path, monkeypatch):
+    """Without ``command`` the card records this process's command line, quoted for a shell, as
+    ``python -m ddpm_lib …``; ``training_seconds`` is the checkpoint's elapsed time. Catches: a card whose
+    command is null, the training time dropped."""
+    monkeypatch.setattr("sys.argv", ["/x/ddpm_lib/__main__.py", "export", "--checkpoint", "my run", "--out", "w.pt"])
+    card = export_ema_weights(run_dir, tmp_path / "w.pt")
+    assert card["command"] == "python -m ddpm_lib export --checkpoint 'my run' --out w.pt"
+    elapsed = load_checkpoint(latest_checkpoint(run_dir))["elapsed"]
+    assert isinstance(elapsed, float) and card["training_seconds"] == elapsed
+    assert json.loads((tmp_path / "w.json").read_text())["training_seconds"] == elapsed
+
+
+def test_a_checkpoint_without_ema_weights_is_refused_with_the_command_for_it(run_dir, tmp_path):
+    """A DDGAN checkpoint (no θ_ema) is refused in one line that points to export-ddgan; nothing is written.
+    Catches: a KeyError, or an export of another model's weights."""
+    from ddpm_lib.checkpoint import save_atomic
+    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    del ckpt["ema"]
+    ckpt["model_spec"] = {**ckpt["model_spec"], "kind": "ddgan"}
+    save_atomic(ckpt, tmp_path / "gan.pt")
+    with pytest.raises(ValueError, match="is not a diffusion training checkpoint \\(model kind 'ddgan'\\): export a "
+                                         "DDGAN run with export-ddgan"):
+        export_ema_weights(tmp_path / "gan.pt", tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "w.json").exists()
+
+
+def test_an_export_whose_card_would_replace_the_checkpoints_card_is_refused(run_dir, tmp_path):
+    """``--checkpoint run/ckpt.pth --out run/ckpt.pt``: the new card run/ckpt.json would take the name of the
+    checkpoint's card, so the export is refused before any work. Catches: only the weights file checked."""
+    import shutil
+    shutil.copy(latest_checkpoint(run_dir), tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="would overwrite the --checkpoint card"):
+        export_ema_weights(tmp_path / "ckpt.pth", tmp_path / "ckpt.pt")
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_raw_weights_of_a_checkpoint_are_reported_as_such_in_eval_mode(run_dir):
+    """``load_sampling_model(run, weights="raw")``: the checkpoint's θ (not θ_ema), in eval mode, and ``info``
+    says ``weights: raw``; the default says ``ema``. Catches: the choice not recorded, a model left in train mode."""
+    from ddpm_lib.export import load_sampling_model
+    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    model, _, info = load_sampling_model(run_dir, weights="raw")
+    assert info["weights"] == "raw" and info["source"] == "checkpoint" and not model.training
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+    model, _, info = load_sampling_model(run_dir)
+    assert info["weights"] == "ema" and not model.training
+    assert all(torch.equal(v, ckpt["ema"][k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["ema"])
+
+
+def test_the_weights_file_holds_what_sampling_needs(cfg_run, tmp_path):
+    """Besides θ_ema in fp16 the file holds its schedule (name and T: cosine, 10), the step, the example shape
+    and the training config, taken from the checkpoint. Catches: a field left out or fixed (loaders would
+    fall back on the card or the architecture, which a file passed on without its card lacks)."""
+    export_ema_weights(cfg_run, tmp_path / "w.pt", command="test")
+    ckpt = load_checkpoint(latest_checkpoint(cfg_run))
+    blob = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert blob["format"] == "ddpm_lib-weights-1" and blob["model_spec"] == ckpt["model_spec"]
+    assert blob["schedule"] == {"name": "cosine", "T": 10} and blob["step"] == 2
+    assert blob["example_shape"] == list(ckpt["example_shape"]) == [1, 32, 32] and blob["config"] == ckpt["config"]
+
+
+def test_an_old_weights_file_without_its_card_still_loads_with_its_own_schedule(run_dir, tmp_path):
+    """An older weights file (format, model_spec, ema, schedule only) passed on without its card: the schedule
+    comes from the file itself (T = 30), the step is unknown and the config empty. Catches: the schedule
+    rebuilt from a config that such a file does not have (a KeyError)."""
+    from ddpm_lib.checkpoint import save_atomic
+    from ddpm_lib.export import load_sampling_model
+    path = tmp_path / "old.pt"
+    export_ema_weights(run_dir, path)
+    blob = torch.load(path, weights_only=True)
+    save_atomic({k: blob[k] for k in ("format", "model_spec", "ema", "schedule")}, path)
+    path.with_suffix(".json").unlink()
+    model, s, info = load_sampling_model(path)
+    assert (s.name, s.T) == (blob["schedule"]["name"], 30) and info["step"] is None and info["config"] == {}
+    assert info["example_shape"] == (2,) and not model.training

@@ -311,3 +311,154 @@ def test_a_stopped_evaluate_guidance_continues_from_the_kept_scales_and_writes_t
         assert row.pop("sampling_seconds") > 0                             # the clock differs, nothing else
     assert split["results"] == whole["results"]
     assert sorted(p.name for p in tmp_path.glob("split*")) == ["split.json"]
+
+
+def test_draw_samples_passes_every_ddim_flag_and_the_description_names_them():
+    """``draw_samples`` with --sampler ddim --steps 3 --eta 0.5 --grid quadratic equals ``sample_ddim`` with
+    those settings (and not the uniform grid's), and ``describe_sampler``, which the key of kept samples
+    holds, changes with each of steps, grid and η. Catches: a flag dropped on its way to the sampler, or
+    from the key (a stopped run resumed with another grid or η would mix two samplers' samples)."""
+    import argparse
+    from ddpm_lib.guidance_eval import describe_sampler, draw_samples
+    s = dl.make_schedule("cosine", 20)
+
+    def eps_model(xt, t):
+        return 0.3 * torch.tanh(xt) + 0.02 * t.float()[:, None]
+
+    args = argparse.Namespace(sampler="ddim", steps=3, eta=0.5, grid="quadratic")
+    got = draw_samples(eps_model, s, (4, 2), torch.Generator().manual_seed(0), args)
+    expected = dl.sample_ddim(eps_model, s, (4, 2), steps=3, eta=0.5, grid="quadratic",
+                              generator=torch.Generator().manual_seed(0))
+    uniform = dl.sample_ddim(eps_model, s, (4, 2), steps=3, eta=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, expected) and not torch.allclose(got, uniform)
+    words = {describe_sampler(argparse.Namespace(**{**vars(args), **change}), 20)
+             for change in ({}, {"steps": 4}, {"grid": "uniform"}, {"eta": 0.0})}
+    assert len(words) == 4
+
+
+def test_guided_model_defaults_and_a_class_conditional_model_under_classifier_guidance(models):
+    """A class-conditional model with labels and no --cfg-scale is ε_θ(x, t, y) (w = 1); under classifier
+    guidance it runs with its null label, ε_θ(x, t, ∅), beside the classifier's cond_fn. Catches: a default
+    w of 0 (unconditional samples for ``--label 3``), the conditional model called without labels."""
+    from ddpm_lib.guidance_eval import guided_model
+    model, _, _ = dl.load_ema_model(models / "cfg")
+    info = {"model_spec": {"kind": "conditional_unet"}}
+    xt = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([9, 4]), torch.tensor([3, 7])
+    eps_model, cond_fn, words = guided_model(model, info, y)
+    with torch.no_grad():
+        torch.testing.assert_close(eps_model(xt, t), model(xt, t, y), rtol=0, atol=0)
+        assert cond_fn is None and "w = 1" in words
+        classifier, _ = load_noisy_classifier(models / "noisy.pt")
+        eps_model, cond_fn, words = guided_model(model, info, y, classifier=classifier, scale=2.0)
+        torch.testing.assert_close(eps_model(xt, t), model(xt, t, torch.full((2,), 10)), rtol=0, atol=0)
+    assert cond_fn is not None and words == "classifier guidance, scale 2"
+
+
+def test_a_class_conditional_model_at_w_one_costs_one_network_call_per_step():
+    """At w = 1 (also the default with labels) ε̃ = ε_c needs ε_c alone: one call of the model per step, with
+    the labels; at w = 2 two (ε_c and ε_u). Catches: the w = 1 shortcut lost (every plain conditional sample
+    twice as slow)."""
+    from ddpm_lib.guidance_eval import guided_model
+    seen = []
+
+    class Conditional(torch.nn.Module):
+        null_label = 10
+
+        def forward(self, xt, t, y):
+            seen.append(y.tolist())
+            return 0.5 * xt
+
+    info, y = {"model_spec": {"kind": "conditional_unet"}}, torch.tensor([3, 7])
+    for w in (None, 1.0):
+        seen.clear()
+        eps_model, _, _ = guided_model(Conditional(), info, y, cfg_scale=w)
+        assert torch.equal(eps_model(torch.ones(2, 3), torch.tensor([5, 5])), torch.full((2, 3), 0.5))
+        assert seen == [[3, 7]]
+    seen.clear()
+    guided_model(Conditional(), info, y, cfg_scale=2.0)[0](torch.ones(2, 3), torch.tensor([5, 5]))
+    assert sorted(seen) == [[3, 7], [10, 10]]
+
+
+def test_the_null_label_wrapper_keeps_the_models_eval_mode_so_that_it_compiles(models):
+    """Unguided, a class-conditional model in eval mode is wrapped (ε_θ(x, t, ∅)) as a module in eval mode
+    too, which ``compiled_eps_model`` accepts (it refuses a module in train mode); a model in train mode
+    gives a wrapper in train mode. Catches: the wrapper left in nn.Module's default train mode, which made
+    ``evaluate --compile`` refuse every class-conditional model."""
+    from ddpm_lib.fast_sampling import compiled_eps_model
+    from ddpm_lib.guidance_eval import guided_model
+    model, _, _ = dl.load_ema_model(models / "cfg")
+    info = {"model_spec": {"kind": "conditional_unet"}}
+    base, cond_fn, _ = guided_model(model.eval(), info, None)
+    assert isinstance(base, torch.nn.Module) and not base.training and cond_fn is None
+    compiled_eps_model(base, (2, 1, 32, 32), device="cpu", backend="eager", warmup=0)
+    assert guided_model(model.train(), info, None)[0].training
+    model.eval()
+
+
+def test_classifier_guidance_without_scale_is_scale_one(models, tmp_path):
+    """``--classifier --label 5`` without --scale draws what ``--scale 1`` draws. Catches: another default."""
+    common = ["sample", "--checkpoint", models / "uncond", "--classifier", models / "noisy.pt", "--label", 5, "--n", 2,
+              "--seed", 2, "--sampler", "ddim", "--steps", 2, "--eta", 1]
+    assert run(*common, "--out", tmp_path / "d.pt") == 0
+    assert run(*common, "--scale", 1, "--out", tmp_path / "one.pt") == 0
+    assert run(*common, "--scale", 0, "--out", tmp_path / "zero.pt") == 0
+    default = torch.load(tmp_path / "d.pt", weights_only=True)
+    assert torch.equal(default, torch.load(tmp_path / "one.pt", weights_only=True))
+    assert not torch.equal(default, torch.load(tmp_path / "zero.pt", weights_only=True))
+
+
+def test_fid_mnist_refuses_models_of_other_data_or_shape():
+    """``mnist_digits`` refuses a model of toy data, and an MNIST model of another image shape, naming both.
+    Catches: either check dropped (a FID-MNIST of 2-D points, or of 28×28 images against 32×32 digits)."""
+    from ddpm_lib.guidance_eval import mean_pairwise_distance, mnist_digits
+    with pytest.raises(ValueError, match="trained on 'two_moons' with examples of shape \\(2,\\)"):
+        mnist_digits({"config": {"data": "two_moons"}, "example_shape": [2]}, train=False)
+    with pytest.raises(ValueError, match="trained on 'mnist-5k' with examples of shape \\(1, 28, 28\\)"):
+        mnist_digits({"config": {"data": "mnist-5k"}, "example_shape": [1, 28, 28]}, train=False)
+    with pytest.raises(ValueError, match="trained on 'fashion-mnist' with examples of shape \\(1, 32, 32\\)"):
+        mnist_digits({"config": {"data": "fashion-mnist"}, "example_shape": [1, 32, 32]}, train=False)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        mean_pairwise_distance(torch.zeros(1, 3))
+
+
+def test_evaluate_guidance_refuses_batch_size_zero(models, tmp_path, capsys):
+    assert run("evaluate-guidance", "--checkpoint", models / "cfg.pt", "--cfg-scales", 1, "--batch-size", 0,
+               "--out", tmp_path / "r.json") == 1
+    assert "--batch-size at least 1" in one_error_line(capsys)
+
+
+def test_kept_samples_record_every_setting_that_decides_them_and_a_stop_while_measuring_keeps_them(
+        models, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C while the clean classifier measures the first scale's samples (all drawn) ends with the line
+    that names the 20 kept samples; their file's key is exactly the settings that decide the samples
+    (checkpoint and its sha256, noisy classifier sha256, guidance kind, sampler with its steps, grid and η,
+    n per class, batch size, seed, machine, torch build, scale), and a run with another seed is refused
+    naming it. Catches: a setting left out of the key (samples of another seed, scale or checkpoint taken
+    for this command's), a stop during the measurement that says nothing of the kept samples."""
+    from ddpm_lib import guidance_eval
+    from ddpm_lib.checkpoint import file_sha256, recorded_path
+    real_outputs, calls = guidance_eval.classifier_outputs, []
+
+    def stop_on_samples(images, classifier, batch_size=500):
+        calls.append(len(images))
+        if len(calls) == 2:                              # 1: the held-out digits, 2: the first scale's samples
+            raise KeyboardInterrupt
+        return real_outputs(images, classifier, batch_size)
+
+    monkeypatch.setattr(guidance_eval, "classifier_outputs", stop_on_samples)
+    out = tmp_path / "r.json"
+    command = ["evaluate-guidance", "--checkpoint", models / "cfg.pt", "--cfg-scales", 1.5, 2, "--n-per-class", 2,
+               "--batch-size", 8, "--sampler", "ddim", "--steps", 1, "--eta", 0.5]
+    assert run(*command, "--out", out) == 130
+    kept = tmp_path / "r.json.row1.partial.pt"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: 20 of 20 samples are kept in {kept}; the same command continues from them")
+    assert calls == [1000, 20]
+    key = torch.load(kept, weights_only=True)["key"]
+    assert key == {"checkpoint": recorded_path(models / "cfg.pt"), "checkpoint_sha256": file_sha256(models / "cfg.pt"),
+                   "noisy_classifier_sha256": None, "guidance": "classifier-free",
+                   "sampler": "DDIM, 1 uniform steps, eta = 0.5", "n_per_class": 2, "batch_size": 8, "seed": 0,
+                   "machine": "cpu", "torch": str(torch.__version__), "scale": 1.5}
+    assert run(*command, "--seed", 1, "--out", out) == 1
+    assert "seed=0 there, 1 here" in one_error_line(capsys)

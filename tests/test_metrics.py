@@ -202,3 +202,89 @@ def test_fid_floor_redraws_are_bootstrap_sets_scored_against_the_whole_reference
     assert dl.fid_floor_redraws(real[:50], reference, 80, classifier, times=1).shape == (1,)
     with pytest.raises(ValueError, match="at least 2"):
         dl.fid_floor_redraws(real, reference, 1, classifier)
+
+
+@pytest.mark.parametrize("wrong", ["mu1", "sigma1", "mu2", "sigma2"])
+def test_frechet_distance_refuses_each_argument_of_another_size(wrong):
+    """One argument of the wrong size, the other three of D = 3, raises the one-line ValueError, whichever it
+    is. Catches: a shape check that forgets one of the four (broadcasting or a matmul error instead)."""
+    args = {"mu1": torch.zeros(3), "sigma1": torch.eye(3), "mu2": torch.zeros(3), "sigma2": torch.eye(3)}
+    args[wrong] = torch.zeros(2) if wrong.startswith("mu") else torch.eye(2)
+    with pytest.raises(ValueError, match="need means \\(D,\\) and covariances \\(D, D\\) of one D"):
+        frechet_distance(**args)
+
+
+def test_float32_arguments_are_computed_in_float64():
+    """Commuting float32 covariances diag(a), diag(b) with means m₁, m₂: the distance equals the closed form
+    ‖m₁ − m₂‖² + Σ(√a − √b)² evaluated in float64 from the same float32 numbers, to 1e-12. Catches: the
+    arithmetic done in the arguments' float32 (errors of 1e-7)."""
+    a = torch.tensor([0.3, 1.7, 2.9, 0.011], dtype=torch.float32)
+    b = torch.tensor([1.1, 0.23, 2.7, 0.5], dtype=torch.float32)
+    m1 = torch.tensor([0.1, -0.7, 0.33, 1.9], dtype=torch.float32)
+    m2 = torch.tensor([0.2, 0.6, -0.21, 1.7], dtype=torch.float32)
+    expected = float((m1.double() - m2.double()).square().sum()
+                     + (a.double().sqrt() - b.double().sqrt()).square().sum())
+    assert frechet_distance(m1, torch.diag(a), m2, torch.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+class TinyClassifier(torch.nn.Module):
+    """A stand-in with the interface of ``MNISTClassifier`` (``features``, ``head``): features are the pixel
+    means of the four quadrants times fixed weights, passed through dropout so that train mode shows."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.proj = torch.nn.Parameter(torch.randn(4, 5, generator=g))
+        self.dropout = torch.nn.Dropout(0.5)
+        self.head = torch.nn.Linear(5, num_classes)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(num_classes, 5, generator=g))
+            self.head.bias.zero_()
+
+    def features(self, x):
+        q = x.unflatten(-1, (2, -1)).unflatten(-3, (2, -1)).mean((-1, -3)).flatten(1)   # (N, 4)
+        return self.dropout(q @ self.proj)
+
+
+def test_classifier_outputs_are_taken_in_eval_mode_and_refuse_batch_size_zero(gen):
+    """A classifier left in train mode (its features pass through dropout) gives the eval-mode features and
+    softmax(head(relu(features))), the same in batches of 3 as in one; ``batch_size=0`` is refused by name.
+    Catches: the classifier not put in eval mode (dropout in FID features), a batch size 0 reaching range()."""
+    from ddpm_lib.metrics import classifier_outputs
+    classifier = TinyClassifier()
+    images = torch.rand(7, 1, 8, 8, generator=gen) * 2 - 1
+    with torch.no_grad():
+        expected = classifier.eval().features(images)
+    classifier.train()
+    features, probs = classifier_outputs(images, classifier, batch_size=3)
+    torch.testing.assert_close(features, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(probs, torch.softmax(classifier.head(torch.relu(expected)), -1).detach(),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        classifier_outputs(images, classifier, batch_size=0)
+
+
+def test_image_statistics_of_a_small_classifier_against_its_own_outputs(gen):
+    """``image_statistics`` with 3 classes: n, the mean and covariance of ``classifier_outputs``'s features
+    (numpy), the mean max-probability, the arg-max counts, their entropy (−Σ p ln p by hand) and ln 3 as the
+    largest entropy. Catches: log₂ as the maximum, a class dropped from the entropy, a median confidence."""
+    from ddpm_lib.metrics import classifier_outputs
+    classifier = TinyClassifier().eval()
+    images = torch.rand(40, 1, 8, 8, generator=gen) * 2 - 1
+    stats = image_statistics(images, classifier, batch_size=16)
+    features, probs = classifier_outputs(images, classifier)
+    f = features.double().numpy()
+    counts = np.bincount(probs.argmax(1).numpy(), minlength=3)
+    assert stats["n"] == 40 and stats["class_counts"] == counts.tolist() and counts.min() > 0
+    np.testing.assert_allclose(stats["mu"].numpy(), f.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats["sigma"].numpy(), np.cov(f, rowvar=False), rtol=1e-9)
+    assert stats["confidence"] == pytest.approx(float(probs.max(1).values.double().mean()), rel=1e-9)
+    p = counts / counts.sum()
+    assert stats["class_entropy"] == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12)
+    assert stats["max_class_entropy"] == pytest.approx(math.log(3), rel=1e-12)
+
+
+def test_fid_floor_redraws_refuse_zero_redraws():
+    """``times=0`` is refused (an empty tensor would give a NaN spread). Catches: only n checked."""
+    with pytest.raises(ValueError, match="times at least 1"):
+        dl.fid_floor_redraws(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), 2, TinyClassifier(), times=0)

@@ -127,3 +127,20 @@ def test_resume_into_a_folder_whose_run_has_not_saved_yet_says_it_is_in_use(comm
     assert "ckpt_*.pt" not in err and err.count("\n") == 1
     assert main([command, "--out-dir", str(out), "--resume", "--no-progress"]) == 1   # free and empty
     assert "--resume: no checkpoint (ckpt_*.pt)" in capsys.readouterr().err
+
+
+def test_metrics_are_cut_back_by_replacing_the_file_and_a_missing_file_is_left_missing(tmp_path):
+    """The cut-back metrics file is a new file renamed over the old one (a hard link made before still holds
+    every old line, as a reader that opened the file before would see), and a run without a metrics file yet
+    gets none. Catches: the file rewritten in place (a kill mid-write loses the kept lines), a resume that
+    fails when metrics.jsonl does not exist."""
+    import os
+    path = tmp_path / "metrics.jsonl"
+    text = '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'
+    path.write_text(text)
+    os.link(path, tmp_path / "before.jsonl")
+    run_folder.keep_metrics_up_to(path, 1)
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n'
+    assert (tmp_path / "before.jsonl").read_text() == text
+    run_folder.keep_metrics_up_to(tmp_path / "none.jsonl", 1)
+    assert not (tmp_path / "none.jsonl").exists()

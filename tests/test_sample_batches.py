@@ -147,3 +147,74 @@ def test_warm_up_calls_the_network_once_at_the_batch_shape_off_the_cpu_and_never
     assert seen == []
     warm_up(net, (5, 1, 8, 8), "meta")
     assert seen == [((5, 1, 8, 8), "meta", (5,), torch.long, False)]
+
+
+def test_machine_name_is_the_gpu_model_on_cuda_and_cpu_otherwise(monkeypatch):
+    """The key of kept samples names the processor: the GPU's model for a CUDA device (asked of
+    ``torch.cuda.get_device_name`` for that device), "cpu" for the CPU. Catches: every machine called
+    "cpu" (samples of an H100 resumed on an A100 would mix values of two machines)."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: asked.append(device) or "NVIDIA H100 80GB HBM3")
+    assert sample_batches.machine_name(torch.device("cuda", 1)) == "NVIDIA H100 80GB HBM3"
+    assert asked == [torch.device("cuda", 1)]
+    assert sample_batches.machine_name(torch.device("cpu")) == "cpu" and len(asked) == 1
+
+
+_CODE_RAN = []
+
+
+def _record_code_ran():
+    _CODE_RAN.append(True)
+    return "ran"
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (_record_code_ran, ())
+
+
+def test_a_file_of_another_kind_is_refused_and_counts_no_samples(tmp_path):
+    """At ``<out>.partial.pt``: a torch file of another format, a tensor, or a file of the right format that
+    would run code when unpickled. Each is refused with the "not a file of kept samples" line (the last
+    without running its code: the file is read with ``weights_only``), and ``kept_count`` counts 0 samples.
+    Catches: the format tag unchecked (a KeyError instead), a non-dict file taken for a dict, a kept file
+    unpickled in full."""
+    from ddpm_lib.sample_batches import kept_count
+    out = tmp_path / "r.json"
+    g = torch.Generator().manual_seed(0)
+    valid = {"format": sample_batches.FORMAT, "key": {"seed": 0}, "batches": [torch.zeros(2, dtype=torch.float16)],
+             "seconds": 1.0, "calls": [], "generator": g.get_state()}
+    for content in ({"format": "ddpm_lib-checkpoint-1", "key": {"seed": 0}}, torch.zeros(3),
+                    {**valid, "extra": _RunsCodeWhenUnpickled()}):
+        torch.save(content, partial_path(out))
+        assert kept_count(out) == 0
+        with pytest.raises(ValueError, match="is not a file of kept samples"):
+            draw_batches(lambda start, b: torch.zeros(b), 4, 2, g, out, {"seed": 0})
+    assert _CODE_RAN == []
+    torch.save(valid, partial_path(out))                      # the same file without the object: read
+    assert kept_count(out) == 2
+
+
+def test_kept_count_counts_samples_not_batches(tmp_path):
+    """After batches of 2, 2 and 1 are kept, ``kept_count`` is 5; without a file it is 0. Catches: the number
+    of batches reported (``evaluate --compile`` decides from it whether a padded last batch is needed)."""
+    from ddpm_lib.sample_batches import kept_count
+    g = torch.Generator().manual_seed(0)
+    assert kept_count(tmp_path / "r.json") == 0
+    draw_batches(lambda start, b: torch.randn(b, 2, generator=g), 5, 2, g, tmp_path / "r.json", {"seed": 0})
+    assert kept_count(tmp_path / "r.json") == 5
+
+
+def test_kept_files_take_only_row_files_and_names_with_glob_characters(tmp_path):
+    """Beside ``run[1].json`` (a name with glob's brackets) its partial and row files are found, and neither
+    ``run[1].json.old.partial.pt`` (not a row file) nor ``run1.json.partial.pt`` (which the unescaped
+    pattern ``run[1].json*`` would match) is taken; ``remove_kept`` removes exactly those found. Catches: a
+    name not escaped for glob, any ``<out>.<anything>.partial.pt`` removed."""
+    from ddpm_lib.sample_batches import kept_files, remove_kept
+    names = ["run[1].json.partial.pt", "run[1].json.row1.partial.pt", "run[1].json.row12.partial.pt",
+             "run[1].json.old.partial.pt", "run1.json.partial.pt", "run[1].json"]
+    for name in names:
+        (tmp_path / name).touch()
+    assert [p.name for p in kept_files(tmp_path / "run[1].json")] == names[:3]
+    remove_kept(tmp_path / "run[1].json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])
