@@ -94,8 +94,8 @@ def checkpoint_to_resume(out_dir: str | Path, resume: bool, kind: str) -> Path |
     ckpt = load_checkpoint(found, mmap=True)                                # weights unread
     held = run_kind(ckpt)
     if held != kind:
-        raise ValueError(f"{out_dir} holds a {_RUN_NAMES[held]} run (model kind {ckpt['model_spec'].get('kind')!r}): continue it with "
-                         f"`python -m ddpm_lib {RUN_COMMANDS[held]} --out-dir {out_dir} --resume`, "
+        raise ValueError(f"{out_dir} holds a {_RUN_NAMES[held]} run (model kind {ckpt['model_spec'].get('kind')!r}): "
+                         f"continue it with `python -m ddpm_lib {RUN_COMMANDS[held]} --out-dir {out_dir} --resume`, "
                          f"or give `{RUN_COMMANDS[kind]}` another --out-dir")
     if not resume:
         raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue that run "

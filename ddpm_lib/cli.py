@@ -61,9 +61,7 @@ from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
-# Errors that every rank of a torchrun job raises alike (settings, files, a NaN loss that the ranks agree on,
-# rank 0's lock refusal): only rank 0 prints them. Others (a rank's own failure, a lost peer) name their rank.
-OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torch's message says only how much it asked for)
+OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torch says only what it asked for)
     "train": "→ train with a smaller --batch-size, more processes (torchrun) or a smaller --preset in a new "
              "--out-dir (a run resumes only with its own batch size)",
     "train-ddgan": "→ train with a smaller --batch-size or --preset in a new --out-dir (a run resumes only with "
@@ -74,6 +72,8 @@ OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torc
     "bench": "→ a smaller --batch-size or --sample-batch", "train-noisy-classifier": "→ a smaller --batch-size",
     "train-classifier": "→ a smaller --batch-size",
 }
+# Errors that every rank of a torchrun job raises alike (settings, files, a NaN loss that the ranks agree on,
+# rank 0's lock refusal): only rank 0 prints them. Others (a rank's own failure, a lost peer) name their rank.
 SAME_ON_EVERY_RANK = (ValueError, FloatingPointError, FileExistsError, FileNotFoundError, RunLocked)
 
 
