@@ -352,7 +352,8 @@ def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
 
 def _read_ddgan_file(path: Path) -> dict:
     """A DDGAN training checkpoint or exported weights file, read onto the CPU, as a dict with its ``format`` tag."""
-    blob = read_tagged_file(path, (CHECKPOINT_FORMAT, WEIGHTS_FORMAT), "DDGAN checkpoint or exported DDGAN weights file")
+    blob = read_tagged_file(path, (CHECKPOINT_FORMAT, WEIGHTS_FORMAT),
+                            "DDGAN checkpoint or exported DDGAN weights file")
     if blob["format"] == CHECKPOINT_FORMAT:
         _check_ddgan_checkpoint(blob, path)
     return blob

@@ -122,7 +122,8 @@ class TrainConfig:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1) (θ_ema ← d·θ_ema + (1 − d)·θ), got {self.ema_decay}")
+            raise ValueError(f"ema_decay must lie in [0, 1) (θ_ema ← d·θ_ema + (1 − d)·θ), "
+                             f"got {self.ema_decay}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or a positive number of classes, "
                              f"got {self.num_classes!r}")
