@@ -117,6 +117,8 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_heldout: to
         raise ValueError(f"need epochs ≥ 1, 1 ≤ batch_size ≤ {len(x_train)} (the training digits), 0 ≤ max_shift < "
                          f"{side // 2} (half the image side) and lr > 0, got epochs={epochs}, batch_size={batch_size}, "
                          f"max_shift={max_shift}, lr={lr}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be at least 0, got {weight_decay}")
     torch.manual_seed(seed)                                          # initial weights and dropout masks
     generator = torch.Generator().manual_seed(seed)                  # data order and shifts
     model = MNISTClassifier(**(model_config or {})).to(device)

@@ -54,6 +54,8 @@ def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
     if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
         raise ValueError(f"need --steps >= 1, --batch-size >= 1 and --lr > 0, got {args.steps}, "
                          f"{args.batch_size}, {args.lr}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be at least 0, got {args.weight_decay}")
     prepare_output(args.out, (".pt",))
     s = make_schedule(args.schedule, args.T)
     eval_t = args.eval_t or default_eval_t(args.T)
