@@ -44,6 +44,7 @@ from .checkpoint import write_json
 from .ddgan import ddgan_schedule, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_generator, ddgan_spec
 from .ddim import sample_ddim
+from .devices import pick_device
 from .fast_sampling import BACKENDS, compiled_eps_model
 from .elbo import l_simple
 from .training import Trainer, TrainConfig, autocast_dtype
@@ -259,7 +260,7 @@ def bench(preset: str = "ddpm-cifar10", batch_size: int = 128, sample_batch: int
         raise ValueError(f"unknown bench rows {unknown}: choose among {', '.join(ROWS)}")
     if compile_backend not in BACKENDS:
         raise ValueError(f"unknown compile backend {compile_backend!r}: choose one of {', '.join(BACKENDS)}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     if diffusers_available():
         import diffusers
     settings = {"preset": preset, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),

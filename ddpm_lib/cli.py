@@ -45,6 +45,7 @@ from .classifier import classifier_path, load_classifier, save_classifier, train
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
+from .devices import pick_device
 from .export import export_ema_weights, load_sampling_model
 from .fast_sampling import compiled_eps_model
 from .cli_noisy_classifier import add_noisy_classifier_parser, run_train_noisy_classifier
@@ -289,7 +290,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     args.classifier = classifier_path(args.classifier)
     check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".json",))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     classifier = load_classifier(args.classifier, device)
     if args.bf16 and device.type != "cuda":
         raise ValueError("--bf16 needs a CUDA device (on a CPU the sampler runs in float32)")
@@ -388,23 +389,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def check_device_flag(device: str) -> None:
-    """Refuse a ``--device`` that torch cannot parse or this machine lacks, in one line, before any work
-    (torch's own words come from deep inside the first ``.to(device)``: "Found no NVIDIA driver…")."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, …)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch {torch.__version__} can use "
-                         f"(leave --device out to take the GPU when there is one, else the CPU)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                         f"numbered from 0")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: Apple's MPS backend is not available here")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -416,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "sampler"):
             check_sampler_flags(args)
         if getattr(args, "device", None):
-            check_device_flag(args.device)
+            pick_device(args.device, "--device")
         if args.command in DDGAN_COMMANDS:
             run_ddgan_command(args, argv)
         elif args.command == "train":

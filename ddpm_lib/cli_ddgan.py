@@ -24,6 +24,7 @@ from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
 from .ddgan_train import KIND_DEFAULTS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .devices import pick_device
 from .toy_data import TOY_SETS
 from .training import write_samples
 
@@ -80,7 +81,7 @@ def run_sample_ddgan(args: argparse.Namespace) -> Path:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     check_files({"--checkpoint": args.checkpoint}, args.out)
     prepare_output(args.out, (".png", ".pt"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     G, schedule, info = load_ddgan_generator(args.checkpoint, device)
     schedule = schedule.to(device)
     shape = info["example_shape"]

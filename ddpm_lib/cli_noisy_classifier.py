@@ -17,6 +17,7 @@ import torch
 from .checkpoint import prepare_output
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
+from .devices import pick_device
 from .noisy_classifier import NoisyClassifier, noisy_classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from .schedules import SCHEDULES, make_schedule
 from .unet import PRESETS
@@ -61,7 +62,7 @@ def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
     eval_t = args.eval_t or default_eval_t(args.T)
     if min(eval_t) < 1 or max(eval_t) > args.T:
         raise ValueError(f"--eval-t values must lie in 1..{args.T} (T), got {eval_t}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     x_train, y_train = load_images(args.data, root=args.data_root, train=True, pad_to_32=True)
     x_held, y_held = load_images(args.data, root=args.data_root, train=False, pad_to_32=True)
     if args.batch_size > len(x_train):

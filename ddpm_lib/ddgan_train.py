@@ -42,6 +42,7 @@ from .checkpoint import (FORMAT as CHECKPOINT_FORMAT, check_card, check_files, c
 from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
+from .devices import pick_device
 from .ema import ema_decay, make_ema_model, update_ema
 from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
@@ -254,12 +255,12 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     if world > 1:      # every process would train alone on the full batch and race for out_dir's lock
         raise ValueError(f"train-ddgan trains in one process, but this is one of {world} (WORLD_SIZE={world}, "
                          f"torchrun?): run it as `python -m ddpm_lib train-ddgan ...`")
+    device = pick_device(config.device)
     with run_lock(config.out_dir):                            # one run at a time writes into out_dir
-        return _train_ddgan(config)
+        return _train_ddgan(config, device)
 
 
-def _train_ddgan(config: DDGANConfig) -> DDGANTrainer:
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _train_ddgan(config: DDGANConfig, device: torch.device) -> DDGANTrainer:
     out_dir = Path(config.out_dir)
     resume_from = checkpoint_to_resume(out_dir, config.resume, kind="ddgan")
     x0_data = load_ddgan_data(config, device)

@@ -36,6 +36,7 @@ from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
 from .ddim import GRIDS, sample_ddim
+from .devices import pick_device
 from .export import load_sampling_model
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
@@ -198,7 +199,7 @@ def run_sample(args: argparse.Namespace) -> Path:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".png", ".pt"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model, schedule, info = load_sampling_model(args.checkpoint, device)
     schedule = schedule.to(device)                     # a CPU schedule would cost host copies at every step
     check_guidance_flags(info, args.label, args.cfg_scale, args.classifier, args.scale)
@@ -304,7 +305,7 @@ def run_evaluate_guidance(args: argparse.Namespace) -> dict:
     check_files({"--checkpoint": args.checkpoint, "--classifier": args.classifier,
                  "--fid-classifier": args.fid_classifier}, args.out)
     prepare_output(args.out, (".json",))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     clean = load_classifier(args.fid_classifier, device)
     model, schedule, info = load_sampling_model(args.checkpoint, device)
     if sweep == "classifier-free" and not is_conditional(info):

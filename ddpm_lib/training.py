@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from .checkpoint import build_model, checkpoint_to_resume, load_model_state, model_spec, resume_training, save_training
 from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip, to_pixel_range
+from .devices import pick_device
 from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
@@ -361,7 +362,7 @@ def train(config: TrainConfig) -> Trainer:
     infinite, and ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C asks it to stop.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(config.device)
     if world == 1:
         with run_lock(config.out_dir):
             return _train(config, device, rank=0, world=1)

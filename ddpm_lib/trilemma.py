@@ -33,6 +33,7 @@ from .data import load_images
 from .ddgan import sample_ddgan
 from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
+from .devices import pick_device
 from .export import load_sampling_model
 from .metrics import METRIC, frechet_distance, image_statistics
 from .sample_batches import draw_batches, kept_on_stop, machine_name, remove_kept, row_output, warm_up
@@ -151,7 +152,7 @@ def run_trilemma(args) -> dict:
     args.classifier = classifier_path(args.classifier)
     check_files({"--ddpm": args.ddpm, "--ddgan": args.ddgan, "--classifier": args.classifier}, args.out)
     prepare_output(args.out, (".json",))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     if args.bf16 and device.type != "cuda":
         raise ValueError("--bf16 needs a CUDA device (on a CPU every row runs in float32)")
     eps_model, s, info = load_sampling_model(args.ddpm, device)

@@ -635,6 +635,11 @@ def test_a_device_the_machine_lacks_is_refused_in_one_line_before_any_work(comma
     assert one_error_line(capsys) == "error: --device cuda:2: this machine has 2 CUDA GPU(s), numbered from 0"
     assert main([*argv, "--device", "tpu"]) == 1
     assert "--device tpu: not a device name" in one_error_line(capsys)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    assert main([*argv, "--device", "xpu"]) == 1
+    assert f"--device xpu: torch {torch.__version__} cannot use xpu devices" in one_error_line(capsys)
+    assert main([*argv, "--device", "meta"]) == 1
+    assert "--device meta: a meta tensor holds no numbers" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
 
 
