@@ -32,7 +32,7 @@ from .ema import ema_decay as ramped_decay
 from .ema import make_ema_model, update_ema
 from .embedding import timestep_embedding
 from .forward import q_step
-from .indexing import check_same_shape, check_t, gather
+from .indexing import check_operands, check_t, gather
 from .posterior import q_posterior
 from .sampling import standard_normal
 from .schedules import Schedule, schedule_from_betas
@@ -86,7 +86,7 @@ def posterior_sample(s: Schedule, x0_pred: torch.Tensor, xt: torch.Tensor, t, no
     At t = 1, β̃_1 = 0, so the draw is the mean μ̃_1 = x_0′ and the noise is not used.
     x0_pred, xt, noise: (B, ...); t: int or long (B,) in 1..T.
     """
-    check_same_shape(x0_pred=x0_pred, xt=xt, noise=noise)
+    check_operands(x0_pred=x0_pred, xt=xt, noise=noise)
     mean, var = q_posterior(s, x0_pred, xt, t)
     return mean + torch.sqrt(var) * noise
 
@@ -145,7 +145,7 @@ class ToyDiscriminator(nn.Module):
         self.out = nn.Linear(hidden, 1)
 
     def forward(self, x_prev: torch.Tensor, xt: torch.Tensor, t) -> torch.Tensor:
-        check_same_shape(x_prev=x_prev, xt=xt)
+        check_operands(x_prev=x_prev, xt=xt)
         x = torch.cat([x_prev, xt], dim=1).to(self.inp.weight.dtype)
         t = _as_batch_t(t, x.shape[0], x.device)
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype))

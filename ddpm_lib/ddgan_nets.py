@@ -33,7 +33,7 @@ from torch import nn
 
 from .ddgan import ToyDiscriminator, ToyGenerator
 from .embedding import batch_timesteps, timestep_embedding
-from .indexing import check_same_shape
+from .indexing import check_operands
 from .unet import UNet
 
 LEAKY_SLOPE = 0.2          # the discriminator's LeakyReLU, as in the paper (and its He initialisation)
@@ -143,7 +143,7 @@ class DDGANDiscriminator(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x_prev: torch.Tensor, xt: torch.Tensor, t) -> torch.Tensor:
-        check_same_shape(x_prev=x_prev, xt=xt)
+        check_operands(x_prev=x_prev, xt=xt)
         if xt.ndim != 4 or xt.shape[1] != self.in_channels:
             raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(xt.shape)}")
         t = batch_timesteps(t, xt.shape[0], xt.device)

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .indexing import check_same_shape, check_t, gather
+from .indexing import check_operands, check_t, gather
 from .sampling import initial_latent, standard_normal
 from .schedules import Schedule
 
@@ -118,9 +118,9 @@ def ddim_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, t_prev, 
     ε̂ = ε_θ − √(1 − ᾱ_t)·g in place of ε_θ (classifier-guided DDIM, Dhariwal & Nichol 2021, Alg. 2).
     Returns x_{t'}, or ``(x_{t'}, x̂_0)`` with ``return_x0`` (``sample_ddim``'s callback shows both).
     """
-    check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
+    check_operands(xt=xt, eps_pred=eps_pred, noise=noise)
     if cond_grad is not None:
-        check_same_shape(xt=xt, cond_grad=cond_grad)
+        check_operands(xt=xt, cond_grad=cond_grad)
     check_t(s, t, batch=xt.shape[0])
     _check_t_prev(t, t_prev, xt.shape[0])
     eta = _check_eta(eta)
@@ -209,7 +209,7 @@ def ddim_invert(eps_model: EpsModel, s: Schedule, x0: torch.Tensor, steps: int =
     cast = dict(device=x.device, dtype=x.dtype)
     for t_next in timesteps:
         eps_pred = eps_model(x, torch.full((x.shape[0],), t_next, device=x.device, dtype=torch.long)).to(x.dtype)
-        check_same_shape(xt=x, eps_pred=eps_pred)
+        check_operands(xt=x, eps_pred=eps_pred)
         alpha_bar_t, alpha_bar_next = gather(s.alpha_bar, t, like64), gather(s.alpha_bar, t_next, like64)
         x0_pred = (x - torch.sqrt(1 - alpha_bar_t).to(**cast) * eps_pred) / torch.sqrt(alpha_bar_t).to(**cast)
         x = torch.sqrt(alpha_bar_next).to(**cast) * x0_pred + torch.sqrt(1 - alpha_bar_next).to(**cast) * eps_pred
@@ -232,7 +232,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha) -> torch.Tensor:
     Nearly parallel samples (θ < 1e-6) fall back to the straight line (1 − α)·z_0 + α·z_1, which
     differs from the arc by O(θ²). Opposite samples (θ = π) have no unique arc: ValueError.
     """
-    check_same_shape(z0=z0, z1=z1)
+    check_operands(z0=z0, z1=z1)
     flat0, flat1 = z0.reshape(z0.shape[0], -1), z1.reshape(z1.shape[0], -1)
     norm0, norm1 = flat0.norm(dim=1, keepdim=True), flat1.norm(dim=1, keepdim=True)
     if (norm0 == 0).any() or (norm1 == 0).any():

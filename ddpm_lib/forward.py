@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .indexing import check_same_shape, check_t, gather
+from .indexing import check_operands, check_t, gather
 from .schedules import Schedule
 
 
@@ -12,7 +12,7 @@ def q_step(s: Schedule, x_prev: torch.Tensor, t, eps: torch.Tensor) -> torch.Ten
 
     Reparameterised: x_t = √(1 − β_t)·x_prev + √β_t·eps, eps ~ N(0, I) of x_prev's shape (B, ...).
     """
-    check_same_shape(x_prev=x_prev, eps=eps)
+    check_operands(x_prev=x_prev, eps=eps)
     check_t(s, t, batch=x_prev.shape[0])
     beta_t = gather(s.beta, t, x_prev)
     return torch.sqrt(1.0 - beta_t) * x_prev + torch.sqrt(beta_t) * eps
@@ -31,7 +31,7 @@ def q_sample(s: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tenso
 
     x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·eps.  x0, eps: (B, ...); t: int or long tensor (B,) in 1..T.
     """
-    check_same_shape(x0=x0, eps=eps)
+    check_operands(x0=x0, eps=eps)
     check_t(s, t, batch=x0.shape[0])
     sqrt_alpha_bar_t, sqrt_one_minus_alpha_bar_t = signal_noise_scales(s, t, x0)
     return sqrt_alpha_bar_t * x0 + sqrt_one_minus_alpha_bar_t * eps

@@ -31,7 +31,8 @@ def check_t(s: Schedule, t, batch: int | None = None) -> None:
             return
         lo, hi = int(t.min()), int(t.max())
     else:
-        raise ValueError(f"t must be an int or a torch tensor of timesteps, got {type(t).__name__}")
+        hint = ": pass int(t)" if hasattr(t, "__index__") else ""           # numpy.int64, …
+        raise ValueError(f"t must be an int or a torch tensor of timesteps, got {type(t).__name__}{hint}")
     if lo < 1 or hi > s.T:
         raise ValueError(f"t must lie in 1..T = 1..{s.T} (the paper's t; index 0 is the clean data), "
                          f"got values from {lo} to {hi}")
@@ -50,8 +51,13 @@ def gather(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
     return v.to(device=like.device, dtype=like.dtype)
 
 
-def check_same_shape(**tensors: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming the tensors when their shapes differ."""
+def check_operands(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the tensors when their shapes differ, or naming one that is not real (floating
+    point): an integer x_0 such as ``torch.tensor([[2, 1]])`` would round √ᾱ_t to 0 and every result with it."""
+    for k, v in tensors.items():
+        if not v.is_floating_point():
+            raise ValueError(f"{k} is a {v.dtype} tensor: the formulas need real numbers ({k}.float(); images "
+                             f"as floats in [−1, 1]: dl.to_model_range)")
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError("shapes must match: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .indexing import check_same_shape, gather
+from .indexing import check_operands, gather
 from .posterior import mu_from_eps
 from .schedules import Schedule
 
@@ -47,10 +47,10 @@ def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: t
     μ_θ + σ_t²·g (classifier guidance, Dhariwal & Nichol 2021, Algorithm 1). Where σ_t² = β̃_1 = 0
     (t = 1, default variance) the shift is zero; with ``var="beta"`` it is β_1·g there.
     """
-    check_same_shape(xt=xt, eps_pred=eps_pred, noise=noise)
+    check_operands(xt=xt, eps_pred=eps_pred, noise=noise)
     mean, sigma_sq = p_mean_var(s, xt, eps_pred, t, var)
     if cond_grad is not None:
-        check_same_shape(xt=xt, cond_grad=cond_grad)
+        check_operands(xt=xt, cond_grad=cond_grad)
         mean = mean + sigma_sq * cond_grad
     if isinstance(t, int):
         nonzero = float(t > 1)

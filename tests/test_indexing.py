@@ -77,14 +77,47 @@ def test_check_t_rejects_with_a_clear_message(t, phrase):
         dl.check_t(dl.make_schedule("cosine", T=T), t, batch=3)
 
 
-def test_check_same_shape_names_every_tensor_when_any_one_differs():
-    """check_same_shape raises as soon as one shape differs from the others, for two tensors and for three of
+def test_check_operands_names_every_tensor_when_any_one_differs():
+    """check_operands raises as soon as one shape differs from the others, for two tensors and for three of
     which two agree, and names every tensor with its shape; equal shapes pass. Catches: a test that only fires
     when all the shapes differ (e.g. counting more than two distinct shapes)."""
-    from ddpm_lib.indexing import check_same_shape
+    from ddpm_lib.indexing import check_operands
     a, b = torch.zeros(3, 2), torch.zeros(3, 1)
-    assert check_same_shape(x=a, y=a.clone(), z=torch.ones(3, 2)) is None
+    assert check_operands(x=a, y=a.clone(), z=torch.ones(3, 2)) is None
     with pytest.raises(ValueError, match=r"shapes must match: x \(3, 2\), y \(3, 1\)"):
-        check_same_shape(x=a, y=b)
+        check_operands(x=a, y=b)
     with pytest.raises(ValueError, match=r"shapes must match: xt \(3, 2\), eps \(3, 2\), noise \(3, 1\)"):
-        check_same_shape(xt=a, eps=a, noise=b)
+        check_operands(xt=a, eps=a, noise=b)
+
+
+def test_integer_data_is_refused_not_rounded():
+    """A student's 2-D point typed as ``torch.tensor([[2, 1]])`` is int64; raw MNIST pixels are uint8. Every
+    formula casts the schedule's values to the data's dtype, so √ᾱ_t and √(1 − ᾱ_t) became 0 and x_t came back
+    as zeros, silently. Catches: any of the public steps accepting an integer tensor."""
+    from ddpm_lib.forward import q_step
+    s = dl.make_schedule("cosine", T=10)
+    x_int = torch.tensor([[2, 1], [0, 3]])
+    x = x_int.double()
+    calls = {"q_sample": lambda a: dl.q_sample(s, a, 5, x),
+             "q_step": lambda a: q_step(s, a, 5, x),
+             "q_posterior": lambda a: dl.q_posterior(s, a, x, 5)[0],
+             "ddpm_step": lambda a: dl.ddpm_step(s, a, x, 5, x),
+             "ddim_step": lambda a: dl.ddim_step(s, a, x, 5, 2, 0.0, x),
+             "predict_x0_from_eps": lambda a: dl.predict_x0_from_eps(s, a, 5, x)}
+    for name, call in calls.items():
+        assert torch.isfinite(call(x)).all(), name
+        with pytest.raises(ValueError, match=r"is a torch.int64 tensor: the formulas need real numbers"):
+            call(x_int)
+        with pytest.raises(ValueError, match=r"is a torch.uint8 tensor"):
+            call(x_int.to(torch.uint8))
+
+
+def test_a_numpy_integer_t_is_refused_with_the_conversion():
+    """``t = np.random.randint(1, T + 1)`` is a numpy.int64, which the samplers' ``isinstance(t, int)`` branches
+    would not recognise. Catches: a message that does not say what to pass instead."""
+    import numpy as np
+    s = dl.make_schedule("cosine", T=10)
+    with pytest.raises(ValueError, match=r"got int64: pass int\(t\)$"):
+        dl.check_t(s, np.int64(3))
+    with pytest.raises(ValueError, match=r"got list$"):
+        dl.check_t(s, [3])
