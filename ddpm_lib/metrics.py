@@ -17,6 +17,8 @@ when all ten digits are equally frequent, 0 when a model draws one digit only).
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,14 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     return max(float(distance), 0.0)            # round-off can leave −1e-12 for identical Gaussians
 
 
+def warn_caller(message: str) -> None:
+    """``warnings.warn`` pointing at the first line outside ddpm_lib and torch (the user's call)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("ddpm_lib", "torch"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
 @torch.no_grad()
 def classifier_outputs(images: torch.Tensor, classifier: nn.Module, batch_size: int = 500):
     """``(features, probs)`` of ``images`` (N, 1, 32, 32) in [−1, 1]: the classifier's penultimate
@@ -71,6 +81,12 @@ def classifier_outputs(images: torch.Tensor, classifier: nn.Module, batch_size: 
     the classifier's device with the classifier in eval mode."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not images.is_floating_point():
+        raise ValueError(f"images are {images.dtype}: the classifier takes floats in [−1, 1] "
+                         f"(pixels 0..255: dl.to_model_range)")
+    if len(images) and float(images.min()) >= 0:
+        warn_caller("no pixel is below 0: images in [0, 1]? The classifier takes [−1, 1] with background −1 "
+                    "(x * 2 − 1)")
     classifier.eval()
     device = next(classifier.parameters()).device
     features, probs = [], []

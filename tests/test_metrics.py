@@ -288,3 +288,20 @@ def test_fid_floor_redraws_refuse_zero_redraws():
     """``times=0`` is refused (an empty tensor would give a NaN spread). Catches: only n checked."""
     with pytest.raises(ValueError, match="times at least 1"):
         dl.fid_floor_redraws(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8), 2, TinyClassifier(), times=0)
+
+
+def test_pixels_0_to_255_are_refused_and_images_in_0_1_are_warned_about(gen):
+    """The classifier reads images in [−1, 1] with background −1. uint8 pixels were cast to floats 0..255 and
+    scored without a word; images in [0, 1] (torchvision's ToTensor) lose their background. Catches: either
+    accepted silently, a warning for proper images, or a warning that points into the package."""
+    classifier = TinyClassifier()
+    images = torch.rand(7, 1, 8, 8, generator=gen) * 2 - 1
+    with pytest.raises(ValueError, match=r"images are torch.uint8: .* dl.to_model_range"):
+        classifier_outputs(((images + 1) * 127.5).to(torch.uint8), classifier)
+    with pytest.warns(UserWarning, match=r"no pixel is below 0: images in \[0, 1\]\?") as caught:
+        classifier_confidence((images + 1) / 2, classifier)
+    assert [w.filename for w in caught] == [__file__]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        classifier_outputs(images, classifier)
