@@ -159,6 +159,14 @@ def prepare_output(path: str | Path, suffixes: tuple) -> Path:
     return path
 
 
+def refuse_a_card(path: Path, flag: str = "") -> None:
+    """A ``.json`` path is a card, not the file it describes: say so (its sha256 would not match itself).
+    ``flag``: the command-line flag that named it, if any."""
+    if path.suffix.lower() == ".json":
+        raise ValueError(f"{flag + ' ' if flag else ''}{path} is a JSON card: pass the file it describes, "
+                         f"{path.with_suffix('.pt')}")
+
+
 def check_files(inputs: dict, out: str | Path | None = None, writes_card: bool = False) -> None:
     """Before any work, a one-line ``ValueError`` when an input flag names a JSON card instead of the file
     it describes, or when ``out`` (and, with ``writes_card``, its ``.json`` card) would overwrite an input
@@ -169,8 +177,7 @@ def check_files(inputs: dict, out: str | Path | None = None, writes_card: bool =
         if given is None:
             continue
         path = Path(given)
-        if path.suffix.lower() == ".json":
-            raise ValueError(f"{flag} {path} is a JSON card: pass the file it describes, {path.with_suffix('.pt')}")
+        refuse_a_card(path, flag)
         if path.is_dir():
             path = latest_checkpoint(path)
         if path is not None:
@@ -201,6 +208,7 @@ def check_card(path: str | Path, required: bool = False) -> dict | None:
     checked against it. None when there is no card (a one-line ``ValueError`` when ``required``) or no
     file; ``ValueError`` naming the card when it is not JSON, holds no sha256, or holds another one."""
     path = Path(path)
+    refuse_a_card(path)
     card_path = path.with_suffix(".json")
     if not card_path.is_file() or not path.is_file():
         if required and path.is_file():
@@ -240,6 +248,7 @@ def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what.removesuffix(' file')} file at {path}")
+    refuse_a_card(path)
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types

@@ -78,3 +78,15 @@ def test_the_shipped_noisy_classifier_recognises_noised_digits(digits):
     model, s = load_noisy_classifier(SHIPPED / "noisy_classifier_mnist.pt")
     for t in (1, 250):
         assert noisy_classifier_accuracy(model, s, x, y, t, torch.Generator().manual_seed(t)) > 0.85, t
+
+
+@pytest.mark.parametrize("load, name", [(dl.load_pretrained, "ddpm_mnist"), (load_classifier, "../mnist_classifier"),
+                                        (dl.load_ddgan_generator, "ddgan_mnist"),
+                                        (load_noisy_classifier, "noisy_classifier_mnist")])
+def test_a_card_given_for_its_weights_is_named_as_such(load, name):
+    """A student passes ``ddpm_mnist.json`` (the card, beside the weights) to a loader. Catches: "does not match
+    the sha256 in ddpm_mnist.json: the file is damaged or was replaced" (the card checked against itself), or
+    "not a PyTorch file"."""
+    card = SHIPPED / f"{name}.json"
+    with pytest.raises(ValueError, match=rf"^{card}.* is a JSON card: pass the file it describes, .*{name}\.pt$"):
+        load(card)
