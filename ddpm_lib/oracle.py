@@ -25,7 +25,8 @@ def _check_t0(s: Schedule, t):
 
 @dataclass
 class GaussianMixture:
-    """Σ_k w_k N(μ_k, s_k² I) in D dimensions: means (K, D), stds (K,), weights (K,), float64."""
+    """Σ_k w_k N(μ_k, s_k² I) in D dimensions: means (K, D), stds (K,), weights (K,), float64. The weights
+    are normalised to sum 1."""
 
     means: torch.Tensor
     stds: torch.Tensor
@@ -40,9 +41,11 @@ class GaussianMixture:
         self.weights = torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1)
         if self.weights.shape[0] != K:
             raise ValueError(f"{K} means but {self.weights.shape[0]} weights")
-        if (self.stds <= 0).any() or (self.weights < 0).any():
-            raise ValueError("stds must be positive and weights non-negative")
-        self.weights = self.weights / self.weights.sum()
+        if K == 0:
+            raise ValueError("a mixture needs at least one component")
+        if (self.stds <= 0).any() or (self.weights < 0).any() or self.weights.sum() <= 0:
+            raise ValueError("stds must be positive, and weights non-negative with a positive sum")
+        self.weights = self.weights / self.weights.sum()             # normalised: any positive weights will do
 
     @classmethod
     def gaussian(cls, mean, std) -> "GaussianMixture":

@@ -7,11 +7,13 @@ Small enough to train on a CPU in seconds; the samplers of ``ddpm_lib`` take it 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .embedding import timestep_embedding
+from .embedding import batch_timesteps, timestep_embedding
 from .elbo import l_simple, l_simple_weight
 from .forward import q_sample
 from .schedules import Schedule
@@ -24,7 +26,7 @@ class ToyEpsModel(nn.Module):
 
     The time embedding goes through its own small MLP and is fed to every hidden layer
     (added to the pre-activation), so the network can change its behaviour with t.
-    Input xt (B, D), t long (B,) in 1..T; output (B, D) in xt's dtype.
+    Input xt (B, D), t an int or long (B,) in 1..T; output (B, D) in xt's dtype.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, emb_dim: int = 32):
@@ -38,9 +40,11 @@ class ToyEpsModel(nn.Module):
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if xt.ndim != 2 or t.ndim != 1 or t.shape[0] != xt.shape[0]:
-            raise ValueError(f"expected xt (B, D) and t (B,), got {tuple(xt.shape)} and {tuple(t.shape)}")
+    def forward(self, xt: torch.Tensor, t) -> torch.Tensor:
+        if xt.ndim != 2 or xt.shape[1] != self.inp.in_features:
+            raise ValueError(f"expected points xt (B, {self.inp.in_features}) for this model (dim="
+                             f"{self.inp.in_features}), got {tuple(xt.shape)}")
+        t = batch_timesteps(t, xt.shape[0], xt.device)                 # int or (B,); a ValueError otherwise
         x = xt.to(self.inp.weight.dtype)
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype))
         h = nn.functional.silu(self.inp(x) + emb)
@@ -75,6 +79,13 @@ def train_toy(model: nn.Module, s: Schedule, x0_data: torch.Tensor, steps: int =
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+    if x0_data.ndim != 2 or x0_data.shape[0] == 0:
+        raise ValueError(f"x0_data must be (N, D) points with N >= 1 (1-D data: x.unsqueeze(1)), "
+                         f"got shape {tuple(x0_data.shape)}")
+    if not torch.isfinite(x0_data).all():
+        raise ValueError("x0_data holds NaN or infinite values")
+    if steps < 0 or batch < 1:
+        raise ValueError(f"need steps >= 0 and batch >= 1, got steps={steps}, batch={batch}")
     device = next(model.parameters()).device
     x0_data = x0_data.to(device=device, dtype=torch.float32)
     weights = vlb_weights(s).to(device=device, dtype=torch.float32)
@@ -82,7 +93,7 @@ def train_toy(model: nn.Module, s: Schedule, x0_data: torch.Tensor, steps: int =
     gen_device = generator.device if generator is not None else "cpu"
     history = []
     model.train()
-    for _ in tqdm(range(steps), desc=f"training ({loss})", disable=not progress, leave=False):
+    for step in tqdm(range(1, steps + 1), desc=f"training ({loss})", disable=not progress, leave=False):
         idx = torch.randint(0, x0_data.shape[0], (batch,), generator=generator, device=gen_device).to(device)
         t = torch.randint(1, s.T + 1, (batch,), generator=generator, device=gen_device).to(device)
         eps = torch.randn((batch, x0_data.shape[1]), generator=generator, device=gen_device).to(device)
@@ -96,5 +107,7 @@ def train_toy(model: nn.Module, s: Schedule, x0_data: torch.Tensor, steps: int =
         value.backward()
         opt.step()
         history.append(value.item())
+        if not math.isfinite(history[-1]):
+            raise FloatingPointError(f"the loss became {history[-1]} at step {step}: lower lr (it is {lr})")
     model.eval()
     return history

@@ -228,3 +228,13 @@ def test_gaussian_model_marginal_exact_for_three_large_steps(var, last_step_nois
     assert got_m == pytest.approx(m, rel=1e-12, abs=1e-14)
     assert got_v == pytest.approx(v, rel=1e-12)
     assert weight_of_x_T > 0.05
+
+
+def test_a_mixture_without_components_or_weight_is_refused():
+    """Catches: ``ring_of_gaussians(0)`` or all-zero weights accepted, to give NaN weights (0/0) and NaN samples."""
+    with pytest.raises(ValueError, match="at least one component"):
+        dl.ring_of_gaussians(0)
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        dl.GaussianMixture(torch.zeros(2, 1), torch.ones(2), torch.zeros(2))
+    mix = dl.GaussianMixture(torch.zeros(2, 1), torch.ones(2), torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(mix.weights, torch.tensor([0.25, 0.75], dtype=torch.float64))

@@ -138,3 +138,44 @@ def test_forward_feeds_the_time_embedding_to_every_hidden_layer():
         for proj in model.time_proj:                         # and each projection matters
             proj.bias.add_(1.0)
         assert (model(x, t) - expected).abs().max() > 1e-3
+
+
+def test_an_int_t_is_every_samples_step_like_the_unets():
+    """``model(xt, 5)`` as for the U-Net. Catches: AttributeError "'int' object has no attribute 'ndim'", or an int
+    t embedded otherwise than the same t for every sample."""
+    model = small_model()
+    xt = torch.randn(4, 2)
+    torch.testing.assert_close(model(xt, 5), model(xt, torch.full((4,), 5)), rtol=0, atol=0)
+
+
+def test_points_of_another_dimension_or_shape_are_named():
+    """Catches: torch's "mat1 and mat2 shapes cannot be multiplied (256x3 and 2x128)" from inside the first layer
+    for 3-D points given to a 2-D model, and IndexError for 1-D data of shape (N,)."""
+    s = dl.make_schedule("cosine", T=20)
+    with pytest.raises(ValueError, match=r"expected points xt \(B, 2\) for this model \(dim=2\), got \(4, 3\)"):
+        small_model()(torch.randn(4, 3), 5)
+    with pytest.raises(ValueError, match=r"got \(10, 3\)"):
+        dl.sample_ddpm(small_model(), s, (10, 3))
+    with pytest.raises(ValueError, match=r"x0_data must be \(N, D\) points .*x.unsqueeze\(1\)\), got shape \(100,\)"):
+        train_toy(ToyEpsModel(dim=1), s, torch.randn(100), steps=1)
+
+
+@pytest.mark.parametrize("data, kwargs, words", [
+    (torch.randn(0, 2), {}, r"x0_data must be \(N, D\) points with N >= 1"),
+    (torch.full((8, 2), float("nan")), {}, "x0_data holds NaN or infinite values"),
+    (torch.randn(8, 2), {"batch": 0}, "need steps >= 0 and batch >= 1, got steps=3, batch=0"),
+    (torch.randn(8, 2), {"steps": -1}, "need steps >= 0 and batch >= 1, got steps=-1")])
+def test_training_input_that_cannot_train_is_refused_by_name(data, kwargs, words):
+    """Catches: "random_ expects 'from' to be less than 'to'" for no data, "t is empty" for batch 0, and NaN data
+    trained on to a NaN loss history without a word."""
+    with pytest.raises(ValueError, match=words):
+        train_toy(small_model(), dl.make_schedule("cosine", T=20), data, **{"steps": 3, **kwargs})
+
+
+def test_a_loss_that_stops_being_finite_stops_training_at_its_step():
+    """A student's learning rate too large for their data. Catches: a history of NaN returned as if trained."""
+    model = small_model()
+    with torch.no_grad():
+        model.out.bias.fill_(float("inf"))                       # ε_θ = inf from the first step on
+    with pytest.raises(FloatingPointError, match=r"the loss became (inf|nan) at step 1: lower lr \(it is 0.001\)"):
+        train_toy(model, dl.make_schedule("cosine", T=20), torch.randn(64, 2), steps=5, batch=8)
