@@ -204,6 +204,7 @@ def ddim_invert(eps_model: EpsModel, s: Schedule, x0: torch.Tensor, steps: int =
     ``callback(t, xt, x0_pred)`` is called after each step with the t reached, x_t and x̂_0.
     """
     timesteps = step_grid(s.T, steps, grid)[::-1]                # τ_1 = 1, …, τ_S = T
+    check_operands(x0=x0)                                        # real numbers, before the network sees them
     x, t = x0, 0
     like64 = torch.empty((1,) * x.ndim, dtype=torch.float64, device=s.alpha_bar.device)
     cast = dict(device=x.device, dtype=x.dtype)

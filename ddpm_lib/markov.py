@@ -41,6 +41,8 @@ def stationary_by_eigenvector(P: torch.Tensor) -> torch.Tensor:
 def sample_chain(P: torch.Tensor, start: int, steps: int, generator: torch.Generator | None = None):
     """A path s_0 = start, s_1, …, s_steps drawn with P[s_{t+1} | s_t]: long tensor (steps + 1,)."""
     check_transition_matrix(P)
+    if not 0 <= start < P.shape[0]:
+        raise ValueError(f"start must be a state 0..{P.shape[0] - 1} of P, got {start}")
     path = [start]
     for _ in range(steps):
         path.append(int(torch.multinomial(P[path[-1]], 1, generator=generator)))

@@ -528,3 +528,13 @@ def test_ddim_step_is_finite_when_one_minus_alpha_bar_prev_minus_sigma_sq_rounds
     coef_eps = (1 - ap) * math.sqrt(a / (ap * (1 - a)))
     expected = math.sqrt(ap) * x0_pred + coef_eps * eps_pred + sig * noise
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-7)
+
+
+def test_ddim_invert_names_integer_data_as_x0():
+    """Catches: the message naming "xt" (the loop's variable) for the x0 the caller gave, or the network called on
+    integer data first."""
+    s = dl.make_schedule("cosine", T=20)
+    calls = []
+    with pytest.raises(ValueError, match=r"^x0 is a torch.int64 tensor"):
+        dl.ddim_invert(lambda x, t: calls.append(t) or torch.zeros_like(x), s, torch.ones(3, 2, dtype=torch.long), steps=4)
+    assert calls == []

@@ -130,3 +130,13 @@ def test_power_iteration_returns_the_last_iterate_and_counts_its_products():
     assert n_iter == n_expected == 17
     torch.testing.assert_close(pi, pi_n(n_iter), rtol=0, atol=1e-15)
     assert (pi - pi_n(n_iter - 1)).abs().max() > 1e-6            # the two candidates are distinguishable
+
+
+def test_sample_chain_refuses_a_start_outside_the_states():
+    """Catches: IndexError "index 5 is out of bounds for dimension 0 with size 2" from inside the loop, and a
+    negative start silently read as a state counted from the end (P[-1])."""
+    P = torch.tensor([[0.9, 0.1], [0.5, 0.5]], dtype=torch.float64)
+    for start in (2, 5, -1):
+        with pytest.raises(ValueError, match=rf"start must be a state 0..1 of P, got {start}"):
+            dl.sample_chain(P, start, 10)
+    assert dl.sample_chain(P, 1, 0).tolist() == [1]
