@@ -113,12 +113,15 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_heldout: to
     the data order, the shifts and dropout. ``log(step, loss)`` is called after every step.
     """
     side = x_train.shape[-1]
-    if epochs < 1 or batch_size < 1 or batch_size > len(x_train) or not 0 <= max_shift < side // 2 or not lr > 0:
-        raise ValueError(f"need epochs ≥ 1, 1 ≤ batch_size ≤ {len(x_train)} (the training digits), 0 ≤ max_shift < "
-                         f"{side // 2} (half the image side) and lr > 0, got epochs={epochs}, batch_size={batch_size}, "
-                         f"max_shift={max_shift}, lr={lr}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be at least 0, got {weight_decay}")
+    for ok, why in ((epochs >= 1, f"epochs must be at least 1, got {epochs}"),
+                    (1 <= batch_size <= len(x_train), f"batch_size must lie in 1..{len(x_train)} (the training "
+                                                      f"digits), got {batch_size}"),
+                    (0 <= max_shift < side // 2, f"max_shift must lie in 0..{side // 2 - 1} (under half the image "
+                                                 f"side), got {max_shift}"),
+                    (lr > 0, f"lr must be positive, got {lr}"),                       # NaN fails too
+                    (weight_decay >= 0, f"weight_decay must be at least 0, got {weight_decay}")):
+        if not ok:
+            raise ValueError(why)
     torch.manual_seed(seed)                                          # initial weights and dropout masks
     generator = torch.Generator().manual_seed(seed)                  # data order and shifts
     model = MNISTClassifier(**(model_config or {})).to(device)

@@ -107,10 +107,13 @@ def test_training_on_a_tiny_subset_lowers_the_loss_and_is_seeded(heldout):
     run2, _ = train_classifier(x, y, x_held, y_held, **{**settings, "epochs": 1})
     for name, tensor in run1.state_dict().items():
         assert torch.equal(tensor, run2.state_dict()[name]), name
-    with pytest.raises(ValueError, match="batch_size"):
-        train_classifier(x, y, x_held, y_held, batch_size=500)
-    for bad in ({"lr": 0.0}, {"lr": float("nan")}, {"max_shift": 16}):   # a classifier at chance, written without a word
-        with pytest.raises(ValueError, match=r"0 ≤ max_shift < 16 \(half the image side\) and lr > 0"):
+    for bad, words in (({"batch_size": 500}, r"^batch_size must lie in 1..200 \(the training digits\), got 500$"),
+                       ({"epochs": 0}, r"^epochs must be at least 1, got 0$"),
+                       ({"lr": 0.0}, r"^lr must be positive, got 0.0$"),       # a classifier at chance, written
+                       ({"lr": float("nan")}, r"^lr must be positive, got nan$"),  # without a word
+                       ({"max_shift": 16}, r"^max_shift must lie in 0..15 \(under half the image side\), got 16$"),
+                       ({"weight_decay": -0.1}, r"^weight_decay must be at least 0, got -0.1$")):
+        with pytest.raises(ValueError, match=words):               # the one bad setting, by name (not all five)
             train_classifier(x, y, x_held, y_held, **{**settings, **bad})
 
 
