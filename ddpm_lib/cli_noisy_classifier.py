@@ -52,11 +52,12 @@ def add_noisy_classifier_parser(commands) -> None:
 def run_train_noisy_classifier(args: argparse.Namespace, command: str) -> dict:
     """Train a ``NoisyClassifier`` on the train split noised at t ~ U{1..T}, measure it on the held-out
     split at a few t, write the weights and the JSON card; returns the card."""
-    if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
-        raise ValueError(f"need --steps >= 1, --batch-size >= 1 and --lr > 0, got {args.steps}, "
-                         f"{args.batch_size}, {args.lr}")
-    if not args.weight_decay >= 0:
-        raise ValueError(f"--weight-decay must be at least 0, got {args.weight_decay}")
+    for ok, why in ((args.steps >= 1, f"--steps must be at least 1, got {args.steps}"),
+                    (args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}"),
+                    (args.lr > 0, f"--lr must be positive, got {args.lr}"),                    # NaN fails too
+                    (args.weight_decay >= 0, f"--weight-decay must be at least 0, got {args.weight_decay}")):
+        if not ok:
+            raise ValueError(why)
     prepare_output(args.out, (".pt",))
     s = make_schedule(args.schedule, args.T)
     eval_t = args.eval_t or default_eval_t(args.T)

@@ -120,14 +120,17 @@ class DDGANConfig:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if not 0 < self.beta_min < self.beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
-        if not (self.lr_g > 0 and self.lr_d > 0):
-            raise ValueError(f"lr_g and lr_d must be positive, got {self.lr_g}, {self.lr_d}")
         self.betas = tuple(float(b) for b in self.betas)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1) (Adam's β1, β2), got {self.betas}")
-        if not self.r1_gamma >= 0 or not 0 <= self.ema_decay < 1 or self.sample_every < 0:
-            raise ValueError(f"need r1_gamma >= 0, ema_decay in [0, 1) and sample_every >= 0, got "
-                             f"{self.r1_gamma}, {self.ema_decay}, {self.sample_every}")
+        for ok, why in ((self.lr_g > 0, f"lr_g must be positive, got {self.lr_g}"),          # NaN fails too
+                        (self.lr_d > 0, f"lr_d must be positive, got {self.lr_d}"),
+                        (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                         f"betas must be two numbers in [0, 1) (Adam's β1, β2), got {self.betas}"),
+                        (self.r1_gamma >= 0, f"r1_gamma must be at least 0, got {self.r1_gamma}"),
+                        (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
+                        (self.sample_every >= 0, f"sample_every must be at least 0 (0: no grids), got "
+                                                 f"{self.sample_every}")):
+            if not ok:
+                raise ValueError(why)
         if self.hflip:
             check_hflip(self.data)
 

@@ -99,9 +99,12 @@ def train_noisy_classifier(model: NoisyClassifier, s: Schedule, x0: torch.Tensor
     ``log(step, loss)`` is called after every step.
     """
     _check_data(model, x0, y)
-    if steps < 1 or not 1 <= batch <= x0.shape[0] or not lr > 0:
-        raise ValueError(f"need steps >= 1, 1 <= batch <= {x0.shape[0]} (the images) and lr > 0, "
-                         f"got steps={steps}, batch={batch}, lr={lr}")
+    for ok, why in ((steps >= 1, f"steps must be at least 1, got {steps}"),
+                    (1 <= batch <= x0.shape[0], f"batch must lie in 1..{x0.shape[0]} (the images), got {batch}"),
+                    (lr > 0, f"lr must be positive, got {lr}"),                               # NaN fails too
+                    (weight_decay >= 0, f"weight_decay must be at least 0, got {weight_decay}")):
+        if not ok:
+            raise ValueError(why)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     gen_device = generator.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

@@ -484,10 +484,13 @@ def test_hflip_mirrors_each_minibatch_by_coins_of_the_noise_generator_and_resume
     ({"preset": "huge"}, "unknown DDGAN preset 'huge'"), ({"T": 0}, "T must be a whole number >= 1"),
     ({"data": "imagenet"}, "unknown data set"), ({"lazy_r1": 0}, "lazy_r1 must be"),
     ({"betas": (0.5, 1.5)}, "betas must be two numbers"), ({"beta_min": 30.0}, "0 < beta_min < beta_max"),
-    ({"r1_gamma": -1.0}, "r1_gamma >= 0"), ({"T": 2.5}, "T must be a whole number"),
-    ({"d_steps": 0}, "d_steps must be a whole number >= 1")])
+    ({"r1_gamma": -1.0}, "^r1_gamma must be at least 0, got -1.0$"), ({"T": 2.5}, "T must be a whole number"),
+    ({"d_steps": 0}, "d_steps must be a whole number >= 1"), ({"lr_d": float("nan")}, "^lr_d must be positive, got nan$"),
+    ({"lr_g": 0.0}, "^lr_g must be positive, got 0.0$"), ({"ema_decay": 1.0}, r"^ema_decay must lie in \[0, 1\), got 1.0$"),
+    ({"sample_every": -1}, r"^sample_every must be at least 0 \(0: no grids\), got -1$")])
 def test_config_rejects_bad_settings(changes, message):
-    """Catches: a run that starts with settings it cannot honour."""
+    """Catches: a run that starts with settings it cannot honour, or a message that lists several settings
+    (and their values) where one is wrong."""
     with pytest.raises(ValueError, match=message):
         DDGANConfig(**changes)
 

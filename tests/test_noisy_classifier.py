@@ -134,8 +134,14 @@ def test_training_rejects_bad_data():
         train_noisy_classifier(model, s, x, torch.tensor([0, 1, 2, 0, 1, 0, 1, 0]), 1, 4, 1e-3, g)
     with pytest.raises(ValueError, match="one integer label per image"):
         train_noisy_classifier(model, s, x, torch.zeros(7, dtype=torch.long), 1, 4, 1e-3, g)
-    with pytest.raises(ValueError, match="batch"):
-        train_noisy_classifier(model, s, x, torch.zeros(8, dtype=torch.long), 1, 9, 1e-3, g)
+    y = torch.zeros(8, dtype=torch.long)
+    for args, words in (((1, 9, 1e-3), r"^batch must lie in 1..8 \(the images\), got 9$"),
+                        ((0, 4, 1e-3), r"^steps must be at least 1, got 0$"),
+                        ((1, 4, float("nan")), r"^lr must be positive, got nan$")):
+        with pytest.raises(ValueError, match=words):                 # the one bad setting, not all three
+            train_noisy_classifier(model, s, x, y, *args, g)
+    with pytest.raises(ValueError, match=r"^weight_decay must be at least 0, got -1.0$"):
+        train_noisy_classifier(model, s, x, y, 1, 4, 1e-3, g, weight_decay=-1.0)
 
 
 class ConstantClassifier(nn.Module):
