@@ -549,7 +549,7 @@ def test_noisy_classifier_batch_of_every_digit_and_lr_zero(tmp_path, capsys, mon
     assert main(base + ["--batch-size", str(n)]) == 0
     capsys.readouterr()
     assert main(base + ["--batch-size", "4", "--lr", "0"]) == 1
-    assert "--lr > 0" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: --lr must be positive, got 0.0\n"
     assert main(base + ["--batch-size", "4", "--weight-decay", "-1"]) == 1       # was torch's "Invalid weight_decay"
     assert one_error_line(capsys) == "error: --weight-decay must be at least 0, got -1.0"
     assert main(["train-classifier", "--weight-decay", "-0.5", "--out", str(tmp_path / "c.pt")]) == 1
