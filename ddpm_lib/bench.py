@@ -40,13 +40,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from .bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
-from .checkpoint import write_json
 from .ddgan import ddgan_schedule, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_generator, ddgan_spec
 from .ddim import sample_ddim
 from .devices import pick_device
 from .fast_sampling import BACKENDS, compiled_eps_model
 from .elbo import l_simple
+from .files import write_json
 from .training import Trainer, TrainConfig, autocast_dtype
 from .unet import PRESETS, UNet, count_parameters
 

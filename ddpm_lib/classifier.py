@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_model_state, read_tagged_file, save_with_card
+from .checkpoint import load_model_state
 from .data_folder import CLONE_DATA, course_data
+from .files import read_tagged_file, save_with_card
 
 FORMAT = "ddpm_lib-mnist-classifier-1"
 DEFAULT_CLASSIFIER = CLONE_DATA / "mnist_classifier.pt"        # in a clone of the course; else see classifier_path

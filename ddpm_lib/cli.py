@@ -39,8 +39,7 @@ from pathlib import Path
 import torch
 
 from .bench import bench, bench_rows_file, format_table
-from .checkpoint import (BEFORE_RECORDED, check_files, checkpoint_to_resume, file_sha256, load_checkpoint,
-                         prepare_output, recorded_path, recorded_setting, write_json)
+from .checkpoint import BEFORE_RECORDED, check_files, checkpoint_to_resume, load_checkpoint, recorded_setting
 from .classifier import classifier_path, load_classifier, save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_help import HelpFormatter
@@ -49,6 +48,7 @@ from .devices import pick_device
 from .export import export_ema_weights, load_sampling_model
 from .fast_sampling import compiled_eps_model
 from .cli_noisy_classifier import add_noisy_classifier_parser, run_train_noisy_classifier
+from .files import file_sha256, prepare_output, recorded_path, write_json
 from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_sampler_arguments,
                             check_sampler_flags, describe_sampler, draw_samples, guided_model, mnist_digits,
                             run_evaluate_guidance, run_sample)

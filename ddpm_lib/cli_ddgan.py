@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import check_files, prepare_output
+from .checkpoint import check_files
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
 from .ddgan_train import KIND_DEFAULTS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
 from .devices import pick_device
+from .files import prepare_output
 from .toy_data import TOY_SETS
 from .training import write_samples
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import prepare_output
 from .cli_help import HelpFormatter
 from .data import IMAGE_SETS, load_images
 from .devices import pick_device
+from .files import prepare_output
 from .noisy_classifier import NoisyClassifier, noisy_classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from .schedules import SCHEDULES, make_schedule
 from .unet import PRESETS

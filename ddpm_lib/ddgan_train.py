@@ -35,15 +35,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (FORMAT as CHECKPOINT_FORMAT, check_card, check_files, check_same_run, checkpoint_to_resume,
-                         load_checkpoint, load_model_state,
-                         read_tagged_file, resolve_checkpoint, restore_random_streams, save_checkpoint,
-                         save_with_card)
+from .checkpoint import (FORMAT as CHECKPOINT_FORMAT, check_files, check_same_run, checkpoint_to_resume,
+                         load_checkpoint, load_model_state, resolve_checkpoint, restore_random_streams, save_checkpoint)
 from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .devices import pick_device
 from .ema import ema_decay, make_ema_model, update_ema
+from .files import check_card, read_tagged_file, save_with_card
 from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
 from .training import fill_kind_defaults, write_training_samples

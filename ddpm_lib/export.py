@@ -15,8 +15,9 @@ from pathlib import Path
 
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import (build_model, check_card, check_files, example_shape_of, load_checkpoint, load_model_state,
-                         read_tagged_file, resolve_checkpoint, save_with_card)
+from .checkpoint import (build_model, check_files, example_shape_of, load_checkpoint, load_model_state,
+                         resolve_checkpoint)
+from .files import check_card, read_tagged_file, save_with_card
 from .schedules import make_schedule
 
 FORMAT = "ddpm_lib-weights-1"

@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
+from .checkpoint import check_files
 from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
 from .ddim import GRIDS, sample_ddim
 from .devices import pick_device
 from .export import load_sampling_model
+from .files import file_sha256, prepare_output, recorded_path, write_json
 from .guidance import cfg_eps_model, classifier_grad_fn
 from .metrics import METRIC, classifier_outputs, frechet_distance, gaussian_stats
 from .noisy_classifier import NoisyClassifier, load_noisy_classifier

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import check_card, load_model_state, read_tagged_file, save_with_card
+from .checkpoint import load_model_state
+from .files import check_card, read_tagged_file, save_with_card
 from .forward import q_sample
 from .indexing import check_t
 from .schedules import Schedule, make_schedule

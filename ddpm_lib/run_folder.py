@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoint import _replace_atomically
+from .files import replace_atomically
 
 
 class RunLocked(RuntimeError):
@@ -93,4 +93,4 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
         text = "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step).encode()
-        _replace_atomically(path, lambda f: f.write(text))
+        replace_atomically(path, lambda f: f.write(text))

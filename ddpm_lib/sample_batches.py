@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 import torch
 from tqdm import tqdm
 
-from .checkpoint import save_atomic
+from .files import save_atomic
 
 FORMAT = "ddpm_lib-partial-samples-3"
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import check_files, file_sha256, prepare_output, recorded_path, write_json
+from .checkpoint import check_files
 from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
@@ -35,6 +35,7 @@ from .ddgan_train import load_ddgan_generator
 from .ddim import sample_ddim
 from .devices import pick_device
 from .export import load_sampling_model
+from .files import file_sha256, prepare_output, recorded_path, write_json
 from .metrics import METRIC, frechet_distance, image_statistics
 from .sample_batches import draw_batches, kept_on_stop, machine_name, remove_kept, row_output, warm_up
 from .sampling import sample_ddpm

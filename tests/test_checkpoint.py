@@ -9,9 +9,8 @@ from test_training import toy_config
 import ddpm_lib as dl
 from ddpm_lib import checkpoint
 from ddpm_lib import training as train_module
-from ddpm_lib.checkpoint import (build_model, check_card, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                 load_ema_model, load_model_state, prepare_output, resume_training, save_checkpoint,
-                                 save_with_card)
+from ddpm_lib.checkpoint import (build_model, latest_checkpoint, list_checkpoints, load_checkpoint, load_ema_model,
+                                 load_model_state, resume_training, save_checkpoint)
 from ddpm_lib.data import EpochBatches
 from ddpm_lib.training import Trainer, train
 from ddpm_lib.unet import UNet
@@ -62,45 +61,6 @@ def test_a_write_cut_off_midway_never_becomes_a_checkpoint(tmp_path, monkeypatch
     (tmp_path / ".ckpt_00000030.pt.tmp-12345").write_bytes(b"PK\x03\x04 half a zip")
     assert latest_checkpoint(tmp_path).name == "ckpt_00000010.pt"
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 10
-
-
-def test_a_json_write_cut_off_midway_leaves_the_previous_file(tmp_path, monkeypatch):
-    """write_json (cards, results, metrics) replaces a file atomically too. Catches: a card rewritten in
-    place, which a crash leaves half-written beside complete weights."""
-    path = checkpoint.write_json({"step": 1}, tmp_path / "card.json")
-    real_dumps = checkpoint.json.dumps
-
-    def dumps_then_crash(obj, **kwargs):
-        raise RuntimeError(f"killed after {len(real_dumps(obj, **kwargs))} characters (simulated)")
-
-    monkeypatch.setattr(checkpoint.json, "dumps", dumps_then_crash)
-    with pytest.raises(RuntimeError, match="simulated"):
-        checkpoint.write_json({"step": 2}, path)
-    monkeypatch.undo()
-    original = checkpoint._replace_atomically
-
-    def write_half_then_crash(target, write):
-        def half(f):
-            write(f)
-            f.seek(f.tell() // 2)
-            f.truncate()
-            raise RuntimeError("killed while writing (simulated)")
-        return original(target, half)
-
-    monkeypatch.setattr(checkpoint, "_replace_atomically", write_half_then_crash)
-    with pytest.raises(RuntimeError, match="simulated"):
-        checkpoint.write_json({"step": 3}, path)
-    assert path.read_text() == '{\n  "step": 1\n}\n' and [p.name for p in tmp_path.iterdir()] == ["card.json"]
-
-
-def test_output_names_are_checked_before_any_work(tmp_path):
-    """prepare_output: the suffix, a folder given as the file, and the parent folder created."""
-    assert checkpoint.prepare_output(tmp_path / "a" / "b" / "x.PNG", (".png", ".pt")) == tmp_path / "a" / "b" / "x.PNG"
-    assert (tmp_path / "a" / "b").is_dir()
-    with pytest.raises(ValueError, match=r"must end in \.png or \.pt"):
-        checkpoint.prepare_output(tmp_path / "x", (".png", ".pt"))
-    with pytest.raises(ValueError, match="is a folder"):
-        checkpoint.prepare_output(tmp_path / "a", (".json",))
 
 
 def test_the_latest_checkpoint_is_the_highest_step_whatever_the_file_times(tmp_path):
@@ -170,25 +130,6 @@ def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     assert "False" not in str(err.value)
 
 
-def test_a_file_of_another_known_kind_is_named_with_the_commands_that_read_it(tmp_path):
-    """Each format tag a command reads is in FILE_KINDS, and a file of one kind given where another is
-    expected is named for what it is. Catches: "is not a ddpm_lib checkpoint (no format tag …)" for an
-    exported DDGAN, which leaves the user to guess that ``sample-ddgan`` reads it; a tag added without an entry."""
-    from ddpm_lib import classifier, ddgan_train, export, noisy_classifier
-    tags = {checkpoint.FORMAT, export.FORMAT, ddgan_train.WEIGHTS_FORMAT, noisy_classifier.FORMAT, classifier.FORMAT}
-    assert set(checkpoint.FILE_KINDS) == tags
-    torch.save({"format": ddgan_train.WEIGHTS_FORMAT}, tmp_path / "gan.pt")
-    with pytest.raises(ValueError) as err:
-        checkpoint.read_tagged_file(tmp_path / "gan.pt", (checkpoint.FORMAT, export.FORMAT), "checkpoint or weights")
-    assert str(err.value) == (f"{tmp_path / 'gan.pt'} is an exported DDGAN generator (sample-ddgan, trilemma "
-                              f"--ddgan), not a ddpm_lib checkpoint or weights")
-    torch.save({"format": "ddpm_lib-something-9"}, tmp_path / "new.pt")
-    with pytest.raises(ValueError, match="is not a ddpm_lib checkpoint \\(no format tag 'ddpm_lib-checkpoint-1'\\)"):
-        load_checkpoint(tmp_path / "new.pt")
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
 def test_weights_of_another_architecture_give_a_one_line_error():
     small, wider = UNet(**SMALL), UNet(**{**SMALL, "base_width": 16})
     with pytest.raises(ValueError, match="different architecture") as err:
@@ -211,36 +152,6 @@ def test_load_ema_model_rebuilds_the_network_with_the_ema_weights(tmp_path):
     assert (schedule.name, schedule.T, ckpt["step"]) == ("cosine", 40, 7)
     with pytest.raises(ValueError, match="unknown model kind"):
         build_model({"kind": "transformer", "config": {}})
-
-
-def test_recorded_path_is_relative_below_the_working_directory_and_a_bare_name_elsewhere(tmp_path, monkeypatch):
-    (tmp_path / "data").mkdir()
-    inside = tmp_path / "data" / "model.pt"
-    monkeypatch.chdir(tmp_path)
-    assert checkpoint.recorded_path(inside) == "data/model.pt"
-    assert checkpoint.recorded_path("data/model.pt") == "data/model.pt"
-    monkeypatch.chdir(tmp_path / "data")
-    assert checkpoint.recorded_path(tmp_path / "elsewhere" / "other.pt") == "other.pt"
-
-
-def test_an_out_two_folders_under_a_file_is_refused_in_one_line(tmp_path):
-    """K2: the first existing ancestor is a file, not only the direct parent."""
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(ValueError, match="afile is a file, not a folder"):
-        prepare_output(tmp_path / "afile" / "sub" / "s.pt", (".pt",))
-
-
-def test_cards_without_a_file_or_not_an_object(tmp_path):
-    """K3: a card whose weights file is missing is no check (the loader names the missing file);
-    K7: a card that is JSON but not an object is damaged, not an AttributeError."""
-    path = tmp_path / "w.pt"
-    save_with_card({"x": torch.zeros(2)}, path, {"step": 1})
-    path.unlink()
-    assert check_card(path) is None
-    save_with_card({"x": torch.zeros(2)}, path, {"step": 1})
-    path.with_suffix(".json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="the card holds none"):
-        check_card(path)
 
 
 def test_only_rank_0_warns_about_the_random_streams(tmp_path, capsys):
@@ -278,21 +189,6 @@ def test_the_temporary_file_is_fsynced_before_it_is_renamed_and_the_folder_after
     tmp = ".ckpt_00000007.pt.tmp-" + str(os.getpid())
     assert events == [("fsync", os.stat(path).st_ino), ("replace", tmp, "ckpt_00000007.pt"),
                       ("fsync", os.stat(tmp_path).st_ino)]
-
-
-def test_the_card_holds_the_sha256_of_the_files_bytes_and_a_required_card_must_exist(tmp_path):
-    """save_with_card writes sha256(file bytes), computed here with hashlib on the bytes read back; a file
-    with no card passes check_card as None, but raises ValueError with required=True. Catches: another
-    digest (sha3, md5) recorded under the name sha256, ``required`` ignored (an exported model shipped
-    without its card would load unchecked)."""
-    import hashlib
-    path = tmp_path / "w.pt"
-    card = save_with_card({"x": torch.arange(5.0)}, path, {"step": 3})
-    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    path.with_suffix(".json").unlink()
-    assert check_card(path) is None
-    with pytest.raises(ValueError, match="no card"):
-        check_card(path, required=True)
 
 
 def test_resume_refuses_every_setting_but_run_control():

@@ -15,7 +15,7 @@ from PIL import Image
 
 import ddpm_lib as dl
 from helpers import assert_d_and_g_steps_lower_their_losses, command_env
-from ddpm_lib import checkpoint
+from ddpm_lib import checkpoint, files
 from ddpm_lib import ddgan_train as ddgan_train_module
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
 from ddpm_lib.cli import main
@@ -530,7 +530,7 @@ def test_cli_on_mnist_5k_train_sample_export_reload(tmp_path, capsys):
     out = tmp_path / "export" / "ddgan.pt"
     assert main(["export-ddgan", "--checkpoint", run, "--out", str(out), "--training-command", "python -m x"]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["sha256"] == checkpoint.file_sha256(out) and card["command"] == "python -m x" and card["step"] == 2
+    assert card["sha256"] == files.file_sha256(out) and card["command"] == "python -m x" and card["step"] == 2
     assert card["training_seconds"] > 0 and card["config"]["preset"] == "tiny"
     blob = torch.load(out, weights_only=True)
     assert all(v.dtype == torch.float16 for v in blob["generator_ema"].values() if v.is_floating_point())
@@ -786,7 +786,7 @@ def test_a_run_saved_before_d_steps_existed_resumes_with_one_d_update_per_step(t
     path = list_checkpoints(run)[-1]
     ckpt = load_checkpoint(path)
     del ckpt["config"]["d_steps"]
-    checkpoint.save_atomic(ckpt, path)
+    files.save_atomic(ckpt, path)
     assert main(["train-ddgan", "--out-dir", str(run), "--steps", "3", "--resume", "--no-progress"]) == 0, \
         capsys.readouterr().err
     resumed = load_checkpoint(list_checkpoints(run)[-1])

@@ -6,7 +6,7 @@ import torch
 
 import ddpm_lib as dl
 from ddpm_lib.checkpoint import load_checkpoint, latest_checkpoint
-from ddpm_lib.checkpoint import file_sha256
+from ddpm_lib.files import file_sha256
 from ddpm_lib.export import export_ema_weights, load_pretrained
 
 
@@ -119,7 +119,7 @@ def test_conditional_model_exports_and_loads_with_its_null_label(cfg_run, tmp_pa
 def test_sampling_loader_reads_weights_exported_before_step_and_shape_were_stored(run_dir, tmp_path):
     """An older weights file (format, model_spec, ema, schedule only): the step and config come from its
     card, the example shape from the architecture; a file of another kind is refused in one line."""
-    from ddpm_lib.checkpoint import save_atomic
+    from ddpm_lib.files import save_atomic
     from ddpm_lib.classifier import DEFAULT_CLASSIFIER
     from ddpm_lib.export import load_sampling_model
     path = tmp_path / "old.pt"
@@ -154,7 +154,7 @@ def test_the_card_records_the_training_time_and_by_default_the_command_that_ran(
 def test_a_checkpoint_without_ema_weights_is_refused_with_the_command_for_it(run_dir, tmp_path):
     """A DDGAN checkpoint (no θ_ema) is refused in one line that points to export-ddgan; nothing is written.
     Catches: a KeyError, or an export of another model's weights."""
-    from ddpm_lib.checkpoint import save_atomic
+    from ddpm_lib.files import save_atomic
     ckpt = load_checkpoint(latest_checkpoint(run_dir))
     del ckpt["ema"]
     ckpt["model_spec"] = {**ckpt["model_spec"], "kind": "ddgan"}
@@ -205,7 +205,7 @@ def test_an_old_weights_file_without_its_card_still_loads_with_its_own_schedule(
     """An older weights file (format, model_spec, ema, schedule only) passed on without its card: the schedule
     comes from the file itself (T = 30), the step is unknown and the config empty. Catches: the schedule
     rebuilt from a config that such a file does not have (a KeyError)."""
-    from ddpm_lib.checkpoint import save_atomic
+    from ddpm_lib.files import save_atomic
     from ddpm_lib.export import load_sampling_model
     path = tmp_path / "old.pt"
     export_ema_weights(run_dir, path)

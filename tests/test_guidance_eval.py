@@ -437,7 +437,7 @@ def test_kept_samples_record_every_setting_that_decides_them_and_a_stop_while_me
     naming it. Catches: a setting left out of the key (samples of another seed, scale or checkpoint taken
     for this command's), a stop during the measurement that says nothing of the kept samples."""
     from ddpm_lib import guidance_eval
-    from ddpm_lib.checkpoint import file_sha256, recorded_path
+    from ddpm_lib.files import file_sha256, recorded_path
     real_outputs, calls = guidance_eval.classifier_outputs, []
 
     def stop_on_samples(images, classifier, batch_size=500):

@@ -113,3 +113,15 @@ def test_every_command_the_course_shows_parses_with_todays_flags():
         assert args.command == words[0]
         checked.append(where)
     assert len(checked) >= 25 and {"README.md", "06_training.ipynb", "data/laptop/ddpm_mnist.json"} <= set(checked)
+
+
+def test_the_readme_module_table_names_every_module():
+    """The README's table of modules is how an engineer finds code. Catches: a module added (or renamed) without
+    its row, or a row naming a module that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| module | what it holds |"):]
+    table = table[:table.index("\n\n")]
+    named = set(re.findall(r"`(\w+)`", "".join(row.split("|")[1] for row in table.splitlines()[2:])))
+    modules = {p.stem for p in (ROOT / "ddpm_lib").glob("*.py")} - {"__init__", "__main__"}
+    modules |= {p.name for p in (ROOT / "ddpm_lib").iterdir() if (p / "__init__.py").is_file()}   # checks/
+    assert named == modules, (sorted(modules - named), sorted(named - modules))
