@@ -104,6 +104,10 @@ def classifier_grad_fn(classifier: Callable, y, scale: float) -> CondFn:
     tensor whose length differs from the batch raise ``ValueError``.
     Gradients are enabled inside, so f works within the samplers' ``torch.no_grad``.
     """
+    from .classifier import MNISTClassifier
+    if isinstance(classifier, MNISTClassifier):                # the FID-MNIST classifier: clean digits only
+        raise ValueError("this is the MNIST classifier of FID-MNIST, which takes clean digits and no t: guidance "
+                         "needs a noise-aware p(y | x_t, t) (dl.load_noisy_classifier, train-noisy-classifier)")
     y, scale = _labels(y), _check_scale(scale)
     placed = _placed_labels(y)
 
@@ -176,6 +180,9 @@ def cfg_eps_model(cond_model: Callable, y, w: float, null_label: int):
     0..null_label (the null label itself gives ε_u). The sum is written (1 − w)·ε_u + w·ε_c, so w = 0
     returns ε_u and w = 1 returns ε_c exactly. The two predictions are two calls of cond_model.
     """
+    if isinstance(cond_model, UNet) and not isinstance(cond_model, ConditionalUNet):
+        raise ValueError("this UNet takes no class label: classifier-free guidance needs a class-conditional "
+                         "ConditionalUNet trained with label dropout (train --num-classes, e.g. ddpm_mnist_cfg.pt)")
     y = _labels(y)
     if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 0:
         raise ValueError(f"null_label must be a non-negative int, got {null_label!r}")

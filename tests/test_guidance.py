@@ -548,3 +548,19 @@ def test_drop_labels_accepts_null_label_zero():
     assert torch.equal(drop_labels(y, 0.0, null_label=0), y)
     with pytest.raises(ValueError, match="non-negative"):
         drop_labels(y, 0.5, null_label=-1)
+
+
+def test_guidance_given_the_wrong_kind_of_network_says_which_is_needed():
+    """The two mix-ups a student makes with the shipped files: the FID-MNIST classifier (clean digits, no t) as
+    the guiding classifier, and the unconditional U-Net for classifier-free guidance. Catches: TypeError
+    "forward() takes 2 positional arguments but 3 were given" from inside the first sampling step."""
+    from ddpm_lib.classifier import MNISTClassifier
+    with pytest.raises(ValueError, match=r"MNIST classifier of FID-MNIST.*dl.load_noisy_classifier"):
+        dl.classifier_grad_fn(MNISTClassifier(width=8, feature_dim=16).eval(), 3, 1.0)
+    unet = dl.UNet.from_preset("tiny")
+    with pytest.raises(ValueError, match=r"this UNet takes no class label: .* ConditionalUNet"):
+        dl.cfg_eps_model(unet, 3, 2.0, null_label=10)
+    cond = dl.ConditionalUNet.from_preset("tiny", num_classes=10).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert dl.cfg_eps_model(cond, 3, 2.0, null_label=10)(x, torch.tensor([5, 9])).shape == x.shape
