@@ -1,5 +1,6 @@
 """``python -m ddpm_lib train``, ``sample``, ``evaluate`` and ``train-classifier`` end to end, and their one-line
 errors."""
+import dataclasses
 import hashlib
 import json
 import re
@@ -662,3 +663,350 @@ def test_running_out_of_gpu_memory_names_the_flag_to_lower(tmp_path, capsys, mon
     monkeypatch.setattr(dl.training.Trainer, "train_step", out_of_memory)
     assert main(["train", "--out-dir", run, "--steps", "2", "--resume", "--no-progress"]) == 1
     assert "GiB → train with a smaller --batch-size" in one_error_line(capsys)
+
+
+# ---- the parsers: defaults, flags wired to their fields, help (mutation run of cli.py and cli_ddgan.py) ----
+
+TRAIN_FLAGS = (["--data", "cifar10", "--data-root", "R", "--toy-n", "123", "--preset", "tiny", "--schedule", "cosine",
+                "--T", "77", "--steps", "11", "--batch-size", "12", "--lr", "0.0013", "--warmup", "14",
+                "--weight-decay", "0.015", "--grad-clip", "1.6", "--ema-decay", "0.917", "--hflip", "--compile",
+                "--seed", "18", "--out-dir", "O", "--log-every", "19", "--sample-every", "20", "--n-samples", "21",
+                "--save-every", "22", "--keep", "23", "--device", "cpu", "--no-progress", "--num-classes", "10",
+                "--p-uncond", "0.25"],
+               dict(data="cifar10", data_root="R", toy_n=123, preset="tiny", schedule="cosine", T=77, steps=11,
+                    batch_size=12, lr=0.0013, warmup=14, weight_decay=0.015, grad_clip=1.6, ema_decay=0.917, hflip=True,
+                    compile=True, seed=18, out_dir="O", log_every=19, sample_every=20, n_samples=21, save_every=22,
+                    keep=23, device="cpu", progress=False, resume=False, num_classes=10, p_uncond=0.25))
+DDGAN_FLAGS = (["--data", "cifar10", "--data-root", "R", "--toy-n", "123", "--preset", "tiny", "--T", "3",
+                "--beta-min", "0.2", "--beta-max", "15", "--steps", "11", "--batch-size", "12", "--d-steps", "3",
+                "--lr-g", "0.0011", "--lr-d", "0.0012", "--betas", "0.5", "0.9", "--r1-gamma", "0.3", "--lazy-r1", "4",
+                "--ema-decay", "0.95", "--hflip", "--seed", "18", "--out-dir", "O", "--log-every", "19",
+                "--sample-every", "20", "--n-samples", "21", "--save-every", "22", "--keep", "23", "--device", "cpu",
+                "--no-progress"],
+               dict(data="cifar10", data_root="R", toy_n=123, preset="tiny", T=3, beta_min=0.2, beta_max=15.0, steps=11,
+                    batch_size=12, d_steps=3, lr_g=0.0011, lr_d=0.0012, betas=(0.5, 0.9), r1_gamma=0.3, lazy_r1=4,
+                    ema_decay=0.95, hflip=True, seed=18, out_dir="O", log_every=19, sample_every=20, n_samples=21,
+                    save_every=22, keep=23, device="cpu", progress=False, resume=False))
+
+
+@pytest.mark.parametrize("command, config_class, kind, flags", [
+    ("train", dl.TrainConfig, "diffusion", TRAIN_FLAGS), ("train-ddgan", DDGANConfig, "ddgan", DDGAN_FLAGS)])
+def test_training_flags_default_to_the_config_and_each_sets_its_own_field(command, config_class, kind, flags):
+    """``train`` / ``train-ddgan`` with no flags give the config class's defaults (on images and on a toy set,
+    whose steps, batch and lr come from KIND_DEFAULTS), and every flag set to a value of its own lands in its
+    own field. Catches: a flag's default copied from a neighbouring field (--weight-decay defaulting to
+    grad_clip's 1.0, --beta-max to β_min), a hard-coded default that drifts from TrainConfig / DDGANConfig
+    (T, ema_decay, the DDGAN's T = 4), a default on --steps that overrides the toy sets' own, a flag stored
+    under another field's name, an on/off flag whose action is inverted."""
+    parser = cli.build_parser()
+    for extra in ([], ["--data", "two_moons"]):
+        args = parser.parse_args([command, *extra])
+        config = cli.config_from_args(config_class, args, [command, *extra], kind=kind)
+        expected = config_class(**({"data": "two_moons"} if extra else {}))
+        assert dataclasses.asdict(config) == dataclasses.asdict(expected), extra
+    argv, values = flags
+    config = cli.config_from_args(config_class, parser.parse_args([command, *argv]), [command, *argv], kind=kind)
+    got = dataclasses.asdict(config)
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == values
+
+
+def test_by_kind_help_names_each_commands_own_defaults_images_first(capsys):
+    """The help of every flag whose default depends on the data's kind gives the images' default, then the toy
+    sets', from its own trainer's KIND_DEFAULTS (train: training's; train-ddgan: the DDGAN's). Catches: the two
+    values swapped, train-ddgan's help quoting the diffusion trainer's 20000 steps, --lr-d's help giving lr_g's."""
+    from ddpm_lib import ddgan_train, training
+    assert cli.by_kind("steps") == " (default: 20000 for images, 5000 for 2-D toy sets)"
+    for command, table in (("train", training.KIND_DEFAULTS), ("train-ddgan", ddgan_train.KIND_DEFAULTS)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps = option_help(capsys.readouterr().out)
+        for name in table["images"]:
+            expected = f"(default: {table['images'][name]:g} for images, {table['toy'][name]:g} for 2-D toy sets)"
+            assert helps["--" + name.replace("_", "-")].endswith(expected), (command, name)
+
+
+def test_resume_takes_this_commands_progress_bar_not_the_runs(tmp_path):
+    """With ``--resume`` the progress bar is the one setting that follows this command line even when not
+    given: a run started with --no-progress resumes with a bar unless --no-progress is given again. Catches:
+    'progress' taken from the checkpoint like the run's settings (a resumed run in a terminal stays silent)."""
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "1", "--batch-size", "8",
+                 "--sample-every", "0", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+    parser = cli.build_parser()
+    for extra, progress in (([], True), (["--no-progress"], False)):
+        argv = ["train", "--out-dir", run, "--steps", "2", "--resume", *extra]
+        config = cli.config_from_args(dl.TrainConfig, parser.parse_args(argv), argv, kind="diffusion")
+        assert config.progress is progress and config.resume and (config.T, config.data) == (30, "two_moons")
+
+
+def test_train_ddgan_flags_cannot_be_abbreviated():
+    """As for ``train``: an abbreviated flag would escape --resume's check of which flags were given.
+    Catches: allow_abbrev left on for train-ddgan (``--d-st 3`` taken as --d-steps, then the run's value)."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train-ddgan", "--out-dir", "x", "--resume", "--d-st", "3"])
+
+
+def test_train_classifier_passes_each_flag_to_the_trainer_and_the_card(tmp_path, monkeypatch):
+    """Every ``train-classifier`` flag reaches ``train_classifier`` under its own name and the card records it
+    (the trainer replaced by one that records its arguments: no training). Catches: --max-shift dropped (the
+    shift augmentation silently fixed), --lr and --weight-decay swapped, a card recording another flag's value."""
+    from ddpm_lib.classifier import MNISTClassifier
+    x, y = torch.zeros(6, 1, 32, 32), torch.arange(6) % 10
+    monkeypatch.setattr(cli, "load_images", lambda name, root=None, train=True, pad_to_32=False: (x, y))
+    seen = {}
+
+    def trainer(*tensors, **kwargs):
+        seen.update(kwargs)
+        return MNISTClassifier(width=8, feature_dim=8), 0.5
+
+    monkeypatch.setattr(cli, "train_classifier", trainer)
+    out = tmp_path / "c.pt"
+    assert main(["train-classifier", "--out", str(out), "--epochs", "3", "--batch-size", "5", "--lr", "0.007",
+                 "--weight-decay", "0.03", "--max-shift", "1", "--seed", "4", "--threads", "1"]) == 0
+    assert {k: seen[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "max_shift", "seed", "device")} == \
+        dict(epochs=3, batch_size=5, lr=0.007, weight_decay=0.03, max_shift=1, seed=4, device="cpu")
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert {k: card[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "max_shift", "seed", "threads")} == \
+        dict(epochs=3, batch_size=5, lr=0.007, weight_decay=0.03, max_shift=1, seed=4, threads=1)
+
+
+def test_evaluate_refuses_a_batch_size_below_one_by_its_flag_before_any_work(tmp_path, capsys, monkeypatch):
+    """Catches: --batch-size 0 let through to the sampler (an endless loop of empty batches or a
+    ZeroDivisionError after the models are loaded)."""
+    monkeypatch.setattr(cli, "load_sampling_model",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before the check")))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--n", "4", "--batch-size", "0",
+                 "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 1
+    assert "--batch-size at least 1" in one_error_line(capsys)
+
+
+def test_evaluate_compiles_for_n_when_n_is_below_the_batch_size(tmp_path, capsys, monkeypatch):
+    """``evaluate --compile --n 3 --batch-size 500``: one batch of 3, so the network is compiled (and warmed up)
+    for batches of 3. Catches: a network compiled for 500 samples that runs only 3 (minutes of compiling and
+    GPU memory for a padded batch)."""
+    dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=2, steps=1, batch_size=8,
+                            sample_every=0, device="cpu", out_dir=str(tmp_path / "run"), progress=False))
+    shapes = []
+
+    def compiled(model, batch_shape, device=None, **kwargs):
+        shapes.append(tuple(batch_shape))
+        raise RuntimeError("compiled")
+
+    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
+    monkeypatch.setattr(cli, "warm_up", lambda net, batch_shape, *a: shapes.append(tuple(batch_shape)))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--n", "3", "--batch-size", "500", "--compile",
+                 "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 1
+    assert shapes == [(3, 1, 32, 32)] and "compiled" in one_error_line(capsys)
+
+
+def evaluate_results(weights: str) -> dict:
+    return {"metric": "FID-MNIST", "n": 8, "step": 5, "T": 10, "weights": weights,
+            "reference": {"n": 1000, "data": "mnist-5k"},
+            "samples": {"fid_mnist": 12.5, "confidence": 0.25, "class_entropy": 1.5, "class_counts": [8] + [0] * 9},
+            "real_heldout": {"fid_mnist_train_vs_heldout": 1.25, "confidence": 0.75, "class_entropy": 2.25,
+                             "class_counts": [100] * 10, "n_train_digits": 8},
+            "max_class_entropy": 2.302585}
+
+
+def test_evaluate_table_names_the_weights_and_puts_samples_before_real_digits(capsys):
+    """``print_results``: the header names θ_ema or raw θ as measured, and each row gives the samples' figure,
+    then the held-out digits'. Catches: a table that calls raw weights θ_ema, a row with the columns swapped."""
+    cli.print_results(evaluate_results("raw"))
+    out = capsys.readouterr().out
+    assert "8 samples (raw θ after step 5, T = 10) vs 1000 held-out mnist-5k digits" in out
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()[2:]}
+    assert rows["FID-MNIST"][:2] == ["12.500", "1.250"]
+    assert rows["mean confidence"] == ["0.2500", "0.7500"]
+    assert rows["class entropy (nats)"][:2] == ["1.5000", "2.2500"]
+    cli.print_results(evaluate_results("ema"))
+    assert "8 samples (θ_ema after step 5" in capsys.readouterr().out
+
+
+def test_a_stopped_bench_names_kept_rows_only_when_there_are_some(tmp_path):
+    """Catches: 'the rows measured so far are kept in …' said after a Ctrl-C before any row was measured,
+    naming a file that does not exist."""
+    import argparse
+    from ddpm_lib.bench import bench_rows_file
+    args = argparse.Namespace(command="bench", out=str(tmp_path / "b.json"))
+    assert cli.stopped_line(args) == "interrupted: bench stopped before finishing (it writes its output at the end)"
+    bench_rows_file(args.out).write_text("{}")
+    assert cli.stopped_line(args).startswith(f"interrupted: the rows measured so far are kept in {bench_rows_file(args.out)}")
+
+
+def test_bench_takes_warmup_zero(capsys, monkeypatch):
+    """--warmup counts untimed steps, so 0 is allowed (only below 0 is refused). Catches: the warm-up held to
+    the '>= 1' of the other counts."""
+    monkeypatch.setattr(cli, "bench", lambda *a, **k: (_ for _ in ()).throw(ValueError("benchmark reached")))
+    assert main(["bench", "--preset", "tiny", "--batch-size", "4", "--sample-batch", "4", "--iters", "2",
+                 "--warmup", "0", "--ddim-steps", "2", "--compile-backend", "eager", "--device", "cpu"]) == 1
+    assert one_error_line(capsys) == "error: benchmark reached"
+
+
+OUT_OF_MEMORY_CASES = {   # command → (argv, the function main runs for it, the flag its hint must name)
+    "train": (["train", "--out-dir", "r"], "train", "--batch-size"),
+    "train-ddgan": (["train-ddgan", "--out-dir", "r"], "run_ddgan_command", "--batch-size"),
+    "sample": (["sample", "--checkpoint", "c"], "run_sample", "--n"),
+    "sample-ddgan": (["sample-ddgan", "--checkpoint", "c"], "run_ddgan_command", "--n"),
+    "evaluate": (["evaluate", "--checkpoint", "c"], "run_evaluate", "--batch-size"),
+    "evaluate-guidance": (["evaluate-guidance", "--checkpoint", "c", "--cfg-scales", "1"], "run_evaluate_guidance",
+                          "--batch-size"),
+    "trilemma": (["trilemma", "--ddpm", "a", "--ddgan", "b"], "run_trilemma", "--batch-size"),
+    "bench": (["bench"], "bench", "--batch-size"),
+    "train-noisy-classifier": (["train-noisy-classifier"], "run_train_noisy_classifier", "--batch-size"),
+    "train-classifier": (["train-classifier"], "run_train_classifier", "--batch-size"),
+}
+
+
+@pytest.mark.parametrize("command", list(OUT_OF_MEMORY_CASES))
+def test_each_command_out_of_gpu_memory_names_a_flag_of_its_own_to_lower(command, capsys, monkeypatch):
+    """Every command that holds a batch on the GPU, faked out of memory, ends with torch's first line and
+    "→ …" naming the flag that sizes its batch, a flag the command has. Catches: a hint naming another
+    command's flag (evaluate told to draw fewer --n, which sets how many samples, not how many at once),
+    a command missing from the table (no hint at all)."""
+    argv, runner, flag = OUT_OF_MEMORY_CASES[command]
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nmore lines")
+
+    monkeypatch.setattr(cli, runner, out_of_memory)
+    assert main(argv) == 1
+    message = one_error_line(capsys)
+    assert message.startswith("error: CUDA out of memory. Tried to allocate 2.00 GiB. → ")
+    named = re.findall(r"--[a-z][a-z0-9-]*", message.split("→", 1)[1])
+    assert named[0] == flag, message
+    options = {option for action in cli.build_parser()._subparsers._group_actions[0].choices[command]._actions
+               for option in action.option_strings}
+    assert set(named) <= options, message
+
+
+def test_main_gives_the_callers_sigterm_handler_back(tmp_path):
+    """``main`` sets its own SIGTERM handler while a command runs and restores the one it found. Catches: the
+    default handler put back instead, which silently drops the SIGTERM handling of a program (or a test
+    runner) that calls ``main``."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["sample", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---- train-noisy-classifier (cli_noisy_classifier.py) ----
+
+def test_noisy_classifier_defaults_to_the_schedule_and_T_of_train():
+    """A classifier guides only models of its own schedule: with no flags it is trained for what ``train``
+    makes with no flags. Catches: a default --schedule or --T that drifts from TrainConfig's (every default
+    model then refused by its default classifier)."""
+    args = cli.build_parser().parse_args(["train-noisy-classifier"])
+    assert (args.schedule, args.T) == (dl.TrainConfig().schedule, dl.TrainConfig().T)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--lr", "nan"], "--lr must be positive, got nan"),
+    (["--weight-decay", "nan"], "--weight-decay must be at least 0, got nan"),
+    (["--out", "{tmp}/nc.png"], "the name must end in .pt"),
+    (["--eval-t", "0", "10"], "--eval-t values must lie in 1..10 (T), got [0, 10]")])
+def test_noisy_classifier_flags_out_of_range_are_refused_before_the_data_is_read(flags, message, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Catches: --batch-size 0 or a NaN --lr / --weight-decay reaching AdamW (a NaN run written as a
+    classifier), a wrong --out found only after training, t = 0 (no noise level of the schedule) accepted."""
+    monkeypatch.setattr(cli_noisy_classifier, "load_images",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data read before the check")))
+    argv = ["train-noisy-classifier", "--out", str(tmp_path / "nc.pt"), "--steps", "5", "--batch-size", "4",
+            "--schedule", "cosine", "--T", "10", "--device", "cpu", *[f.format(tmp=tmp_path) for f in flags]]
+    assert main(argv) == 1
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "nc.pt").exists()
+
+
+def test_noisy_classifier_flags_reach_the_trainer_and_the_card_and_the_seed_fixes_the_weights(tmp_path, monkeypatch):
+    """With the training loop replaced by one that records its arguments and the first weights: --steps,
+    --batch-size, --lr and --weight-decay reach it, the card records them with --preset, the final loss is
+    the mean of the last 100 losses, and the same --seed gives the same first weights (another seed others).
+    Catches: a flag recorded or passed as another, the card's final loss from the last step alone, the
+    weights left to torch's global random state."""
+    splits = {train: tuple(a[::250] for a in dl.load_images("mnist-5k", train=train, pad_to_32=True))
+              for train in (True, False)}
+    monkeypatch.setattr(cli_noisy_classifier, "load_images", lambda name, root=None, train=True, pad_to_32=False: splits[train])
+    calls = []
+
+    def trainer(model, s, x, y, steps, batch, lr, generator, weight_decay=0.0, log=None, progress=False):
+        calls.append(dict(steps=steps, batch=batch, lr=lr, weight_decay=weight_decay,
+                          first=[p.detach().clone() for p in model.parameters()]))
+        return [float(i) for i in range(150)]
+
+    monkeypatch.setattr(cli_noisy_classifier, "train_noisy_classifier", trainer)
+    for seed, name in ((2, "a"), (2, "b"), (3, "c")):
+        assert main(["train-noisy-classifier", "--out", str(tmp_path / f"{name}.pt"), "--steps", "7", "--batch-size", "5",
+                     "--lr", "0.002", "--weight-decay", "0.01", "--preset", "mnist", "--schedule", "cosine", "--T", "10",
+                     "--eval-t", "5", "--seed", str(seed), "--device", "cpu"]) == 0
+    assert [{k: v for k, v in c.items() if k != "first"} for c in calls] == \
+        [dict(steps=7, batch=5, lr=0.002, weight_decay=0.01)] * 3
+    same = [all(torch.equal(p, q) for p, q in zip(calls[0]["first"], c["first"])) for c in calls[1:]]
+    assert same == [True, False]
+    card = json.loads((tmp_path / "a.json").read_text())
+    assert {k: card[k] for k in ("steps", "batch_size", "lr", "weight_decay", "preset", "seed")} == \
+        dict(steps=7, batch_size=5, lr=0.002, weight_decay=0.01, preset="mnist", seed=2)
+    assert card["final_loss"] == pytest.approx(99.5)                                 # mean of 50 … 149
+
+
+# ---- sample-ddgan and export-ddgan (cli_ddgan.py) ----
+
+def test_sample_ddgan_shares_sample_defaults_and_refuses_n_below_one(tmp_path, capsys, monkeypatch):
+    """``sample-ddgan`` draws as many samples from the same seed as ``sample`` when neither is told otherwise,
+    and --n 0 ends in one line before the generator is loaded. Catches: another default --n or --seed than
+    sample's, --n 0 reaching the sampler (an empty grid)."""
+    parser = cli.build_parser()
+    plain, gan = (parser.parse_args([command, "--checkpoint", "c"]) for command in ("sample", "sample-ddgan"))
+    assert (gan.n, gan.seed, gan.device) == (plain.n, plain.seed, plain.device) == (64, 0, None)
+    from ddpm_lib import cli_ddgan
+    monkeypatch.setattr(cli_ddgan, "load_ddgan_generator",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before the check")))
+    assert main(["sample-ddgan", "--checkpoint", str(tmp_path), "--n", "0", "--out", str(tmp_path / "g.pt")]) == 1
+    assert one_error_line(capsys) == "error: --n must be at least 1, got 0"
+
+
+def test_sample_ddgan_follows_its_seed_and_export_ddgan_records_a_runnable_command(tmp_path, capsys):
+    """The same --seed draws the same points, another seed others; the line names the step of G_ema; an
+    export's card records a command that runs as written (a path with a space quoted). Catches: --seed
+    ignored, another number reported as the step, a card command that splits a path in two."""
+    run = str(tmp_path / "gan")
+    assert main(["train-ddgan", "--data", "two_moons", "--toy-n", "64", "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "8", "--sample-every", "0", "--out-dir", run, "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    drawn = []
+    for seed, name in ((1, "a.pt"), (1, "b.pt"), (2, "c.pt")):
+        assert main(["sample-ddgan", "--checkpoint", run, "--n", "5", "--seed", str(seed), "--out",
+                     str(tmp_path / name), "--device", "cpu"]) == 0
+        drawn.append(torch.load(tmp_path / name, weights_only=True))
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])
+    assert f"wrote 5 samples (G_ema after step 2, 4 generator calls) to {tmp_path / 'c.pt'}" in capsys.readouterr().out
+    out = tmp_path / "my models" / "gan.pt"
+    assert main(["export-ddgan", "--checkpoint", run, "--out", str(out)]) == 0
+    command = json.loads(out.with_suffix(".json").read_text())["command"]
+    assert shlex.split(command)[-4:] == ["--checkpoint", run, "--out", str(out)]
+
+
+def test_help_formatter_adds_a_default_only_where_it_says_something():
+    """``cli_help.HelpFormatter`` on a parser of its own: a value's default is added once; not to a required
+    option (even one with a default), an on/off flag, a None default, or a help text that names its default
+    already, in whatever words. Catches: "(default: 5)" after "5 per batch by default", a required option
+    showing a default it never uses."""
+    import argparse
+    from ddpm_lib.cli_help import HelpFormatter
+    p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+    p.add_argument("--plain", type=int, default=3, help="a count")
+    p.add_argument("--named", type=int, default=5, help="a count, 5 per batch by default")
+    p.add_argument("--needed", required=True, default="a", help="a name")
+    p.add_argument("--flag", action="store_true", help="on or off")
+    p.add_argument("--maybe", default=None, help="None: the usual")
+    helps = option_help(p.format_help())
+    assert helps["--plain"].endswith("a count (default: 3)")
+    assert helps["--named"].endswith("a count, 5 per batch by default")
+    assert [f for f in ("--needed", "--flag", "--maybe") if "default" in helps[f]] == []

@@ -177,6 +177,82 @@ def test_the_command_writes_every_notebook(tmp_path):
     assert empty.returncode == 1 and "no lecture notebooks" in empty.stderr
 
 
+def test_the_label_is_the_headers_text_and_a_header_without_one_is_refused():
+    """The label is what follows '# Solution: ', without trailing spaces; a header with nothing after it (or
+    spaces first) is not a header. Catches: a trailing space carried into the stub's message and first line,
+    a header with an empty label giving the stub ': write your solution here'."""
+    solution = "# Solution: Exercise 9.6 (t)   \n# BEGIN SOLUTION\ny = 2\n# END SOLUTION\n"
+    new = student.student_cell(cell(solution, tags=["solution"]))
+    assert "".join(new["source"]) == ('# Exercise 9.6 (t): your answer\n'
+                                      'raise NotImplementedError("Exercise 9.6 (t): write your solution here")\n')
+    for header in ("# Solution: \n", "# Solution:  Exercise 9.6 (t)\n"):
+        with pytest.raises(student.NotebookError, match="must start with '# Solution: <exercise>'"):
+            student.student_cell(cell(header + "# BEGIN SOLUTION\ny = 2\n# END SOLUTION\n", tags=["solution"]))
+
+
+def test_split_solution_returns_the_header_label_and_the_three_parts():
+    """``(label, before, block, after)``: ``before`` ends with the BEGIN line, ``block`` holds only the lines
+    between the markers, ``after`` starts with the END line; two END lines are refused like two BEGIN lines.
+    Catches: a block that includes a marker (the solution checked against the lectures then differs), a
+    second END line taken as part of the code after the answer."""
+    label, before, block, after = student.split_solution(FUNCTION_SOLUTION)
+    assert label == "Exercise 9.1 (double)"
+    assert before == '# Solution: Exercise 9.1 (double)\ndef double(x):\n    """Twice x."""\n    # BEGIN SOLUTION\n'
+    assert block == "    y = x + x\n    return y\n"
+    assert after == "    # END SOLUTION\n\nassert double(2) == 4\n"
+    assert before + block + after == FUNCTION_SOLUTION
+    with pytest.raises(student.NotebookError, match="exactly one"):
+        student.split_solution(HEAD + "# BEGIN SOLUTION\ny = 2\n# END SOLUTION\nz = 3\n# END SOLUTION\n")
+
+
+
+def test_only_code_cells_are_read_as_solution_headers_and_an_untagged_header_is_refused():
+    """An untagged code cell starting with '# Solution: …' is refused even without the markers (it was meant
+    to be tagged); a markdown cell may start with that text and is kept as it is. Catches: a forgotten tag on
+    a header-only cell slipping through, and a markdown heading refused as a broken solution."""
+    with pytest.raises(student.NotebookError, match="not tagged 'solution'"):
+        student.student_notebook({"metadata": {}, "cells": [cell("# Solution: Exercise 9.8 (u)\ny = 2\n")]})
+    text = "# Solution: why the bound is tight\nBecause."
+    out = student.student_notebook({"metadata": {}, "cells": [cell(text, "markdown")]})
+    assert out["cells"] == [{"cell_type": "markdown", "metadata": {"tags": []}, "source": text}]
+
+
+def test_markdown_cells_get_no_outputs_and_a_non_ascii_label_stays_readable():
+    """Only code cells carry ``outputs`` and ``execution_count`` (nbformat refuses them on markdown cells);
+    a label with Greek letters stays as written in the stub. Catches: outputs added to every cell (a student
+    notebook that Jupyter reports as invalid), the stub's message written as \\u escapes."""
+    solution = "# Solution: Exercise 9.7 (ᾱ_t)\n# BEGIN SOLUTION\ny = 2\n# END SOLUTION\n"
+    out = student.student_notebook({"metadata": {}, "cells": [cell("Text.", "markdown"),
+                                                              cell(solution, tags=["solution"])]})
+    assert "outputs" not in out["cells"][0] and "execution_count" not in out["cells"][0]
+    assert 'raise NotImplementedError("Exercise 9.7 (ᾱ_t): write your solution here")\n' in out["cells"][1]["source"]
+
+
+def test_the_writer_takes_only_numbered_lectures_counts_their_exercises_and_makes_the_folder(tmp_path, capsys):
+    """Only ``NN_name.ipynb`` files are lectures (a scratch notebook beside them is not), the printed line gives
+    the number of exercises, and the output folder is made with its parents. Catches: every .ipynb turned
+    into a student notebook, the count of cells printed as exercises, 'build/student' failing without 'build'."""
+    nb = {"metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+          "cells": [cell("x = 1\n"), cell(FUNCTION_SOLUTION, tags=["solution"]), cell("## Summary", "markdown")]}
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    for name in ("01_first.ipynb", "scratch.ipynb"):
+        (src / name).write_text(json.dumps(nb), encoding="utf-8")
+    dst = tmp_path / "build" / "student"
+    assert student.write_student_notebooks(src, dst) == [dst / "01_first.ipynb"]
+    assert capsys.readouterr().out == f"01_first.ipynb: 1 exercises → {dst / '01_first.ipynb'}\n"
+    assert sorted(p.name for p in dst.iterdir()) == ["01_first.ipynb"]
+
+
+def test_the_command_defaults_to_notebooks_into_build_student(monkeypatch):
+    """``python -m ddpm_lib.student`` with no arguments reads ``notebooks`` and writes ``build/student``, as
+    ``make student`` does. Catches: defaults that write the student versions over the lectures."""
+    seen = []
+    monkeypatch.setattr(student, "write_student_notebooks", lambda src, dst: seen.append((src, dst)))
+    assert student.main([]) == 0
+    assert seen == [(Path("notebooks"), Path("build/student"))]
+
+
 # --------------------------------------------------------------------------- the lecture notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_each_lecture_has_two_to_four_exercises_and_two_checks(path):
