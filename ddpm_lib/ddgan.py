@@ -71,6 +71,7 @@ def q_sample_pairs(s: Schedule, x0: torch.Tensor, t, generator: torch.Generator 
     x_t     ~ q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t I)                (one forward step, eq. 2).
     x0: (B, ...); t: int or long (B,) in 1..T. Returns ``(x_prev, xt)``, both of x0's shape.
     """
+    check_operands(x0=x0)
     check_t(s, t, batch=x0.shape[0])
     eps_prev = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     eps_step = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -114,8 +115,10 @@ class ToyGenerator(nn.Module):
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, xt: torch.Tensor, z: torch.Tensor, t) -> torch.Tensor:
-        if xt.ndim != 2 or z.ndim != 2 or z.shape != (xt.shape[0], self.z_dim):
-            raise ValueError(f"expected xt (B, D) and z (B, {self.z_dim}), got {tuple(xt.shape)}, {tuple(z.shape)}")
+        D = self.inp.in_features
+        if xt.ndim != 2 or xt.shape[1] != D or z.ndim != 2 or z.shape != (xt.shape[0], self.z_dim):
+            raise ValueError(f"expected xt (B, {D}) and z (B, {self.z_dim}) for this generator (dim={D}), got "
+                             f"{tuple(xt.shape)}, {tuple(z.shape)}")
         x = xt.to(self.inp.weight.dtype)
         t = _as_batch_t(t, x.shape[0], x.device)
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype))
@@ -146,6 +149,9 @@ class ToyDiscriminator(nn.Module):
 
     def forward(self, x_prev: torch.Tensor, xt: torch.Tensor, t) -> torch.Tensor:
         check_operands(x_prev=x_prev, xt=xt)
+        if xt.ndim != 2 or 2 * xt.shape[1] != self.inp.in_features:
+            raise ValueError(f"expected pairs of points (B, {self.inp.in_features // 2}) for this discriminator, "
+                             f"got {tuple(xt.shape)}")
         x = torch.cat([x_prev, xt], dim=1).to(self.inp.weight.dtype)
         t = _as_batch_t(t, x.shape[0], x.device)
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype))
@@ -200,8 +206,14 @@ def train_ddgan_toy(G: nn.Module, D: nn.Module, s: Schedule, x0_data: torch.Tens
     the EMA copy G_ema is updated with the ramped decay of ``ema.py``. Training is in float32.
     ``history`` holds the per-step ``d_loss`` (without R1), ``g_loss`` and ``r1`` as floats.
     """
-    if steps < 1 or batch < 1:
-        raise ValueError(f"steps and batch must be positive, got {steps}, {batch}")
+    if x0_data.ndim != 2 or x0_data.shape[0] == 0:
+        raise ValueError(f"x0_data must be (N, D) points with N >= 1, got shape {tuple(x0_data.shape)}")
+    if not torch.isfinite(x0_data).all():
+        raise ValueError("x0_data holds NaN or infinite values")
+    for ok, why in ((steps >= 1, f"steps must be at least 1, got {steps}"),
+                    (batch >= 1, f"batch must be at least 1, got {batch}")):
+        if not ok:
+            raise ValueError(why)
     dtype = next(G.parameters()).dtype
     data = x0_data.to(dtype)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=(0.5, 0.9))

@@ -326,3 +326,25 @@ def test_sample_ddgan_on_images_ends_at_x0_pred_and_is_reproducible(gen):
     b = sample_ddgan(toy, ddgan_schedule(4), (7, 2), generator=torch.Generator().manual_seed(1))
     c = sample_ddgan(toy, ddgan_schedule(4), (7, 2), generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_the_toy_ddgan_names_data_it_cannot_train_on():
+    """Catches: torch's "mat1 and mat2 shapes cannot be multiplied" for 3-D points given to 2-D networks, integer
+    points reaching torch.randn ("normal_kernel_cpu not implemented for 'Long'"), and "random_ expects 'from' to be
+    less than 'to'" for no data."""
+    s = ddgan_schedule(4)
+    G, D = ToyGenerator(dim=2), ToyDiscriminator(dim=2)
+    x3, t = torch.randn(8, 3), torch.full((8,), 2)
+    with pytest.raises(ValueError, match=r"expected xt \(B, 2\) and z \(B, \d+\) for this generator \(dim=2\)"):
+        G(x3, torch.randn(8, G.z_dim), t)
+    with pytest.raises(ValueError, match=r"expected pairs of points \(B, 2\) for this discriminator, got \(8, 3\)"):
+        D(x3, x3, t)
+    with pytest.raises(ValueError, match=r"^x0 is a torch.int64 tensor"):
+        dl.q_sample_pairs(s, torch.ones(8, 2, dtype=torch.long), t)
+    for data, words in ((torch.randn(0, 2), r"x0_data must be \(N, D\) points with N >= 1"),
+                        (torch.randn(16), r"got shape \(16,\)"),
+                        (torch.full((16, 2), float("inf")), "NaN or infinite")):
+        with pytest.raises(ValueError, match=words):
+            train_ddgan_toy(G, D, s, data, steps=1)
+    with pytest.raises(ValueError, match="^batch must be at least 1, got 0$"):
+        train_ddgan_toy(G, D, s, torch.randn(16, 2), steps=1, batch=0)
