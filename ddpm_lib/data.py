@@ -22,7 +22,11 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache"   # git
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Pixels 0..255 → [−1, 1] (the range the DDPM decoder of eq. 13 assumes)."""
+    """Pixels 0..255 → [−1, 1] (the range the DDPM decoder of eq. 13 assumes). Takes integer pixels: a float
+    image is refused (one in [0, 1], e.g. from ToTensor, would land in [−1, −0.99]; map it with x * 2 − 1)."""
+    if images_uint8.is_floating_point() or images_uint8.dtype == torch.bool:
+        raise ValueError(f"to_model_range takes integer pixels 0..255, got a {images_uint8.dtype} tensor (images "
+                         f"in [0, 1] map to [−1, 1] with x * 2 − 1)")
     return images_uint8.to(torch.float32) / 127.5 - 1.0
 
 

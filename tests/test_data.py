@@ -92,14 +92,16 @@ def test_mnist_5k_pad_to_32(mnist5k):
 
 
 def test_range_maps():
-    """0 → −1, 255 → 1, 127.5 ↔ 0; to_pixel_range inverts and clamps to [0, 1].
-    Catches: /255 without the shift, a missing clamp."""
+    """0 → −1, 255 → 1, 127.5 ↔ 0; to_pixel_range inverts and clamps to [0, 1]; float images are refused.
+    Catches: /255 without the shift, a missing clamp, ToTensor's [0, 1] floats squashed into [−1, −0.99]."""
     u8 = torch.tensor([0, 51, 255], dtype=torch.uint8)
     x = dl.to_model_range(u8)
     assert x.dtype == torch.float32
     torch.testing.assert_close(x, torch.tensor([-1.0, 51 / 127.5 - 1, 1.0]))
     torch.testing.assert_close(dl.to_pixel_range(torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])),
                                torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"integer pixels 0..255, got a torch.float32 tensor .* x \* 2 − 1"):
+        dl.to_model_range(torch.rand(4))                       # ToTensor's [0, 1] would become [−1, −0.99]
 
 
 def test_unknown_image_set():
