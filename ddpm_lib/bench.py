@@ -94,13 +94,14 @@ def saved_activation_bytes(loss_fn) -> int:
     (``torch.autograd.graph.saved_tensors_hooks``), each storage counted once and the parameters left out:
     the activation memory a training step holds at its peak, besides weights, gradients and optimizer state.
     Run it on the "meta" device for an estimate at any size in a fraction of a second (float32 there:
-    autocast does not apply to meta tensors, so bf16/fp16 training holds about half)."""
+    autocast does not apply to meta tensors, so bf16/fp16 training holds about half). A parameter may be
+    saved as a view of itself (a linear layer saves ``weight.t()``): a view of a parameter is left out too."""
     seen, total = set(), 0
 
     def pack(t):
         nonlocal total
         storage = t.untyped_storage()
-        if not isinstance(t, torch.nn.Parameter) and storage._cdata not in seen:
+        if not isinstance(t if t._base is None else t._base, torch.nn.Parameter) and storage._cdata not in seen:
             seen.add(storage._cdata)
             total += storage.nbytes()
         return t

@@ -395,3 +395,214 @@ def test_a_cpu_bench_of_a_large_preset_first_says_how_much_work_a_row_is(monkeyp
     bench("tiny", batch_size=2, sample_batch=2, iters=1, warmup=0, device="cpu", rows=("ddpm_lib eager",),
           ddim_steps=2)
     assert "bench on the CPU" not in capsys.readouterr().out                # the smoke-test preset: no word
+
+
+def test_measure_row_warms_up_compiles_and_samples_as_its_row_says(monkeypatch):
+    """Timed calls (n per call) with warmup 0 and 4 iterations: an eager row makes [0, 4] training, [0, 4]
+    sampling and the DDIM pair [1, 1] (one untimed); a compiled row warms its sampling network once at least
+    ([0, 4, 1, 4, 1, 1]) and compiles its training step; "diffusers compiled" samples through
+    torch.compile(model, dynamic=False); the "ddpm_lib optimised" network goes through compiled_eps_model
+    with autotune passed on and, on a CPU, says "compiled (no graphs)"; the sampling-only row trains nothing;
+    DDIM runs with --ddim-steps at the sampling batch. Catches: the first compiled call (compilation) timed,
+    the untimed DDIM run left out, a "compiled" row whose trainer or sampler is not compiled, autotune
+    dropped, a CPU row reported as replaying CUDA graphs, the DDIM step count ignored."""
+    timed, compiled, ddim, configs, fast = [], [], [], [], []
+
+    def timer(device):
+        def run(fn, n):
+            timed.append(n)
+            if fn.__name__ == "ddim":
+                fn()
+            return 2.0
+        return run
+    monkeypatch.setattr(bench_module, "_timer", timer)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append((fn, kwargs)) or fn)
+    monkeypatch.setattr(bench_module, "sample_ddim",
+                        lambda eps, s, shape, steps, generator: ddim.append((shape, steps)))
+    real_trainer, real_fast = bench_module.Trainer, bench_module.compiled_eps_model
+    monkeypatch.setattr(bench_module, "Trainer", lambda model, config, dev, **kw:
+                        configs.append(config) or real_trainer(model, config, dev, **kw))
+    monkeypatch.setattr(bench_module, "compiled_eps_model",
+                        lambda *args, **kw: fast.append(kw) or real_fast(*args, **kw))
+
+    def measure(row, autotune=False):
+        timed.clear(), compiled.clear(), ddim.clear(), configs.clear(), fast.clear()
+        return bench_module.measure_row(row, "tiny", torch.device("cpu"), batch_size=3, sample_batch=5, iters=4,
+                                        warmup=0, ddim_steps=3, backend="eager", autotune=autotune)
+    r = measure("ddpm_lib eager")
+    assert timed == [0, 4, 0, 4, 1, 1] and r["sampling"] == "eager" and not configs[0].compile
+    assert compiled == [] and fast == [] and ddim == [((5, 1, 32, 32), 3)] * 2
+    r = measure("ddpm_lib optimised", autotune=True)
+    assert timed == [0, 4, 1, 4, 1, 1] and configs[0].compile and r["sampling"] == "compiled (no graphs)"
+    assert fast[0]["autotune"] is True and fast[0]["backend"] == "eager" and fast[0]["cuda_graphs"] is True
+    if diffusers_available():
+        measure("diffusers compiled")
+        assert timed == [0, 4, 1, 4, 1, 1] and configs[0].compile
+        assert [kw for fn, kw in compiled if isinstance(fn, DiffusersEps)] == [{"backend": "eager", "dynamic": False}]
+        r = measure("diffusers + CUDA graphs")
+        assert timed == [1, 4, 1, 1] and r["train_img_per_s"] is None and len(fast) == 1
+
+
+def test_ddgan_sampling_reports_seconds_per_1000_images_of_the_sampling_batch():
+    """A timed draw of 2 s for a batch of 4 is 500 s per 1,000 images, with the 4 generator calls and the
+    generator's parameter count. Catches: seconds per batch reported as per 1,000 images."""
+    from ddpm_lib.ddgan_nets import build_generator, ddgan_spec
+    g = bench_module.ddgan_sampling("tiny", 4, torch.device("cpu"), lambda fn, n: 2.0)
+    assert g["s_per_1000"] == pytest.approx(500.0) and g["nfe"] == 4 and g["preset"] == "tiny"
+    assert g["parameters"] == count_parameters(build_generator(ddgan_spec("tiny", (1, 32, 32))))
+
+
+def fake_row(row, *args, **kwargs):
+    """What measure_row returns, without measuring anything."""
+    return {"row": row, "status": "ok", "sampling": "eager", "train_img_per_s": 10.0, "train_warmup_seconds": 1.0,
+            "peak_train_memory_gib": None, "sample_img_per_s": 20.0, "sample_warmup_seconds": 1.0,
+            "ddim_s_per_1000": 5.0}
+
+
+QUICK = dict(batch_size=2, sample_batch=2, iters=1, warmup=0, device="cpu", rows=("ddpm_lib eager",), ddim_steps=2,
+             compile_backend="eager")
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(sample_batch=0), dict(warmup=-1), dict(rows=())])
+def test_bench_refuses_empty_batches_a_negative_warmup_and_no_rows(bad, monkeypatch):
+    """A training or sampling batch of 0, a negative warm-up or an empty list of rows is a ValueError before
+    anything is measured. Catches: a check of iters alone (a batch of 0 divides by zero seconds), a bound
+    that lets warmup −1 through, an empty table written without a word."""
+    monkeypatch.setattr(bench_module, "measure_row", fake_row)
+    monkeypatch.setattr(bench_module, "ddgan_sampling", lambda *args: {"status": "skipped"})
+    with pytest.raises(ValueError, match="must be at least|unknown bench rows"):
+        bench("tiny", **{**QUICK, **bad})
+
+
+def test_a_kept_file_is_refused_when_any_setting_that_decides_the_rows_differs(tmp_path, monkeypatch):
+    """bench(keep=…) with each setting changed in turn (preset, batch sizes, iterations, warm-up, DDIM steps,
+    backend, autotune) refuses the file in one line naming that setting; with the same settings it takes the
+    row from the file; DDIM-1000 (T itself) is a valid setting. Catches: a setting left out of those
+    compared (rows of another DDIM step count or sampling batch passed off as this run's), T refused."""
+    monkeypatch.setattr(bench_module, "measure_row", fake_row)
+    monkeypatch.setattr(bench_module, "ddgan_sampling", lambda *args: {"status": "skipped"})
+    keep = tmp_path / "b.json.partial.json"
+    base = {**QUICK, "ddim_steps": 1000}
+    assert bench("tiny", **base, keep=keep)["ddim_steps"] == 1000
+    for change in (dict(batch_size=3), dict(sample_batch=3), dict(iters=2), dict(warmup=1), dict(ddim_steps=2),
+                   dict(compile_backend="aot_eager"), dict(autotune=True)):
+        (name, value), = change.items()
+        there = base.get(name, False)
+        with pytest.raises(ValueError, match=rf"other settings \({name} {there!r} there, {value!r} here\)"):
+            bench("tiny", **{**base, **change}, keep=keep)
+    with pytest.raises(ValueError, match="preset 'tiny' there, 'mnist' here"):
+        bench("mnist", **base, keep=keep)
+    assert bench("tiny", **base, keep=keep)["rows_from_an_earlier_run"] == ["ddpm_lib eager"]
+
+
+def test_kept_rows_refuse_another_format_a_damaged_file_and_another_gpu(tmp_path):
+    """A kept file of an older format or cut off mid-write is refused with a line saying to delete it; one
+    measured on another GPU model is refused naming both; a matching one gives its rows by name; no file
+    gives none. Catches: the format not checked (rows of another layout read as this version's), a setting
+    (the GPU) left out of the comparison."""
+    from ddpm_lib.bench import KEPT_FORMAT, kept_rows
+    keep = tmp_path / "k.json"
+    settings = {"device": "NVIDIA H100 80GB HBM3", "iters": 20}
+    row = {"row": "ddpm_lib eager", "status": "ok"}
+    keep.write_text(json.dumps({"format": "ddpm_lib-bench-rows-0", "settings": settings, "rows": [row]}))
+    with pytest.raises(ValueError, match="not a bench file of this version: delete it"):
+        kept_rows(keep, settings)
+    keep.write_text('{"format": "ddpm_lib-bench-ro')
+    with pytest.raises(ValueError, match="is not a bench file .*: delete it"):
+        kept_rows(keep, settings)
+    keep.write_text(json.dumps({"format": KEPT_FORMAT, "settings": settings, "rows": [row]}))
+    assert kept_rows(keep, settings) == {"ddpm_lib eager": row}
+    with pytest.raises(ValueError, match="device 'NVIDIA H100 80GB HBM3' there, 'NVIDIA A100-SXM4-80GB' here"):
+        kept_rows(keep, {**settings, "device": "NVIDIA A100-SXM4-80GB"})
+    assert kept_rows(tmp_path / "none.json", settings) == {} and kept_rows(None, settings) == {}
+
+
+def test_the_kept_file_holds_every_row_measured_before_a_stop(tmp_path, monkeypatch):
+    """Three rows, stopped while measuring the third: the kept file holds the first two, in order. Catches:
+    only the latest row kept (a stop loses all the others)."""
+    monkeypatch.setattr(bench_module, "ddgan_sampling", lambda *args: {"status": "skipped"})
+    measured = []
+
+    def measure(row, *args, **kwargs):
+        if len(measured) == 2:
+            raise KeyboardInterrupt
+        measured.append(row)
+        return fake_row(row)
+    monkeypatch.setattr(bench_module, "measure_row", measure)
+    keep = tmp_path / "b.json.partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench("tiny", **{**QUICK, "rows": ROWS[:3]}, keep=keep)
+    assert [r["row"] for r in json.loads(keep.read_text())["rows"]] == list(ROWS[:2])
+
+
+def test_the_memory_figures_are_float32_bytes_in_gib(monkeypatch):
+    """Weights, gradients and AdamW's two moments take 4 × 4 bytes per parameter; the activation estimate is
+    saved_activation_bytes of one L_simple forward at the training batch on the meta device; both in GiB
+    (2³⁰ bytes). Catches: three tensors per parameter instead of four, GB (10⁹) for GiB."""
+    from ddpm_lib.bench import saved_activation_bytes
+    from ddpm_lib.elbo import l_simple
+    monkeypatch.setattr(bench_module, "measure_row", fake_row)
+    monkeypatch.setattr(bench_module, "ddgan_sampling", lambda *args: {"status": "skipped"})
+    r = bench("tiny", **{**QUICK, "batch_size": 3})
+    assert r["weights_grads_adam_gib_fp32"] == 16 * count_parameters(UNet.from_preset("tiny")) / 2 ** 30
+    with torch.device("meta"):
+        net, xt = UNet.from_preset("tiny"), torch.zeros(3, 1, 32, 32)
+        activations = saved_activation_bytes(lambda: l_simple(xt, net(xt, torch.ones(3, dtype=torch.long))))
+    assert r["activation_gib_fp32_estimate"] == activations / 2 ** 30 > 0
+
+
+def test_format_table_and_row_line_print_the_ddgan_the_target_and_the_peak_memory():
+    """The table ends with "DDGAN-4 sampling: not measured (why)" when the DDGAN was not timed and with the
+    ddpm_lib optimised / diffusers compiled sampling ratio against its target of 1.5; a row's line shows its
+    peak training memory when there is one. Catches: a missing DDGAN left unexplained, the target line
+    dropped or with another target, the peak memory never printed."""
+    from ddpm_lib.bench import row_line
+    rows = [{**fake_row("ddpm_lib optimised"), "sample_img_per_s": 30.0},
+            {**fake_row("diffusers compiled"), "sample_img_per_s": 20.0}]
+    for row in rows:
+        row.update(train_tflops=0.5, sample_tflops=0.25)
+    r = {"preset": "tiny", "device": "cpu", "autocast": "fp32", "batch_size": 2, "sample_batch": 2, "iters": 1,
+         "warmup": 0, "ddim_steps": 2, "compile_backend": "eager", "autotune": False, "torch": "x", "diffusers": "y",
+         "parameters": {"ddpm_lib": 1}, "gflop_per_image_forward": {"ddpm_lib": 1.0}, "rows": rows,
+         "ratios": ratios(rows), "ddgan": {"status": "no DDGAN preset 'ddpm-cifar10'"},
+         "activation_gib_fp32_estimate": 0.0, "weights_grads_adam_gib_fp32": 0.0}
+    lines = format_table(r).splitlines()
+    assert "DDGAN-4 sampling: not measured (no DDGAN preset 'ddpm-cifar10')" in lines
+    assert lines[-1] == ("sampling, one evaluation: ddpm_lib optimised / diffusers compiled = 1.50 "
+                         "(target: at least 1.5)")
+    assert ", peak 1.25 GiB)" in row_line({**rows[0], "peak_train_memory_gib": 1.25}, 2)
+    assert "peak" not in row_line(rows[0], 2)
+
+
+def test_the_cpu_warning_gives_the_minutes_at_a_laptops_speed(monkeypatch, capsys):
+    """The CPU warning turns a row's TFLOP into minutes at 0.2 TFLOP/s (the mnist preset at the default
+    sizes: minutes of work). Catches: seconds printed as minutes."""
+    monkeypatch.setattr(bench_module, "measure_row", fake_row)
+    monkeypatch.setattr(bench_module, "ddgan_sampling", lambda *args: {"status": "skipped"})
+    sizes = dict(batch_size=64, sample_batch=64, iters=20, warmup=5, ddim_steps=50)
+    r = bench("mnist", **{**QUICK, **sizes})
+    work = bench_module.row_flops(r["gflop_per_image_forward"]["ddpm_lib"] * 1e9, *sizes.values())
+    assert work / 0.2e12 / 60 > 1                                      # minutes, not seconds, tell apart
+    assert f"({work / 0.2e12 / 60:,.1f} min at a laptop's 0.2 TFLOP/s)" in capsys.readouterr().out
+
+
+def test_saved_activation_bytes_leaves_out_a_convolutions_weight():
+    """A convolution whose input requires grad (as inside a network) saves that input and its weight, a
+    Parameter: only the input's 2·8·8 float32 values count. Catches: the parameters counted as activations
+    (the linear layer above saves no weight, since its input needs no gradient)."""
+    from ddpm_lib.bench import saved_activation_bytes
+    conv = torch.nn.Conv2d(2, 3, 3)
+    y = torch.randn(1, 2, 8, 8, requires_grad=True)
+    assert saved_activation_bytes(lambda: conv(y).sum()) == 2 * 8 * 8 * 4
+
+
+def test_saved_activation_bytes_leaves_out_a_linear_layers_weight_saved_as_a_view():
+    """Two linear layers, 4 → 3 → 1000, on 5 inputs: the second one's input needs a gradient, so autograd
+    saves its weight as weight.t(), a view of the parameter. Only x (5·4 values) and the ReLU's output (5·3,
+    saved by the ReLU and the second layer: one storage) count, 140 bytes, not the weight's 12,000 more.
+    Catches: a parameter saved as a view counted as an activation (the U-Net's linear time-embedding layers:
+    a constant 11 MB in ddpm-cifar10's estimate)."""
+    from ddpm_lib.bench import saved_activation_bytes
+    first, second = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1000)
+    x = torch.randn(5, 4)
+    assert saved_activation_bytes(lambda: second(torch.relu(first(x))).sum()) == (5 * 4 + 5 * 3) * 4

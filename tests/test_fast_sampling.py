@@ -209,3 +209,93 @@ def test_each_presets_network_is_one_graph_on_a_gpu(preset, num_classes):
     report = torch._dynamo.explain(model)(*inputs)
     assert (report.graph_count, report.graph_break_count) == (1, 0), [b.reason for b in report.break_reasons]
     torch._dynamo.reset()
+
+
+def test_torch_compile_gets_the_mode_that_cuda_graphs_autotune_and_backend_ask_for(monkeypatch):
+    """torch.compile is called with the backend asked for, dynamic=False and the mode: "reduce-overhead" for
+    CUDA graphs, none without them, "max-autotune" / "max-autotune-no-cudagraphs" with autotune, and none
+    for a tracing backend; on a CPU ``cuda_graphs`` stays False whatever was asked (torch.compile made the
+    identity here, so no Inductor warning says graphs were skipped). Catches: the two autotune modes
+    swapped, CUDA graphs asked for without cuda_graphs, a mode given to aot_eager, autotune not passed on,
+    dynamic shapes (a recompilation per batch size), a CPU run reported as replaying CUDA graphs."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    model = ToyEpsModel(hidden=8).eval()
+    for backend, cuda_graphs, autotune, mode in (("inductor", True, False, "reduce-overhead"),
+                                                 ("inductor", False, False, None),
+                                                 ("inductor", True, True, "max-autotune"),
+                                                 ("inductor", False, True, "max-autotune-no-cudagraphs"),
+                                                 ("aot_eager", True, True, None), ("eager", True, False, None)):
+        eps = compiled_eps_model(model, BATCH, backend=backend, cuda_graphs=cuda_graphs, autotune=autotune, warmup=1)
+        assert seen[-1] == {"backend": backend, "mode": mode, "dynamic": False}, (backend, cuda_graphs, autotune)
+        assert eps.cuda_graphs is False
+
+
+def test_amp_dtype_float16_is_the_dtype_the_network_runs_in():
+    """amp_dtype=float16 on a CPU gives exactly the network's output under float16 autocast, which differs
+    from its output under bfloat16 (the dtype CPU autocast picks by itself). Catches: the dtype not passed
+    to torch.autocast (bf16 whatever was asked)."""
+    torch.manual_seed(0)
+    model = ToyEpsModel(hidden=32).eval()
+    x, t = torch.randn(BATCH, generator=torch.Generator().manual_seed(7)), torch.full((64,), 20)
+    eps = compiled_eps_model(model, BATCH, backend="eager", amp_dtype=torch.float16, warmup=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        expected = model(x, t)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(x, t)
+    assert torch.equal(eps(x, t), expected) and (expected - bf16).abs().max() > 1e-4
+
+
+def test_the_padding_rows_are_zeros_at_t_1_and_t_must_be_one_dimensional(monkeypatch):
+    """3 samples through a model built for 5 reach the network as those 3 followed by two rows of zeros at
+    t = 1 (a valid timestep of 1..T); t of shape (5, 1) is refused. Catches: padding at t = 0 (outside the
+    paper's 1..T: a network indexing a table at t − 1 reads its last entry, a range check fails), a t check
+    that looks only at the length."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, xt, t):
+            seen.append((xt.clone(), t.clone()))
+            return 2 * xt
+    eps = compiled_eps_model(Recorder().eval(), (5, 2), backend="eager", warmup=0)
+    x = torch.arange(6.0).reshape(3, 2) + 1
+    torch.testing.assert_close(eps(x, torch.tensor([4, 5, 6])), 2 * x, rtol=0, atol=0)
+    xt, t = seen[-1]
+    assert torch.equal(xt, torch.cat([x, torch.zeros(2, 2)])) and t.tolist() == [4, 5, 6, 1, 1]
+    with pytest.raises(ValueError, match="t must be a long tensor of shape"):
+        eps(torch.zeros(5, 2), torch.ones(5, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [(64,), (0, 2), (4, 0), (4, 1, -1, 8)])
+def test_a_batch_shape_without_a_batch_or_with_an_empty_size_is_refused(bad):
+    """batch_shape must be (B, ...) with every size at least 1: (64,) (no example shape), a zero batch or an
+    empty image size give a ValueError before compiling. Catches: the length check or the size check
+    dropped (a failure deep inside the warm-up, or a model built for no samples)."""
+    with pytest.raises(ValueError, match="batch_shape must be"):
+        compiled_eps_model(ToyEpsModel(hidden=8).eval(), bad, backend="eager")
+
+
+def test_the_device_defaults_to_the_models_and_a_model_without_parameters_runs_on_the_cpu():
+    """Without ``device`` the inputs live where the model's parameters are (a model on the meta device is
+    warmed up on meta inputs), and a model without parameters runs on the CPU. Catches: the CPU assumed
+    for every model (a GPU model fed CPU tensors), a model without parameters failing (StopIteration)."""
+    with torch.device("meta"):
+        meta_model = ToyEpsModel(hidden=8).eval()
+    eps = compiled_eps_model(meta_model, BATCH, backend="eager", warmup=1)
+    assert eps.device == torch.device("meta")
+
+    class Half(torch.nn.Module):
+        def forward(self, xt, t):
+            return xt / 2
+    eps = compiled_eps_model(Half().eval(), BATCH, backend="eager", warmup=1)
+    x = torch.randn(BATCH, generator=torch.Generator().manual_seed(0))
+    assert eps.device == torch.device("cpu") and torch.equal(eps(x, torch.ones(64, dtype=torch.long)), x / 2)
+
+
+def test_a_zero_dimensional_x_t_is_refused_with_the_static_shape_message(toy):
+    """A scalar x_t (no batch axis) gets the static-shape ValueError, not a TypeError from len(). Catches:
+    len(xt) taken without looking at xt.dim()."""
+    _, eps = toy
+    with pytest.raises(ValueError, match="static batch shape"):
+        eps(torch.tensor(1.0), torch.ones(1, dtype=torch.long))

@@ -199,3 +199,74 @@ def test_save_scatter_draws_every_run_on_one_equal_scaled_square_and_counts_the_
     assert cols.max() - cols.min() < 0.05 * across and rows.max() - rows.min() < 0.05 * across
     blue_dots(torch.tensor([[0.0, 0.0], [3.5, 0.0], [0.0, -4.0], [2.9, 2.9]]), "outside.png")
     assert titles[-1] == "t (2 outside ±3)"
+
+
+@NO_TENSOR_TO_MATPLOTLIB
+def test_images_that_still_require_grad_are_drawn_without_their_graph():
+    """A batch straight from a network (requires_grad, not detached by the caller) is tiled into a grid
+    that records no gradient, and show_images draws it with the values of the detached batch. Catches: the
+    .detach() left out (the grid joins the autograd graph and show_images' .numpy() raises)."""
+    w = torch.tensor(0.5, requires_grad=True)
+    x = w * torch.linspace(-1, 1, 2 * 1 * 4 * 4).reshape(2, 1, 4, 4)
+    grid = plots.image_grid(x, nrow=2)
+    assert not grid.requires_grad and grid.grad_fn is None
+    fig, ax = plt.subplots()
+    plots.show_images(x, nrow=2, ax=ax)
+    torch.testing.assert_close(torch.as_tensor(ax.images[0].get_array()), plots.image_grid(x.detach(), 2)[..., 0])
+
+
+def test_show_images_draws_in_grey_with_the_axes_off():
+    """One-channel images are drawn with the grey colour map (0 black, 1 white), with no ticks or frame.
+    Catches: matplotlib's default colour map left on (digits in purple and yellow), the axes left on."""
+    fig, ax = plt.subplots()
+    plots.show_images(torch.zeros(2, 1, 4, 4), ax=ax)
+    assert ax.images[0].get_cmap().name == "gray" and not ax.axison
+
+
+@NO_TENSOR_TO_MATPLOTLIB
+def test_scatter2d_passes_the_colour_map_size_and_other_options_to_matplotlib():
+    """A continuous colour with cmap="viridis" goes through viridis, class labels without cmap through tab10;
+    the marker size (default 2) and further keywords (alpha) reach the points. Catches: cmap dropped (labels
+    in matplotlib's default map), s or the extra keywords ignored."""
+    x = torch.zeros(3, 2)
+    fig, ax = plt.subplots()
+    plots.scatter2d(x, ax=ax, c=torch.tensor([0.1, 0.5, 0.9]), cmap="viridis", s=7.0, alpha=0.25)
+    plots.scatter2d(x, ax=ax, c=torch.tensor([0, 1, 2]))
+    quantity, labels = ax.collections
+    assert quantity.get_cmap().name == "viridis" and list(quantity.get_sizes()) == [7.0]
+    assert quantity.get_alpha() == 0.25
+    assert labels.get_cmap().name == "tab10" and list(labels.get_sizes()) == [2.0]
+
+
+def test_save_scatter_uses_its_lim_dpi_and_marker_sizes_and_needs_no_title(tmp_path, monkeypatch):
+    """save_scatter(lim=5, dpi=50) draws on [−5, 5]² into a 200 × 200 PNG (a 4-inch figure) and counts only
+    the point beyond ±5 (points at exactly ±5 lie on the square's edge); up to 1,000 points are drawn at
+    size 4, more at size 1; no title is fine. Catches: lim or dpi not passed on, >= counting the edge as
+    outside, the two marker sizes swapped or off by one, None + note (a TypeError without a title)."""
+    from PIL import Image
+    calls = []
+    real = plots.scatter2d
+    monkeypatch.setattr(plots, "scatter2d", lambda x, **kw: calls.append(kw) or real(x, **kw))
+    x = torch.tensor([[5.0, 0.0], [0.0, -5.0], [6.0, 0.0], [1.0, 1.0]])
+    plots.save_scatter(x, tmp_path / "a.png", lim=5, dpi=50)
+    ax = calls[-1]["ax"]
+    assert ax.get_xlim() == (-5, 5) and ax.get_ylim() == (-5, 5)
+    assert calls[-1]["title"].strip() == "(1 outside ±5)" and calls[-1]["s"] == 4
+    assert Image.open(tmp_path / "a.png").size == (200, 200)
+    plots.save_scatter(torch.zeros(1000, 2), tmp_path / "b.png")
+    assert calls[-1]["s"] == 4 and calls[-1]["title"] == ""
+    plots.save_scatter(torch.zeros(1001, 2), tmp_path / "c.png")
+    assert calls[-1]["s"] == 1
+
+
+def test_plain_log_ticks_on_an_inverted_axis():
+    """A log axis drawn upside down (from 260 down to 25) gets the ticks of the upright one: 30, 50, 100,
+    200. Catches: the view interval taken as (lo, hi) without sorting (no value lies in 260..25: no ticks)."""
+    fig, ax = plt.subplots()
+    ax.plot([1, 10], [25, 260])
+    ax.set_yscale("log")
+    ax.set_ylim(260, 25)
+    plots.plain_log_ticks(ax.yaxis)
+    fig.canvas.draw()
+    assert list(ax.get_yticks()) == [30, 50, 100, 200]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "50", "100", "200"]

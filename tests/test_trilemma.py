@@ -1,6 +1,7 @@
 """Tests of ddpm_lib.trilemma: network evaluations are counted, not assumed, and the table's quality
 columns rank a perfect sampler above a broken one."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ from ddpm_lib import sample_batches, trilemma
 from ddpm_lib.classifier import load_classifier
 from ddpm_lib.cli import main
 from ddpm_lib.data import load_images
+from ddpm_lib.ddim import sample_ddim
 from ddpm_lib.metrics import frechet_distance
 from ddpm_lib.oracle import GaussianMixture
+from ddpm_lib.sampling import sample_ddpm
 from ddpm_lib.schedules import make_schedule
 from ddpm_lib.trilemma import CallCounter, ddim_draw, ddpm_draw, format_rows, measure_sampler, trilemma_rows
 
@@ -235,3 +238,173 @@ def test_a_stopped_trilemma_continues_from_its_kept_rows_and_writes_the_uninterr
     for a, b in zip(whole, split):
         assert a["nfe"] == b["nfe"] and a["class_entropy"] == pytest.approx(b["class_entropy"], rel=1e-9)
         assert a["fid_mnist"] == pytest.approx(b["fid_mnist"], rel=1e-9)
+
+
+def test_measure_sampler_refuses_no_samples_or_empty_batches_before_drawing():
+    """n = 0 or batch_size = 0 (or below) is refused by a ValueError naming both, before anything is drawn.
+    Catches: a bound that lets 0 through (n = 0 fails later inside torch.cat with another message;
+    batch_size = 0 draws empty batches for ever)."""
+    net = CallCounter(torch.nn.Identity())
+    drawn = []
+
+    def draw(b, g):
+        drawn.append(b)
+        if len(drawn) > 3:
+            raise AssertionError("still drawing")           # ends the endless loop of empty batches
+        net(None)
+        return torch.zeros(b, 1)
+    for n, batch_size in ((0, 3), (5, 0), (-1, 3), (5, -2)):
+        with pytest.raises(ValueError, match="n and batch_size must be at least 1"):
+            measure_sampler(draw, net, n=n, batch_size=batch_size, device="cpu")
+    assert drawn == []
+
+
+def test_ddpm_and_ddim_draws_are_the_samplers_with_the_given_settings(capsys):
+    """ddim_draw(steps=4, eta=1) returns sample_ddim(steps=4, eta=1) from the same generator (other samples
+    than η = 0) and ddpm_draw returns sample_ddpm, each with a progress bar over its steps only when asked.
+    Catches: eta dropped (every DDIM row deterministic whatever was asked), a bar that ignores progress
+    (hundreds of bar lines in a log)."""
+    s, counter = oracle_counter(T=12)
+
+    def run(draw):
+        return draw(5, torch.Generator().manual_seed(3))
+    eta1 = run(ddim_draw(counter, s, (1,), steps=4, eta=1.0))
+    assert torch.equal(eta1, sample_ddim(counter, s, (5, 1), steps=4, eta=1.0,
+                                         generator=torch.Generator().manual_seed(3)))
+    assert (eta1 - run(ddim_draw(counter, s, (1,), steps=4))).abs().max() > 1e-3
+    assert torch.equal(run(ddpm_draw(counter, s, (1,))),
+                       sample_ddpm(counter, s, (5, 1), generator=torch.Generator().manual_seed(3)))
+    capsys.readouterr()
+    run(ddpm_draw(counter, s, (1,)))
+    run(ddim_draw(counter, s, (1,), steps=4))
+    assert capsys.readouterr().err == ""
+    run(ddpm_draw(counter, s, (1,), progress=True))
+    assert "DDPM sampling" in capsys.readouterr().err
+    run(ddim_draw(counter, s, (1,), steps=4, progress=True))
+    assert "DDIM sampling" in capsys.readouterr().err
+
+
+def fake_statistics(images, classifier, batch_size=500):
+    """image_statistics without a classifier: the statistics of the pixels' mean and spread."""
+    f = torch.stack([images.flatten(1).mean(1), images.flatten(1).std(1)], 1).double()
+    return {"mu": f.mean(0), "sigma": torch.cov(f.T), "class_entropy": 1.0, "confidence": 0.5}
+
+
+def test_a_rows_kept_samples_belong_to_its_sampler_and_a_stop_while_scoring_says_they_are_kept(
+        tmp_path, monkeypatch):
+    """Row 1 (sampler "A") stopped after its first batch keeps 2 of 4 samples; a table whose row 1 is
+    another sampler ("B") refuses that file, naming the row; once "A" has all 4, a Ctrl-C while its samples
+    are scored says that all 4 are kept. Catches: the row's name left out of the key (a DDIM-3 row's
+    samples scored as DDIM-5's when --ddim-steps changes), the scoring left outside kept_on_stop (a bare
+    KeyboardInterrupt that hides the kept samples)."""
+    monkeypatch.setattr(trilemma, "image_statistics", fake_statistics)
+    net = CallCounter(torch.nn.Identity())
+    calls = []
+
+    def draw(b, g):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        net(None)
+        return torch.rand((b, 1, 2, 2), generator=g) * 2 - 1
+    out, real = tmp_path / "t.json", torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    def rows(name):
+        return trilemma_rows({name: (draw, net)}, real, None, n=4, batch_size=2, device="cpu", out=out,
+                             key={"seed": 0})
+    with pytest.raises(KeyboardInterrupt, match="2 of 4 samples are kept"):
+        rows("A")
+    with pytest.raises(ValueError, match="row='A' there, 'B' here"):
+        rows("B")
+
+    def stopped_scoring(images, classifier, batch_size=500):
+        if len(images) == 4:                                 # the row's samples, not the reference's 6
+            raise KeyboardInterrupt
+        return fake_statistics(images, classifier)
+    monkeypatch.setattr(trilemma, "image_statistics", stopped_scoring)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        rows("A")
+    assert str(stop.value) == (f"interrupted: 4 of 4 samples are kept in {out}.row1.partial.pt; the same command "
+                               f"continues from them")
+
+
+def test_rows_show_no_progress_bar_unless_asked(monkeypatch, capsys):
+    """trilemma_rows prints one line per row; the bar over each row's samples, named after the row, appears
+    only with progress=True. Catches: the bar shown whatever progress says."""
+    monkeypatch.setattr(trilemma, "image_statistics", fake_statistics)
+    net = CallCounter(torch.nn.Identity())
+
+    def draw(b, g):
+        net(None)
+        return torch.rand((b, 1, 2, 2), generator=g) * 2 - 1
+    real = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    trilemma_rows({"quiet row": (draw, net)}, real, None, n=4, batch_size=2, device="cpu")
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("quiet row: 4 samples in")
+    trilemma_rows({"loud row": (draw, net)}, real, None, n=4, batch_size=2, device="cpu", progress=True)
+    assert "loud row" in capsys.readouterr().err
+
+
+def test_format_rows_puts_each_figure_in_its_own_column():
+    """A row with NFE 7, FID-MNIST 12.345, class entropy 2.25, confidence 0.875 and 3.5 s per 1,000
+    samples prints those, in that order under the header, and the footnote gives ln 10 = 2.303.
+    Catches: the entropy and confidence columns swapped, a column scaled (seconds per sample), the footnote's
+    constant wrong."""
+    table = format_rows([{"sampler": "DDIM (4 steps, η = 0)", "nfe": 7, "fid_mnist": 12.345, "class_entropy": 2.25,
+                          "confidence": 0.875, "seconds_per_1000": 3.5}])
+    header, line, note = table.splitlines()
+    assert header.split()[1:] == ["NFE", "FID-MNIST", "class", "entropy", "confidence", "s", "/", "1000"]
+    assert line.startswith("DDIM (4 steps, η = 0)")
+    assert line[22:].split() == ["7", "12.35", "2.250", "0.875", "3.50"]
+    assert note.endswith("ln 10 = 2.303)")
+
+
+def test_too_few_samples_or_an_empty_batch_are_refused_in_one_line_before_any_file_is_read(capsys):
+    """--n 1 (a covariance needs two samples) and --batch-size 0 are refused in one line naming the option,
+    before the model files are even looked for. Catches: --n 1 let through (FID-MNIST of one sample: NaN
+    after minutes of sampling), --batch-size 0 let through."""
+    for option, value, got in (("--n", "1", "got 1 and 500"), ("--batch-size", "0", "got 5000 and 0")):
+        capsys.readouterr()
+        assert main(["trilemma", "--ddpm", "missing.pt", "--ddgan", "missing.pt", option, value,
+                     "--device", "cpu"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--n must be at least 2" in err and got in err, err
+
+
+def test_the_command_hands_its_settings_to_the_rows_and_names_its_inputs(tiny_models, tmp_path, monkeypatch):
+    """--ddim-steps 6 1 on a T = 6 DDPM (6 = T is allowed), --n 5, --batch-size 2, --seed 3: the rows get the
+    samplers DDPM (6 steps), DDIM (6 steps, η = 0), DDIM (1 steps, η = 0) and DDGAN (4 steps, its own T),
+    the held-out digits as reference, n 5, batch 2, seed 3 and a key with everything that decides the
+    samples; the table records the seed, the reference's size and the models and classifier by file name
+    (no folders) and sha256. Catches: T itself refused as a step count, the DDGAN row named with the DDPM's
+    T, the training digits as reference, the seed or a setting dropped from the rows or their key (a kept
+    row reused after --seed or --n changed), a sha256 of the wrong file, a machine's folders in the table."""
+    import json
+
+    from ddpm_lib.files import file_sha256
+    from ddpm_lib.classifier import classifier_path
+    from ddpm_lib.ddgan_train import load_ddgan_generator
+    from ddpm_lib.export import load_sampling_model
+    ddpm, gan = tiny_models
+    seen = {}
+
+    def rows(samplers, real, classifier, n, batch_size, device, seed, progress=False, out=None, key=None):
+        seen.update(samplers=list(samplers), real=real, n=n, batch_size=batch_size, seed=seed, key=key)
+        return []
+    monkeypatch.setattr(trilemma, "trilemma_rows", rows)
+    out = tmp_path / "t.json"
+    assert main(["trilemma", "--ddpm", ddpm, "--ddgan", gan, "--ddim-steps", "6", "1", "--n", "5",
+                 "--batch-size", "2", "--seed", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert seen["samplers"] == ["DDPM (6 steps)", "DDIM (6 steps, η = 0)", "DDIM (1 steps, η = 0)", "DDGAN (4 steps)"]
+    held_out, _ = load_images("mnist-5k", train=False, pad_to_32=True)
+    assert torch.equal(seen["real"], held_out)
+    assert (seen["n"], seen["batch_size"], seen["seed"]) == (5, 2, 3)
+    ddpm_file = load_sampling_model(ddpm, "cpu")[2]["path"]
+    gan_file = load_ddgan_generator(gan, "cpu")[2]["source"]
+    sha = {"ddpm_sha256": file_sha256(ddpm_file), "ddgan_sha256": file_sha256(gan_file)}
+    assert seen["key"] == {"ddpm": Path(ddpm_file).name, "ddgan": Path(gan_file).name, **sha, "n": 5,
+                           "batch_size": 2, "seed": 3, "bf16": False, "machine": "cpu", "torch": str(torch.__version__)}
+    table = json.loads(out.read_text())
+    assert table["seed"] == 3 and table["reference"] == {"n": len(held_out), "split": "held-out"}
+    assert {k: table[k] for k in sha} == sha and table["ddpm"] == Path(ddpm_file).name
+    assert table["classifier_sha256"] == file_sha256(classifier_path(None))
