@@ -12,7 +12,14 @@ from .data import to_pixel_range
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
-    """Tile images (B, C, H, W) in [−1, 1] into one (H', W', C) array in [0, 1], row by row."""
+    """Tile images (B, C, H, W) in [−1, 1] into one (H', W', C) array in [0, 1], row by row. One image
+    (C, H, W) or (H, W) is a grid of one."""
+    if not x.is_floating_point():
+        raise ValueError(f"images are {x.dtype}: show floats in [−1, 1] (pixels 0..255: dl.to_model_range)")
+    if x.ndim in (2, 3):
+        x = x.reshape((1,) * (4 - x.ndim) + tuple(x.shape))
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (B, C, H, W) with 1 or 3 channels, or one image, got {tuple(x.shape)}")
     x = to_pixel_range(x.detach().float().cpu())
     B, C, H, W = x.shape
     ncol = min(nrow, B)

@@ -270,3 +270,18 @@ def test_plain_log_ticks_on_an_inverted_axis():
     fig.canvas.draw()
     assert list(ax.get_yticks()) == [30, 50, 100, 200]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["30", "50", "100", "200"]
+
+
+def test_image_grid_takes_one_image_and_refuses_pixels_and_other_shapes():
+    """``plots.show_images(x0[0])`` (one image) and ``show_images(x0[0, 0])`` (its one channel) are a grid of one;
+    uint8 pixels 0..255 would be clamped to a white square, and a 5-D tensor is not images. Catches: "not enough
+    values to unpack" for one image, a white grid for pixels without a word."""
+    x = torch.rand(1, 1, 6, 5) * 2 - 1
+    expected = plots.image_grid(x)
+    torch.testing.assert_close(plots.image_grid(x[0]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(plots.image_grid(x[0, 0]), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"images are torch.uint8: .* dl.to_model_range"):
+        plots.image_grid(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"expected images \(B, C, H, W\) with 1 or 3 channels, or one image, got "
+                                         r"\(2, 1, 1, 4, 4\)"):
+        plots.image_grid(torch.zeros(2, 1, 1, 4, 4))
