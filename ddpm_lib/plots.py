@@ -68,7 +68,7 @@ def save_scatter(x: torch.Tensor, path, title: str | None = None, lim: float = 3
     note = f" ({outside:,} outside ±{lim:g})" if outside else ""
     fig = Figure(figsize=(4, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    scatter2d(x, ax=ax, lim=lim, title=(title or "") + note, s=4 if x.shape[0] <= 1000 else 1)
+    scatter2d(x, ax=ax, lim=lim, title=((title or "") + note).strip(), s=4 if x.shape[0] <= 1000 else 1)
     fig.savefig(path)
     return path
 

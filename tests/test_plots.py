@@ -251,7 +251,7 @@ def test_save_scatter_uses_its_lim_dpi_and_marker_sizes_and_needs_no_title(tmp_p
     plots.save_scatter(x, tmp_path / "a.png", lim=5, dpi=50)
     ax = calls[-1]["ax"]
     assert ax.get_xlim() == (-5, 5) and ax.get_ylim() == (-5, 5)
-    assert calls[-1]["title"].strip() == "(1 outside ±5)" and calls[-1]["s"] == 4
+    assert calls[-1]["title"] == "(1 outside ±5)" and calls[-1]["s"] == 4
     assert Image.open(tmp_path / "a.png").size == (200, 200)
     plots.save_scatter(torch.zeros(1000, 2), tmp_path / "b.png")
     assert calls[-1]["s"] == 4 and calls[-1]["title"] == ""
