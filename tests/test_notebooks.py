@@ -18,6 +18,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 LECTURES = ["01_markov_chains", "02_forward_process", "03_posterior", "04_elbo_to_l_simple", "05_unet", "06_training", "07_ddim",
              "08_guidance", "09_ddgan"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")                  # the colours of an IPython traceback
 MACHINE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.-]+/){2,}|\b[A-Z]:\\")
 
 
@@ -86,3 +87,33 @@ def test_notebook_runs_in_quick_mode_under_nbval(path, tmp_path):
          "-p", "no:cacheprovider", "-p", "no:xdist", str(prepared)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{path.name} failed in quick mode:\n{result.stdout[-6000:]}"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_cell_can_be_run_twice_in_a_row(path, tmp_path, monkeypatch):
+    """A student presses Shift-Enter on a cell a second time: the cell must run again, in quick mode, from the
+    state it left. Catches: 06's resume demo trained into the same run folder on a second run and stopped with
+    "already holds checkpoints"; any cell that consumes or deletes what it needs, or asserts on a state it changed."""
+    import nbformat
+    import papermill
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    prepared = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(prepared), parameters=quick_parameters(path),
+                               prepare_only=True, kernel_name="python3", progress_bar=False)
+    nb = nbformat.read(prepared, as_version=4)
+    monkeypatch.setenv("MPLBACKEND", "Agg")               # the kernel inherits it: no window for plt.show()
+    client = NotebookClient(nb, kernel_name="python3", timeout=900, resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        if "PYTEST_XDIST_WORKER" in os.environ:           # two notebooks share two cores: one thread each
+            client.execute_cell(nbformat.v4.new_code_cell("import torch; torch.set_num_threads(1)"), 0)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            for run in ("first", "second"):
+                try:
+                    client.execute_cell(cell, i)
+                except CellExecutionError as e:
+                    pytest.fail(f"{path.name} cell {i} fails on its {run} run:\n{ANSI.sub('', str(e))[-3000:]}")
