@@ -30,7 +30,8 @@ from .schedules import SCHEDULES, Schedule, make_schedule, schedule_from_betas
 from .toy_data import TOY_SETS, make_toy, ring_of_gaussians, swiss_roll, two_moons
 from .data_folder import course_data
 from .toy_model import ToyEpsModel, train_toy
-from .training import TrainConfig, train
+from .train_config import TrainConfig
+from .training import train
 from .unet import PRESETS, UNet, count_parameters
 
 __version__ = "0.1.0"

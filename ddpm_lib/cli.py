@@ -57,7 +57,8 @@ from .run_folder import RunLocked, is_locked
 from .sample_batches import draw_batches, kept_count, kept_files, kept_until_written, machine_name, warm_up
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
-from .training import KIND_DEFAULTS, TrainConfig, train
+from .train_config import KIND_DEFAULTS, TrainConfig
+from .training import train
 from .trilemma import add_trilemma_parser, run_trilemma
 from .unet import PRESETS
 

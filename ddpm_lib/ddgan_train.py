@@ -45,12 +45,13 @@ from .ema import ema_decay, make_ema_model, update_ema
 from .files import check_card, read_tagged_file, save_with_card
 from .run_folder import StopRequest, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
-from .training import fill_kind_defaults, write_training_samples
+from .train_config import fill_kind_defaults
+from .training import write_training_samples
 
 WEIGHTS_FORMAT = "ddpm_lib-ddgan-weights-1"
 
 
-# Settings that a DDGANConfig left at None take from its data's kind (training.fill_kind_defaults). Images:
+# Settings that a DDGANConfig left at None take from its data's kind (train_config.fill_kind_defaults). Images:
 # see DDGANConfig. The toy MLPs at those settings drew a ring for the eight Gaussians after 3,000 steps and a
 # smeared band over the two moons after 10,000 (59% of samples within 0.05 of a data point). D ten times
 # faster than G, two D updates per step and a larger batch draw the eight modes, the moons (82%) and the

@@ -1,7 +1,8 @@
 """A training run's folder: one writer at a time, a stop between two steps, metrics cut back on resume.
 
 ``train`` and ``train_ddgan`` hold ``run_lock`` while they write into ``--out-dir``, stop through
-``StopRequest`` (Ctrl-C or SIGTERM: save, then stop) and call ``keep_metrics_up_to`` when they resume.
+``StopRequest`` (Ctrl-C or SIGTERM: save, then stop) and call ``keep_metrics_up_to`` when they resume; the
+processes of a DDP run agree on a stop through ``StopAgreement``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
 
 from .files import replace_atomically
 
@@ -94,3 +98,32 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
         lines = [line for line in path.read_text().splitlines() if line.endswith("}")]   # not cut short
         text = "".join(line + "\n" for line in lines if json.loads(line)["step"] <= step).encode()
         replace_atomically(path, lambda f: f.write(text))
+
+
+class StopAgreement:
+    """The processes of a DDP run agree, at every step, whether one of them was asked to stop (Ctrl-C or
+    SIGTERM), without waiting for the GPU: each call starts an all-reduce (MAX) of this process's flag on
+    a CPU (gloo) group and returns the agreed flag of the call before, long finished by then. Every rank
+    calls it once per step, so all of them stop after the same step, one step after the signal. With one
+    process it returns the flag as it is."""
+
+    def __init__(self, world: int):
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self.flag, self.work = None, None
+
+    def __call__(self, requested: bool) -> bool:
+        if self.group is None:
+            return requested
+        agreed = False
+        if self.work is not None:
+            self.work.wait()
+            agreed = bool(self.flag.item())
+        self.flag = torch.tensor(float(requested))
+        self.work = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed
+
+    def finish(self) -> None:
+        """Wait for the last all-reduce (every rank started it), so that none is left running."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None

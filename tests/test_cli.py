@@ -714,9 +714,9 @@ def test_by_kind_help_names_each_commands_own_defaults_images_first(capsys):
     """The help of every flag whose default depends on the data's kind gives the images' default, then the toy
     sets', from its own trainer's KIND_DEFAULTS (train: training's; train-ddgan: the DDGAN's). Catches: the two
     values swapped, train-ddgan's help quoting the diffusion trainer's 20000 steps, --lr-d's help giving lr_g's."""
-    from ddpm_lib import ddgan_train, training
+    from ddpm_lib import ddgan_train, train_config
     assert cli.by_kind("steps") == " (default: 20000 for images, 5000 for 2-D toy sets)"
-    for command, table in (("train", training.KIND_DEFAULTS), ("train-ddgan", ddgan_train.KIND_DEFAULTS)):
+    for command, table in (("train", train_config.KIND_DEFAULTS), ("train-ddgan", ddgan_train.KIND_DEFAULTS)):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         helps = option_help(capsys.readouterr().out)
