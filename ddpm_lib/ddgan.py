@@ -43,7 +43,8 @@ def ddgan_schedule(T: int = 4, beta_min: float = 0.1, beta_max: float = 20.0) ->
     diffusion process).
 
     The continuous VP SDE of Song et al. (2021) has ᾱ(τ) = exp(−β_min·τ − ½(β_max − β_min)·τ²) for
-    τ ∈ [0, 1]. DDGAN evaluates it at τ = t/T and takes β_t = 1 − ᾱ_t / ᾱ_{t−1}, which written out is
+    τ ∈ [0, 1]. DDGAN evaluates it at τ = t/T (its code adds a small offset, τ = 10⁻³ + (1 − 10⁻³)·t/T, which moves
+    β_1 from 0.476 to 0.478 for T = 4; not here) and takes β_t = 1 − ᾱ_t / ᾱ_{t−1}, which written out is
         β_t = 1 − exp(−β_min/T − ½(β_max − β_min)·(2t − 1)/T²),   t = 1..T.
     Returned as a course ``Schedule`` (length T + 1, index = t), so ᾱ_t is the closed form above up
     to rounding.
