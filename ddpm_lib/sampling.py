@@ -89,6 +89,9 @@ def initial_latent(shape, generator: torch.Generator | None, device, dtype: torc
     """x_T of ``shape`` on ``sampling_device(device, eps_model, x_T, generator)``: ``x_T`` itself when given
     (moved there and cast to ``dtype``), else a draw from N(0, I) with ``standard_normal``."""
     device = sampling_device(device, eps_model, x_T, generator)
+    if isinstance(shape, int) or not all(hasattr(n, "__index__") and not isinstance(n, bool) for n in shape):
+        raise ValueError(f"shape must be a tuple of ints with the batch first, e.g. (B, C, H, W) or (B, D), "
+                         f"got {shape!r}")
     if x_T is None:
         return standard_normal(shape, generator, device, dtype)
     if tuple(x_T.shape) != tuple(shape):

@@ -325,3 +325,14 @@ def test_standard_normal_asks_the_generators_device_for_the_draw(monkeypatch):
     out = dl.sampling.standard_normal((4, 3), g, "meta", F64)
     assert out.device.type == "meta" and out.shape == (4, 3)
     assert calls == [(torch.device("cpu"), g)]
+
+
+def test_a_shape_that_is_not_a_tuple_of_ints_is_named():
+    """``sample_ddpm(model, s, 8)`` or a float side. Catches: TypeError "'int' object is not iterable" from inside
+    torch.randn, or a float silently accepted by some torch versions."""
+    s = dl.make_schedule("cosine", T=5)
+    eps_model = dl.ring_of_gaussians().eps_model(s)
+    for shape in (8, (8, 2.0), (True, 2)):
+        with pytest.raises(ValueError, match=r"shape must be a tuple of ints with the batch first"):
+            dl.sample_ddpm(eps_model, s, shape)
+    assert dl.sample_ddim(eps_model, s, [4, 2], steps=2).shape == (4, 2)
