@@ -1010,3 +1010,225 @@ def test_help_formatter_adds_a_default_only_where_it_says_something():
     assert helps["--plain"].endswith("a count (default: 3)")
     assert helps["--named"].endswith("a count, 5 per batch by default")
     assert [f for f in ("--needed", "--flag", "--maybe") if "default" in helps[f]] == []
+
+
+# ---- config_from_args and main, mutation-tested (cli.py) ----
+
+def fake_resume(monkeypatch, saved: dict) -> list:
+    """``cli.checkpoint_to_resume`` and ``cli.load_checkpoint`` faked to find one checkpoint whose config is
+    ``saved`` (no training); returns the list the ``kind`` of each look-up is appended to."""
+    kinds = []
+
+    def checkpoint_to_resume(out_dir, resume, kind):
+        kinds.append(kind)
+        return Path(out_dir) / "ckpt_00000010.pt"
+    monkeypatch.setattr(cli, "checkpoint_to_resume", checkpoint_to_resume)
+    monkeypatch.setattr(cli, "load_checkpoint", lambda path, mmap=False: {"config": dict(saved)})
+    return kinds
+
+
+def test_resume_keeps_each_multi_word_flag_given_in_either_spelling(tmp_path, monkeypatch):
+    """With ``--resume``, a multi-word flag given as ``--log-every 7`` or ``--save-every=9`` keeps its value;
+    every setting not given (T, data, sample_every) comes from the run's checkpoint. Catches: a flag's name
+    not turned into its field's (``log-every`` is not ``log_every``: the run's value silently wins over the
+    flag), the field name taken from after the ``=``."""
+    saved = dataclasses.asdict(dl.TrainConfig(data="two_moons", T=30, log_every=100, save_every=50, sample_every=0,
+                                              out_dir=str(tmp_path)))
+    kinds = fake_resume(monkeypatch, saved)
+    argv = ["train", "--out-dir", str(tmp_path), "--resume", "--log-every", "7", "--save-every=9"]
+    config = cli.config_from_args(dl.TrainConfig, cli.build_parser().parse_args(argv), argv, kind="diffusion")
+    assert (config.log_every, config.save_every) == (7, 9)
+    assert (config.T, config.data, config.sample_every, config.resume) == (30, "two_moons", 0, True)
+    assert kinds == ["diffusion"]
+
+
+def test_resume_of_a_ddgan_checkpoint_that_predates_d_steps_takes_one_d_update(tmp_path, monkeypatch):
+    """A DDGAN checkpoint written before ``d_steps`` was recorded trained with one D update per step: resuming
+    it takes ``BEFORE_RECORDED``'s 1, not the toy sets' by-kind default of 2 (the trainer would then refuse the
+    run as changed, or train it differently). Catches: only the settings the checkpoint records taken from it,
+    the look-up made for diffusion runs whatever the command."""
+    saved = dataclasses.asdict(DDGANConfig(data="two_moons", out_dir=str(tmp_path)))
+    del saved["d_steps"]
+    kinds = fake_resume(monkeypatch, saved)
+    argv = ["train-ddgan", "--out-dir", str(tmp_path), "--resume", "--steps", "20"]
+    config = cli.config_from_args(DDGANConfig, cli.build_parser().parse_args(argv), argv, kind="ddgan")
+    assert (config.d_steps, config.steps, config.data) == (1, 20, "two_moons")
+    assert kinds == ["ddgan"]
+
+
+def test_resume_into_an_empty_folder_says_no_checkpoint_unless_a_run_holds_it(tmp_path, monkeypatch):
+    """``--resume`` into a folder with no checkpoint is a missing checkpoint (FileNotFoundError); only when a
+    run holds the folder's lock (faked here) is it refused as in use. Catches: the lock test inverted (every
+    empty folder said to be in use by another run, and a locked one said to have no checkpoint)."""
+    argv = ["train", "--out-dir", str(tmp_path), "--resume"]
+    args = cli.build_parser().parse_args(argv)
+    with pytest.raises(FileNotFoundError):
+        cli.config_from_args(dl.TrainConfig, args, argv, kind="diffusion")
+    monkeypatch.setattr(cli, "is_locked", lambda out_dir: True)
+    with pytest.raises(cli.RunLocked, match="has saved no checkpoint yet"):
+        cli.config_from_args(dl.TrainConfig, args, argv, kind="diffusion")
+
+
+def test_train_classifier_gives_torch_its_own_thread_count_back(tmp_path, monkeypatch):
+    """``--threads`` holds only while the classifier trains: afterwards torch has the caller's thread count
+    again, also when --threads differs from it (the trainer faked: no training). Catches: the caller's count
+    not restored (every later computation of the process held to --threads; invisible with --threads 1 under
+    OMP_NUM_THREADS=1)."""
+    from ddpm_lib.classifier import MNISTClassifier
+    x, y = torch.zeros(6, 1, 32, 32), torch.arange(6) % 10
+    monkeypatch.setattr(cli, "load_images", lambda name, root=None, train=True, pad_to_32=False: (x, y))
+    during = []
+
+    def trainer(*tensors, **kwargs):
+        during.append(torch.get_num_threads())
+        return MNISTClassifier(width=8, feature_dim=8), 0.5
+
+    monkeypatch.setattr(cli, "train_classifier", trainer)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train-classifier", "--out", str(tmp_path / "c.pt"), "--threads", str(threads + 1)]) == 0
+        assert during == [threads + 1] and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_train_classifier_defaults_rebuild_the_shipped_classifier():
+    """The card of the shipped data/mnist_classifier.pt records the command that trained it and every setting:
+    that command parsed with today's defaults gives the card's settings, and with no flags at all the command
+    writes the same file from the same data. Catches: a default that drifted from the shipped classifier's
+    (--max-shift 0: no shift augmentation, --data mnist: another training set), so that the documented command
+    no longer rebuilds the classifier FID-MNIST's numbers rest on."""
+    card = json.loads(SHIPPED_CLASSIFIER.with_suffix(".json").read_text())
+    parser = cli.build_parser()
+    args = parser.parse_args(shlex.split(card["command"])[3:])
+    assert {k: getattr(args, k) for k in ("data", "epochs", "batch_size", "lr", "weight_decay", "max_shift", "seed",
+                                          "device", "threads")} == \
+        {k: card[k] for k in ("data", "epochs", "batch_size", "lr", "weight_decay", "max_shift", "seed", "device",
+                              "threads")}
+    default = parser.parse_args(["train-classifier"])
+    assert (default.data, default.out) == (card["data"], "data/" + card["file"]) and vars(default) == vars(args)
+
+
+def test_a_stopped_sampling_command_names_its_kept_samples(tmp_path):
+    """``evaluate``, ``trilemma`` and ``evaluate-guidance`` keep finished batches in ``OUT.partial.pt``: when one
+    is stopped, its line names the kept file and says the same command continues; with nothing kept it says
+    the command stopped. Catches: a command left out of the list (evaluate-guidance's kept samples not named,
+    the user told to start again)."""
+    import argparse
+    from ddpm_lib.sample_batches import partial_path
+    for command in ("evaluate", "trilemma", "evaluate-guidance"):
+        args = argparse.Namespace(command=command, out=str(tmp_path / f"{command}.json"))
+        assert cli.stopped_line(args) == \
+            f"interrupted: {command} stopped before finishing (it writes its output at the end)"
+        partial_path(args.out).write_bytes(b"")
+        assert cli.stopped_line(args) == (f"interrupted: the samples kept in {partial_path(args.out)} stay there; "
+                                          f"the same command continues from them"), command
+
+
+def test_bench_checks_ddim_steps_keeps_its_rows_and_drops_them_once_written(tmp_path, capsys, monkeypatch):
+    """``bench`` (the benchmark faked: no timing): --ddim-steps 0 is refused by name before any work; with
+    --out, the benchmark is given OUT's rows file to keep its finished rows in, the figures go to OUT and the
+    rows file is removed once they are written; its defaults are five untimed warm-up steps before 20 timed.
+    Catches: --ddim-steps left out of the check, the rows file never passed (a stopped bench starts over) or
+    never removed (a later bench takes stale rows as measured), warm-up steps defaulting to none (compilation
+    timed as throughput)."""
+    from ddpm_lib.bench import bench_rows_file
+    calls = []
+
+    def fake_bench(*args, keep=None, **kwargs):
+        calls.append(keep)
+        keep.write_text("{}")
+        return {"rows": []}
+
+    monkeypatch.setattr(cli, "bench", fake_bench)
+    monkeypatch.setattr(cli, "format_table", lambda figures: "the table")
+    out = tmp_path / "b.json"
+    base = ["bench", "--preset", "tiny", "--device", "cpu", "--out", str(out)]
+    assert main([*base, "--ddim-steps", "0"]) == 1
+    assert "--ddim-steps must be at least 1" in one_error_line(capsys) and calls == []
+    assert main(base) == 0
+    assert calls == [bench_rows_file(out)] and json.loads(out.read_text()) == {"rows": []}
+    assert not bench_rows_file(out).exists()
+    defaults = cli.build_parser().parse_args(["bench"])
+    assert (defaults.warmup, defaults.iters) == (5, 20)
+
+
+def test_main_reads_the_command_line_after_the_programs_name(tmp_path, monkeypatch, capsys):
+    """``main()`` with no argument parses ``sys.argv[1:]`` (as ``python -m ddpm_lib`` calls it). Catches: the
+    program's own name taken for the command (every command line refused by argparse)."""
+    monkeypatch.setattr(sys, "argv", ["ddpm_lib", "train-classifier", "--threads", "0",
+                                      "--out", str(tmp_path / "c.pt")])
+    assert main() == 1
+    assert "--threads must be at least 1" in one_error_line(capsys)
+
+
+def test_evaluate_warms_up_an_eager_network_compiles_only_for_samples_still_to_draw_and_refuses_bf16_on_a_cpu(
+        tmp_path, capsys, monkeypatch):
+    """``evaluate`` with the models, the real digits and the drawing faked (no checkpoint, no sampling): an eager
+    network gets one untimed warm-up call for the batch shape before the timed batches; ``--compile`` compiles
+    for that shape (no separate warm-up), but not when every sample is already kept from a stopped run;
+    ``--bf16`` on a CPU is refused before the model is loaded. Catches: the warm-up given to the compiled network
+    instead of the eager one (the first timed batch pays for loading the kernels), minutes of compiling for a
+    run that has nothing left to draw, the bf16 check inverted (refused on CUDA, let through on a CPU)."""
+    calls = []
+
+    class Schedule:
+        T = 10
+
+        def to(self, device):
+            return self
+
+    checkpoint, classifier = tmp_path / "ckpt.pt", tmp_path / "clf.pt"
+    checkpoint.write_bytes(b"weights")
+    classifier.write_bytes(b"classifier")
+    ckpt = {"example_shape": (1, 32, 32), "path": checkpoint, "step": 1, "config": {"data": "mnist-5k"}}
+
+    def load_sampling_model(path, device, weights):
+        calls.append("load")
+        return torch.nn.Identity(), Schedule(), ckpt
+
+    def compiled(model, batch_shape, device=None, **kwargs):
+        calls.append(("compile", tuple(batch_shape)))
+        model.compile_seconds = 0.0
+        return model
+
+    monkeypatch.setattr(cli, "load_classifier", lambda path, device: None)
+    monkeypatch.setattr(cli, "load_sampling_model", load_sampling_model)
+    monkeypatch.setattr(cli, "guided_model", lambda model, info, label: (model,))
+    monkeypatch.setattr(cli, "real_digits", lambda info: (None, None))
+    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
+    monkeypatch.setattr(cli, "warm_up", lambda net, batch_shape, *a: calls.append(("warm_up", tuple(batch_shape))))
+    monkeypatch.setattr(cli, "draw_batches", lambda *a: (_ for _ in ()).throw(ValueError("drawing reached")))
+    kept = {"count": 0}
+    monkeypatch.setattr(cli, "kept_count", lambda out: kept["count"])
+    base = ["evaluate", "--checkpoint", str(checkpoint), "--classifier", str(classifier), "--n", "6",
+            "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    for extra, count, expected in (([], 0, ["load", ("warm_up", (4, 1, 32, 32))]),
+                                   (["--compile"], 0, ["load", ("compile", (4, 1, 32, 32))]),
+                                   (["--compile"], 6, ["load"])):
+        calls.clear()
+        kept["count"] = count
+        assert main([*base, *extra]) == 1
+        assert one_error_line(capsys) == "error: drawing reached" and calls == expected, (extra, count)
+    calls.clear()
+    assert main([*base, "--bf16"]) == 1
+    assert "--bf16 needs a CUDA device" in one_error_line(capsys) and calls == []
+
+
+def test_evaluate_defaults_to_the_sample_size_of_the_courses_fid_mnist_figures():
+    """``evaluate`` with only --checkpoint measures 10,000 samples of θ_ema, 500 at a time, seed 0 (the size the
+    README's command and the kept-batch files are planned for). Catches: a smaller default --n, whose FID-MNIST
+    (biased upward at small n) is not comparable with the course's figures."""
+    args = cli.build_parser().parse_args(["evaluate", "--checkpoint", "run"])
+    assert (args.n, args.batch_size, args.seed, args.weights, args.out) == (10_000, 500, 0, "ema", "results.json")
+
+
+def test_train_noisy_classifier_records_its_whole_command_line(tmp_path, monkeypatch):
+    """``train-noisy-classifier`` hands its trainer the command line to record in the card, the command's name
+    included and quoted for a shell (the trainer faked: no training). Catches: the command's name dropped from
+    the recorded line (the card's command cannot be run again)."""
+    seen = {}
+    monkeypatch.setattr(cli, "run_train_noisy_classifier", lambda args, command: seen.update(command=command))
+    argv = ["train-noisy-classifier", "--out", str(tmp_path / "my models" / "noisy.pt")]
+    assert main(argv) == 0
+    assert shlex.split(seen["command"]) == ["python", "-m", "ddpm_lib", *argv]
