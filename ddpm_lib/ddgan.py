@@ -36,6 +36,7 @@ from .indexing import check_operands, check_t, gather
 from .posterior import q_posterior
 from .sampling import standard_normal
 from .schedules import Schedule, schedule_from_betas
+from .toy_data import check_points
 
 
 def ddgan_schedule(T: int = 4, beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
@@ -207,10 +208,7 @@ def train_ddgan_toy(G: nn.Module, D: nn.Module, s: Schedule, x0_data: torch.Tens
     the EMA copy G_ema is updated with the ramped decay of ``ema.py``. Training is in float32.
     ``history`` holds the per-step ``d_loss`` (without R1), ``g_loss`` and ``r1`` as floats.
     """
-    if x0_data.ndim != 2 or x0_data.shape[0] == 0:
-        raise ValueError(f"x0_data must be (N, D) points with N >= 1, got shape {tuple(x0_data.shape)}")
-    if not torch.isfinite(x0_data).all():
-        raise ValueError("x0_data holds NaN or infinite values")
+    check_points(x0_data)
     for ok, why in ((steps >= 1, f"steps must be at least 1, got {steps}"),
                     (batch >= 1, f"batch must be at least 1, got {batch}")):
         if not ok:

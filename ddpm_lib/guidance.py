@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .classifier import MNISTClassifier
 from .oracle import GaussianMixture
 from .schedules import Schedule
 from .unet import UNet
@@ -104,7 +105,6 @@ def classifier_grad_fn(classifier: Callable, y, scale: float) -> CondFn:
     tensor whose length differs from the batch raise ``ValueError``.
     Gradients are enabled inside, so f works within the samplers' ``torch.no_grad``.
     """
-    from .classifier import MNISTClassifier
     if isinstance(classifier, MNISTClassifier):                # the FID-MNIST classifier: clean digits only
         raise ValueError("this is the MNIST classifier of FID-MNIST, which takes clean digits and no t: guidance "
                          "needs a noise-aware p(y | x_t, t) (dl.load_noisy_classifier, train-noisy-classifier)")

@@ -46,3 +46,12 @@ def make_toy(name: str, n: int, generator: torch.Generator | None = None):
     if name == "eight_gaussians":
         return ring_of_gaussians().sample(n, generator)
     raise ValueError(f"unknown toy data set {name!r}: choose one of {', '.join(TOY_SETS)}")
+
+
+def check_points(x0_data: torch.Tensor) -> None:
+    """Refuse toy training data that is not (N, D) points with N >= 1, or that holds NaN or infinite values."""
+    if x0_data.ndim != 2 or x0_data.shape[0] == 0:
+        raise ValueError(f"x0_data must be (N, D) points with N >= 1 (1-D data: x.unsqueeze(1)), "
+                         f"got shape {tuple(x0_data.shape)}")
+    if not torch.isfinite(x0_data).all():
+        raise ValueError("x0_data holds NaN or infinite values")

@@ -17,6 +17,7 @@ from .embedding import batch_timesteps, timestep_embedding
 from .elbo import l_simple, l_simple_weight
 from .forward import q_sample
 from .schedules import Schedule
+from .toy_data import check_points
 
 LOSSES = ("simple", "vlb")
 
@@ -79,11 +80,7 @@ def train_toy(model: nn.Module, s: Schedule, x0_data: torch.Tensor, steps: int =
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
-    if x0_data.ndim != 2 or x0_data.shape[0] == 0:
-        raise ValueError(f"x0_data must be (N, D) points with N >= 1 (1-D data: x.unsqueeze(1)), "
-                         f"got shape {tuple(x0_data.shape)}")
-    if not torch.isfinite(x0_data).all():
-        raise ValueError("x0_data holds NaN or infinite values")
+    check_points(x0_data)
     if steps < 0 or batch < 1:
         raise ValueError(f"need steps >= 0 and batch >= 1, got steps={steps}, batch={batch}")
     device = next(model.parameters()).device
