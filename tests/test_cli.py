@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 
 from ddpm_lib.checkpoint import list_checkpoints, load_checkpoint
-from ddpm_lib import cli, guidance_eval
+from ddpm_lib import cli, cli_evaluate, guidance_eval
 from ddpm_lib.cli import main
 import ddpm_lib as dl
 from ddpm_lib import cli_noisy_classifier, trilemma
@@ -120,7 +120,7 @@ def test_outputs_and_flags_are_checked_before_sampling(tmp_path, capsys, monkeyp
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before checking the command line")
 
-    monkeypatch.setattr(cli, "draw_samples", no_sampling)
+    monkeypatch.setattr(cli_evaluate, "draw_samples", no_sampling)
     monkeypatch.setattr(guidance_eval, "draw_samples", no_sampling)
     cases = [(["sample", "--checkpoint", run, "--out", str(tmp_path / "s")], "must end in .png or .pt"),
              (["sample", "--checkpoint", run, "--out", str(tmp_path / "s.pt"), "--steps", "5", "--eta", "1"],
@@ -294,7 +294,7 @@ def test_evaluate_compile_samples_through_one_compiled_network_and_scores_as_the
         counted.compile_seconds = eps.compile_seconds
         return counted
 
-    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
+    monkeypatch.setattr(cli_evaluate, "compiled_eps_model", compiled)
     common = ["evaluate", "--checkpoint", "run", "--n", "6", "--batch-size", "4", "--device", "cpu"]
     assert main(common + ["--out", "eager.json"]) == 0 and not built
     assert main(common + ["--compile", "--out", "compiled.json"]) == 0
@@ -303,10 +303,10 @@ def test_evaluate_compile_samples_through_one_compiled_network_and_scores_as_the
     assert fast["compiled"] and not eager["compiled"] and fast["compile_seconds"] >= 0
     assert fast["samples"]["class_counts"] == eager["samples"]["class_counts"]
     assert fast["samples"]["fid_mnist"] == pytest.approx(eager["samples"]["fid_mnist"], rel=1e-4)
-    real_statistics = cli.image_statistics                # stopped after its last batch: every sample kept
-    monkeypatch.setattr(cli, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real_statistics = cli_evaluate.image_statistics                # stopped after its last batch: every sample kept
+    monkeypatch.setattr(cli_evaluate, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(common + ["--compile", "--out", "kept.json"]) == 130 and len(built) == 2
-    monkeypatch.setattr(cli, "image_statistics", real_statistics)
+    monkeypatch.setattr(cli_evaluate, "image_statistics", real_statistics)
     assert main(common + ["--compile", "--out", "kept.json"]) == 0 and len(built) == 2      # nothing to compile for
     kept = json.loads((tmp_path / "kept.json").read_text())
     assert kept["compiled"] and kept["compile_seconds"] is None and kept["samples"] == fast["samples"]
@@ -326,7 +326,7 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
                             sample_every=0, device="cpu", out_dir="run", progress=False))
     common = ["evaluate", "--checkpoint", "run", "--n", "6", "--batch-size", "2", "--device", "cpu"]
     assert main(common + ["--seed", "1", "--out", "whole.json"]) == 0
-    real_draw, calls = cli.draw_samples, []
+    real_draw, calls = cli_evaluate.draw_samples, []
 
     def draw_then_stop(*args, **kwargs):
         calls.append(kwargs.get("progress"))
@@ -334,7 +334,7 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
             raise KeyboardInterrupt
         return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "draw_samples", draw_then_stop)
+    monkeypatch.setattr(cli_evaluate, "draw_samples", draw_then_stop)
     capsys.readouterr()
     assert main(common + ["--seed", "1", "--out", "split.json"]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -345,11 +345,11 @@ def test_an_interrupted_evaluate_keeps_its_finished_batches_and_the_same_command
         assert main(common + other + ["--out", "split.json"]) == 1
         assert named in capsys.readouterr().err
     calls.clear()
-    real_statistics = cli.image_statistics
-    monkeypatch.setattr(cli, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real_statistics = cli_evaluate.image_statistics
+    monkeypatch.setattr(cli_evaluate, "image_statistics", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(common + ["--seed", "1", "--out", "split.json"]) == 130       # stopped after the last batch
     assert len(calls) == 1 and "continuing from the 4 samples kept in split.json.partial.pt" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "image_statistics", real_statistics)
+    monkeypatch.setattr(cli_evaluate, "image_statistics", real_statistics)
     assert main(common + ["--seed", "1", "--out", "split.json"]) == 0
     assert len(calls) == 1 and "continuing from the 6 samples kept" in capsys.readouterr().out     # none drawn again
     whole, split = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "split.json"))
@@ -370,7 +370,7 @@ def test_a_sigterm_and_its_copy_stop_evaluate_with_the_line_that_names_the_kept_
     monkeypatch.chdir(tmp_path)
     dl.train(dl.TrainConfig(data="mnist-5k", preset="tiny", schedule="cosine", T=2, steps=1, batch_size=8,
                             sample_every=0, device="cpu", out_dir="run", progress=False))
-    real_draw, real_message, calls = cli.draw_samples, sample_batches.stopped_message, []
+    real_draw, real_message, calls = cli_evaluate.draw_samples, sample_batches.stopped_message, []
 
     def draw_then_terminate(*args, **kwargs):
         calls.append(1)
@@ -382,7 +382,7 @@ def test_a_sigterm_and_its_copy_stop_evaluate_with_the_line_that_names_the_kept_
         os.kill(os.getpid(), signal.SIGTERM)                  # the copy arrives while the stop is handled
         return real_message(*args)
 
-    monkeypatch.setattr(cli, "draw_samples", draw_then_terminate)
+    monkeypatch.setattr(cli_evaluate, "draw_samples", draw_then_terminate)
     monkeypatch.setattr(sample_batches, "stopped_message", message_with_a_copy)
     assert main(["evaluate", "--checkpoint", "run", "--n", "4", "--batch-size", "2", "--device", "cpu",
                  "--out", "e.json"]) == 130
@@ -773,7 +773,7 @@ def test_train_classifier_passes_each_flag_to_the_trainer_and_the_card(tmp_path,
 def test_evaluate_refuses_a_batch_size_below_one_by_its_flag_before_any_work(tmp_path, capsys, monkeypatch):
     """Catches: --batch-size 0 let through to the sampler (an endless loop of empty batches or a
     ZeroDivisionError after the models are loaded)."""
-    monkeypatch.setattr(cli, "load_sampling_model",
+    monkeypatch.setattr(cli_evaluate, "load_sampling_model",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before the check")))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--n", "4", "--batch-size", "0",
                  "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 1
@@ -792,8 +792,8 @@ def test_evaluate_compiles_for_n_when_n_is_below_the_batch_size(tmp_path, capsys
         shapes.append(tuple(batch_shape))
         raise RuntimeError("compiled")
 
-    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
-    monkeypatch.setattr(cli, "warm_up", lambda net, batch_shape, *a: shapes.append(tuple(batch_shape)))
+    monkeypatch.setattr(cli_evaluate, "compiled_eps_model", compiled)
+    monkeypatch.setattr(cli_evaluate, "warm_up", lambda net, batch_shape, *a: shapes.append(tuple(batch_shape)))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--n", "3", "--batch-size", "500", "--compile",
                  "--device", "cpu", "--out", str(tmp_path / "r.json")]) == 1
     assert shapes == [(3, 1, 32, 32)] and "compiled" in one_error_line(capsys)
@@ -811,14 +811,14 @@ def evaluate_results(weights: str) -> dict:
 def test_evaluate_table_names_the_weights_and_puts_samples_before_real_digits(capsys):
     """``print_results``: the header names θ_ema or raw θ as measured, and each row gives the samples' figure,
     then the held-out digits'. Catches: a table that calls raw weights θ_ema, a row with the columns swapped."""
-    cli.print_results(evaluate_results("raw"))
+    cli_evaluate.print_results(evaluate_results("raw"))
     out = capsys.readouterr().out
     assert "8 samples (raw θ after step 5, T = 10) vs 1000 held-out mnist-5k digits" in out
     rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()[2:]}
     assert rows["FID-MNIST"][:2] == ["12.500", "1.250"]
     assert rows["mean confidence"] == ["0.2500", "0.7500"]
     assert rows["class entropy (nats)"][:2] == ["1.5000", "2.2500"]
-    cli.print_results(evaluate_results("ema"))
+    cli_evaluate.print_results(evaluate_results("ema"))
     assert "8 samples (θ_ema after step 5" in capsys.readouterr().out
 
 
@@ -1192,15 +1192,15 @@ def test_evaluate_warms_up_an_eager_network_compiles_only_for_samples_still_to_d
         model.compile_seconds = 0.0
         return model
 
-    monkeypatch.setattr(cli, "load_classifier", lambda path, device: None)
-    monkeypatch.setattr(cli, "load_sampling_model", load_sampling_model)
-    monkeypatch.setattr(cli, "guided_model", lambda model, info, label: (model,))
-    monkeypatch.setattr(cli, "real_digits", lambda info: (None, None))
-    monkeypatch.setattr(cli, "compiled_eps_model", compiled)
-    monkeypatch.setattr(cli, "warm_up", lambda net, batch_shape, *a: calls.append(("warm_up", tuple(batch_shape))))
-    monkeypatch.setattr(cli, "draw_batches", lambda *a: (_ for _ in ()).throw(ValueError("drawing reached")))
+    monkeypatch.setattr(cli_evaluate, "load_classifier", lambda path, device: None)
+    monkeypatch.setattr(cli_evaluate, "load_sampling_model", load_sampling_model)
+    monkeypatch.setattr(cli_evaluate, "guided_model", lambda model, info, label: (model,))
+    monkeypatch.setattr(cli_evaluate, "real_digits", lambda info: (None, None))
+    monkeypatch.setattr(cli_evaluate, "compiled_eps_model", compiled)
+    monkeypatch.setattr(cli_evaluate, "warm_up", lambda net, batch_shape, *a: calls.append(("warm_up", tuple(batch_shape))))
+    monkeypatch.setattr(cli_evaluate, "draw_batches", lambda *a: (_ for _ in ()).throw(ValueError("drawing reached")))
     kept = {"count": 0}
-    monkeypatch.setattr(cli, "kept_count", lambda out: kept["count"])
+    monkeypatch.setattr(cli_evaluate, "kept_count", lambda out: kept["count"])
     base = ["evaluate", "--checkpoint", str(checkpoint), "--classifier", str(classifier), "--n", "6",
             "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r.json")]
     for extra, count, expected in (([], 0, ["load", ("warm_up", (4, 1, 32, 32))]),

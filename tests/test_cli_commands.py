@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_lib import cli, guidance_eval, trilemma
+from ddpm_lib import cli, cli_evaluate, guidance_eval, trilemma
 from ddpm_lib.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_an_output_over_one_of_the_commands_inputs_is_refused_and_the_input_kept
     argv = [a.format(**paths) for a in argv] + (["--device", "cpu"] if argv[0] not in ("export", "export-ddgan")
                                                  else [])
     before = Path(paths[victim]).read_bytes()
-    for module in (cli, guidance_eval, trilemma):
+    for module in (cli_evaluate, guidance_eval, trilemma):
         monkeypatch.setattr(module, "load_sampling_model",
                             lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded before the check")))
     assert main(argv) == 1
