@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(figures, args.out)
                 bench_rows_file(args.out).unlink(missing_ok=True)
         elif args.command == "export":
+            prepare_output(args.out, (".pt",))
             card = export_ema_weights(args.checkpoint, args.out, command=args.training_command
                                       or shlex.join(["python", "-m", "ddpm_lib", *argv]))
             print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "

@@ -101,6 +101,7 @@ def run_ddgan_command(args: argparse.Namespace, argv: list[str]) -> None:
         run_sample_ddgan(args)
     elif args.command == "export-ddgan":
         command = args.training_command or shlex.join(["python", "-m", "ddpm_lib", *argv])
+        prepare_output(args.out, (".pt",))
         card = export_ddgan(args.checkpoint, args.out, command=command)
         print(f"wrote {args.out} (step {card['step']}, sha256 {card['sha256'][:12]}…) and its card "
               f"{Path(args.out).with_suffix('.json')}")

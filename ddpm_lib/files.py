@@ -69,17 +69,18 @@ def write_json(obj, path: str | Path) -> Path:
     return replace_atomically(path, lambda f: f.write(text))
 
 
-def prepare_output(path: str | Path, suffixes: tuple) -> Path:
+def prepare_output(path: str | Path, suffixes: tuple, name: str = "--out") -> Path:
     """Check an output name before any work is done, and create its folder: a one-line ``ValueError``
-    when the suffix is not one of ``suffixes`` (e.g. ``(".png", ".pt")``) or the name is a folder."""
+    when the suffix is not one of ``suffixes`` (e.g. ``(".png", ".pt")``) or the name is a folder.
+    ``name``: what the messages call the path (the command-line flag, or e.g. "the weights file")."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"--out {path} is a folder: name a file in it, e.g. {path / ('out' + suffixes[0])}")
+        raise ValueError(f"{name} {path} is a folder: name a file in it, e.g. {path / ('out' + suffixes[0])}")
     if path.suffix.lower() not in suffixes:
-        raise ValueError(f"--out {path}: the name must end in {' or '.join(suffixes)}")
+        raise ValueError(f"{name} {path}: the name must end in {' or '.join(suffixes)}")
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
-        raise ValueError(f"--out {path}: {folder} is a file, not a folder")
+        raise ValueError(f"{name} {path}: {folder} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -95,7 +96,7 @@ def refuse_a_card(path: Path, flag: str = "") -> None:
 def save_with_card(blob: dict, path: str | Path, card: dict) -> dict:
     """Write the weights file ``blob`` atomically to ``path`` (a ``.pt`` name) and its JSON card beside it
     (``path`` with ``.json``): ``card`` plus the file's name and sha256, which loaders check. Returns the card."""
-    path = prepare_output(path, (".pt",))
+    path = prepare_output(path, (".pt",), name="the weights file")
     save_atomic(blob, path)
     card = {**card, "file": path.name, "sha256": file_sha256(path)}
     write_json(card, path.with_suffix(".json"))

@@ -47,6 +47,17 @@ def test_output_names_are_checked_before_any_work(tmp_path):
         files.prepare_output(tmp_path / "a", (".json",))
 
 
+def test_a_weights_file_named_by_the_python_api_is_not_called_a_flag(tmp_path):
+    """``save_with_card`` (behind ``dl.save_classifier``, ``dl.export_ema_weights``, …) called from Python with a
+    bad name says "the weights file", and a command line says its flag. Catches: "--out x.json: …" told to
+    a student who typed no --out."""
+    with pytest.raises(ValueError) as err:
+        files.save_with_card({}, tmp_path / "w.json", {})
+    assert str(err.value) == f"the weights file {tmp_path / 'w.json'}: the name must end in .pt"
+    with pytest.raises(ValueError, match=r"^--out .* is a folder"):
+        files.prepare_output(tmp_path, (".pt",))
+
+
 def test_a_file_of_another_known_kind_is_named_with_the_commands_that_read_it(tmp_path):
     """Each format tag a command reads is in FILE_KINDS, and a file of one kind given where another is
     expected is named for what it is. Catches: "is not a ddpm_lib checkpoint (no format tag …)" for an
