@@ -160,11 +160,13 @@ $(R)/ddpm_mnist.pt:
 	$(call COPY_RUN,ddpm_mnist)
 $(R)/results/ddpm_mnist_eval.json: | $(R)/ddpm_mnist.pt
 	$(DL) evaluate --checkpoint $(R)/ddpm_mnist.pt --n $(N_EVAL) $(EVAL_SAMPLER) $(EVAL_FLAGS) $(COMPILE_EVAL) --out $@
+# The raw θ is scored with as many samples as θ_ema (N_EVAL): FID-MNIST falls as the count grows, so
+# notebook 06 can compare the two only at equal counts.
 $(R)/results/ddpm_mnist_raw_eval.json: | $(R)/ddpm_mnist.pt
 	@ls $(RUNS)/ddpm_mnist/ckpt_*.pt >/dev/null 2>&1 || { echo "the raw θ lives only in the training run folder" \
 	    "$(RUNS)/ddpm_mnist, which is missing here: move $(R)/ddpm_mnist.pt aside and make this file again to retrain"; \
 	    exit 1; }
-	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_TABLE) $(EVAL_SAMPLER) $(EVAL_FLAGS) \
+	$(DL) evaluate --checkpoint $(RUNS)/ddpm_mnist --weights raw --n $(N_EVAL) $(EVAL_SAMPLER) $(EVAL_FLAGS) \
 	    $(COMPILE_EVAL) --out $@
 results-ddpm: $(R)/ddpm_mnist.pt $(R)/results/ddpm_mnist_eval.json $(R)/results/ddpm_mnist_raw_eval.json
 

@@ -47,6 +47,22 @@ def test_every_command_of_make_results_parses(tmp_path, scale):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("scale", ["gpu", "laptop"])
+def test_the_raw_and_ema_weights_are_scored_on_as_many_samples_with_the_same_sampler(tmp_path, scale):
+    """Notebook 06 sets the raw θ's FID-MNIST beside θ_ema's, and FID-MNIST falls as the sample count grows:
+    the two ``evaluate`` commands differ only in the weights and the files. Catches: the GPU plan scoring
+    θ_ema on 10,000 samples and the raw θ on 5,000, which favours θ_ema for a reason that is not the average."""
+    parser = build_parser()
+    evals = [parser.parse_args(c) for c in planned_commands(tmp_path, scale) if c[0] == "evaluate" and "--eta" not in c]
+    raw = [a for a in evals if a.weights == "raw"]
+    ema = [a for a in evals if a.weights == "ema" and a.out.endswith("ddpm_mnist_eval.json")]
+    assert len(raw) == len(ema) == 1
+    differ = {k for k, v in vars(raw[0]).items() if vars(ema[0])[k] != v}
+    assert differ == {"weights", "checkpoint", "out"}, differ
+    assert raw[0].n == {"gpu": 10_000, "laptop": 200}[scale]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_a_made_result_is_not_made_again_when_its_model_looks_newer(tmp_path):
     """Every file ``make results`` writes (each command's --out) made, and the models then given a newer time
     stamp, as copying files onto a fresh GPU machine may do: ``make -n results`` plans no command at all.
