@@ -38,6 +38,19 @@ def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
+def log_normal_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(Φ(b) − Φ(a)) for a < b (±∞ allowed), elementwise, without underflow in either tail.
+
+    Φ(b) − Φ(a) rounds to 0 once both ends are more than ~8σ out (float64), so it is taken in log space,
+    log Φ(b) + log(1 − exp(log Φ(a) − log Φ(b))), and for a > 0 by symmetry as Φ(−a) − Φ(−b)."""
+    flip = a > 0
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    r = log_lo - log_hi                                                   # ≤ 0: log of the ratio Φ(lo)/Φ(hi)
+    log1m_exp = torch.where(r > -math.log(2), torch.log(-torch.expm1(r)), torch.log1p(-torch.exp(r)))
+    return log_hi + log1m_exp
+
+
 def discretized_gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                                         bins: int = 256) -> torch.Tensor:
     """log p(x_0 | x_1) of DDPM's discrete decoder (eq. 13), elementwise.
@@ -45,14 +58,16 @@ def discretized_gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, va
     Data x0 lie in [−1, 1] on ``bins`` evenly spaced levels; each level owns the interval
     x ± 1/(bins − 1), and the two end levels own everything beyond ±1:
         p = Φ((x + δ − μ)/σ) − Φ((x − δ − μ)/σ), δ = 1/(bins − 1), with −∞ / +∞ at the ends.
+    Taken in log space (``log_normal_mass``): a level many σ from μ gets its true, very negative log p, so
+    −log p never understates L_0 (DDPM's code floors p at 10⁻¹², i.e. log p at −27.6, which can).
     """
     if (x0.abs() > 1 + 1e-6).any():
         raise ValueError("the discrete decoder expects data scaled to [-1, 1]")
     delta = 1.0 / (bins - 1)
     sigma = torch.sqrt(var)
-    upper = torch.where(x0 > 1 - delta, torch.ones_like(x0), standard_normal_cdf((x0 + delta - mean) / sigma))
-    lower = torch.where(x0 < -1 + delta, torch.zeros_like(x0), standard_normal_cdf((x0 - delta - mean) / sigma))
-    return torch.log(torch.clamp(upper - lower, min=1e-12))
+    upper = torch.where(x0 > 1 - delta, torch.full_like(x0, math.inf), (x0 + delta - mean) / sigma)
+    lower = torch.where(x0 < -1 + delta, torch.full_like(x0, -math.inf), (x0 - delta - mean) / sigma)
+    return log_normal_mass(lower, upper)
 
 
 def _sum_dims(x: torch.Tensor) -> torch.Tensor:

@@ -234,10 +234,36 @@ def test_discrete_decoder_narrow_gaussian_between_two_levels():
     assert logp[k + 1].item() == pytest.approx(math.log(0.5), abs=1e-6)
     others = torch.cat([logp[:k], logp[k + 2:]])
     assert (others < math.log(1e-10)).all()
-    # Far levels get a probability of 0 in floating point; it is floored at 1e-12, so −log p stays finite.
-    assert torch.isfinite(logp).all() and logp.min().item() == pytest.approx(math.log(1e-12), rel=1e-12)
+    # Far levels hold a mass that is 0 in floating point; its log is still finite and exact (next test).
+    assert torch.isfinite(logp).all() and logp.min().item() < -1e9
     on_level = dl.discretized_gaussian_log_likelihood(LEVELS, torch.full_like(LEVELS, LEVELS[k].item()), var)
     assert on_level[k].item() == pytest.approx(0.0, abs=1e-9)
+
+
+def exact_level_log_mass(x: float, mean: float, var: float, bins: int = 256) -> float:
+    """log P(level x) of eq. 13 with 80-digit arithmetic (mpmath): Φ(z) = ½ erfc(−z/√2), and a bin above the
+    mean measured as its mirror image below it, Φ(−lo) − Φ(−hi), where both terms are tiny and exact."""
+    import mpmath
+    with mpmath.workdps(80):
+        delta, sd = mpmath.mpf(1) / (bins - 1), mpmath.sqrt(var)
+        hi = mpmath.inf if x > 1 - delta else (x + delta - mean) / sd
+        lo = -mpmath.inf if x < -1 + delta else (x - delta - mean) / sd
+        if lo > 0:
+            lo, hi = -hi, -lo
+        phi = lambda z: mpmath.erfc(-z / mpmath.sqrt(2)) / 2        # noqa: E731
+        return float(mpmath.log(phi(hi) - phi(lo)))
+
+
+@pytest.mark.parametrize("x, mean, var", [(0.5, -0.5, 0.01), (-1.0, 3.0, 0.01), (1.0, -3.0, 0.01),
+                                          (LEVELS[200].item(), 0.1, 1e-6), (LEVELS[3].item(), 0.9, 1e-4),
+                                          (0.0, 0.0, 1.0), (1.0, 0.2, 0.05)])
+def test_discrete_decoder_is_exact_many_sigma_from_the_mean(x, mean, var):
+    """A level 10 to 800 standard deviations from μ (both tails, an interior level and both end levels) has
+    the log-mass of 80-digit arithmetic, to 1e-9 relative. Catches: Φ(b) − Φ(a) computed in linear space,
+    which rounds to 0 beyond ~8σ (then −inf, or DDPM code's floor log 1e-12 = −27.6, which understates
+    −log p by hundreds of nats and so breaks the bound); an upper tail computed as 1 − Φ."""
+    logp = dl.discretized_gaussian_log_likelihood(*(torch.tensor([v], dtype=F64) for v in (x, mean, var)))
+    assert logp.item() == pytest.approx(exact_level_log_mass(x, mean, var), rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("bad", [1.01, -1.5])
