@@ -34,7 +34,7 @@ from .embedding import timestep_embedding
 from .forward import q_step
 from .indexing import check_operands, check_t, gather
 from .posterior import q_posterior
-from .sampling import standard_normal
+from .sampling import check_shape, standard_normal
 from .schedules import Schedule, schedule_from_betas
 from .toy_data import check_points
 
@@ -262,7 +262,7 @@ def sample_ddgan(G: nn.Module, s: Schedule, shape, z_dim: int | None = None,
     ``shape`` in G's dtype, on G's device.
     """
     z_dim = G.z_dim if z_dim is None else z_dim
-    shape = tuple(shape)
+    shape = check_shape(shape)
     param = next(G.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")

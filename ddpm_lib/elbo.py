@@ -14,7 +14,7 @@ import math
 import torch
 
 from .forward import q_sample
-from .indexing import check_t, gather
+from .indexing import check_operands, check_t, gather
 from .posterior import q_posterior
 from .sampling import p_mean_var, reverse_variance
 from .schedules import Schedule
@@ -75,7 +75,8 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
 
 
 def prior_term(s: Schedule, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) = KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, 1)), summed: shape (B,)."""
+    """L_T of eq. 5 = KL(q(x_T | x_0) ‖ N(0, I)) = KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, 1)), summed: shape (B,)."""
+    check_operands(x0=x0)
     alpha_bar_T = gather(s.alpha_bar, s.T, x0)
     return _sum_dims(normal_kl(torch.sqrt(alpha_bar_T) * x0, (1 - alpha_bar_T).expand_as(x0),
                                torch.zeros_like(x0), torch.ones_like(x0)))

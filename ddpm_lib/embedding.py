@@ -7,10 +7,13 @@ import torch
 
 
 def timestep_embedding(t: torch.Tensor | int, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Transformer-style embedding of the paper's t (Vaswani et al. 2017, §3.5; DDPM App. B).
+    """Transformer-style embedding of the paper's t (Vaswani et al. 2017, §3.5), as DDPM's networks use it.
 
     t: (B,) integers 1..T (or floats), or one int (B = 1); returns (B, dim) float32 =
     [sin(t·ω_k), cos(t·ω_k)], with frequencies ω_k = max_period^(−k / (dim/2)), k = 0 .. dim/2 − 1.
+    These are the frequencies of the improved-DDPM / guided-diffusion code. DDPM's own code divides by
+    dim/2 − 1 instead (ω runs down to exactly 1/max_period) and feeds t − 1: the same family of
+    features, other values, so a network trained with one does not run with the other.
     """
     if dim % 2:
         raise ValueError(f"the embedding size must be even, got {dim}")

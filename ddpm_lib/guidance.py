@@ -131,12 +131,13 @@ def classifier_grad_fn(classifier: Callable, y, scale: float) -> CondFn:
 
 
 def exact_mixture_grad_fn(mixture: GaussianMixture, s: Schedule, y, scale: float) -> CondFn:
-    """``cond_fn`` with the exact classifier of mixture data: f(x_t, t) = s·∇_{x_t} log q(y | x_t).
+    """``cond_fn`` with the exact classifier of mixture data: f(x_t, t) = scale·∇_{x_t} log q(y | x_t).
 
-    q(y = k | x_t) ∝ w_k·N(x_t; √ᾱ_t μ_k, (ᾱ_t s_k² + 1 − ᾱ_t) I) is ``mixture.class_posterior``;
-    its logarithm is taken as a log-softmax of the log joint (not the log of the softmax), in float64,
-    so that points deep inside another component, where q(y | x_t) underflows, still get a finite
-    gradient. xt: (B, D); y: an int or a long tensor (B,) in 0..K − 1. Returned in xt's dtype.
+    q(y = k | x_t) ∝ w_k·N(x_t; √ᾱ_t μ_k, (ᾱ_t σ_k² + 1 − ᾱ_t) I), with w_k, μ_k, σ_k the weight, mean and
+    standard deviation of component k; its logarithm is ``mixture.log_class_posterior`` (a log-softmax
+    of the log joint, not the log of the softmax), taken in float64, so that points deep inside another
+    component, where q(y | x_t) underflows, still get a finite gradient. s: the schedule (ᾱ_t);
+    xt: (B, D); y: an int or a long tensor (B,) in 0..K − 1. Returned in xt's dtype.
     """
     y, scale = _labels(y), _check_scale(scale)
     _labels_for(y, y.shape[0] if y.ndim else 1, mixture.K, "cpu", "mixture components")
@@ -148,8 +149,7 @@ def exact_mixture_grad_fn(mixture: GaussianMixture, s: Schedule, y, scale: float
         labels = _labels_for(y, xt.shape[0], mixture.K, xt.device, "mixture components")
         with torch.enable_grad():
             x = xt.detach().to(torch.float64).requires_grad_(True)
-            log_joint = mixture._log_joint(s, x, t)[0]              # log w_k + log q(x_t | k), (B, K)
-            log_post = torch.log_softmax(log_joint, dim=1).gather(1, labels[:, None])
+            log_post = mixture.log_class_posterior(s, x, t).gather(1, labels[:, None])       # (B, 1)
             grad, = torch.autograd.grad(log_post.sum(), x)
         return (scale * grad).to(xt.dtype)
 
@@ -174,6 +174,9 @@ def drop_labels(y: torch.Tensor, p: float, null_label: int, generator: torch.Gen
 def cfg_eps_model(cond_model: Callable, y, w: float, null_label: int):
     """Classifier-free guidance: an ``eps_model(xt, t)`` for the samplers returning
     ε̃ = ε_u + w·(ε_c − ε_u), ε_c = cond_model(xt, t, y), ε_u = cond_model(xt, t, null_label).
+
+    This is Ho & Salimans' eq. 6, ε̃ = (1 + w′)·ε_c − w′·ε_u, with their w′ = w − 1: the paper's w′ = 3 is
+    w = 4 here (w = 1, their w′ = 0, is the plain conditional model).
 
     ``cond_model(xt, t, y)`` is a class-conditional ε-model trained with label dropout (``drop_labels``)
     for which y = ``null_label`` means "no class"; y is an int or a long tensor (B,) of labels

@@ -90,6 +90,10 @@ class GaussianMixture:
         """p(y = k | x_t), shape (B, K): the exact noise-aware classifier."""
         return torch.softmax(self._log_joint(s, x, t)[0], dim=1)
 
+    def log_class_posterior(self, s: Schedule, x: torch.Tensor, t) -> torch.Tensor:
+        """log p(y = k | x_t), shape (B, K), as a log-softmax of the log joint: finite where p underflows."""
+        return torch.log_softmax(self._log_joint(s, x, t)[0], dim=1)
+
     def score(self, s: Schedule, x: torch.Tensor, t) -> torch.Tensor:
         """∇_x log q(x_t) = Σ_k p(k | x_t) · (√ᾱ_t μ_k − x_t) / v_k, shape (B, D)."""
         log_joint, means, var = self._log_joint(s, x, t)

@@ -40,9 +40,13 @@ def p_mean_var(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, var: st
 
 def ddpm_step(s: Schedule, xt: torch.Tensor, eps_pred: torch.Tensor, t, noise: torch.Tensor,
               var: str = "beta_tilde", cond_grad: torch.Tensor | None = None) -> torch.Tensor:
-    """One step of Algorithm 2: x_{t−1} = μ_θ(x_t, t) + σ_t·z, with no noise added where t = 1.
+    """One step of Algorithm 2: x_{t−1} = μ_θ(x_t, t) + σ_t·z, with no noise added where t = 1, and
 
-    xt, eps_pred, noise: (B, ...); t: int or long tensor (B,) in 1..T.
+        μ_θ(x_t, t) = (x_t − β_t/√(1 − ᾱ_t) · ε_θ(x_t, t)) / √α_t                     (eq. 11)
+
+    xt, eps_pred (ε_θ), noise (z): (B, ...); t: int or long tensor (B,) in 1..T.
+    ``var`` chooses σ_t²: ``"beta_tilde"`` σ_t² = β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t, ``"beta"`` σ_t² = β_t
+    (Sec. 3.2: the two extremes, both fine for sampling).
     ``cond_grad`` (xt's shape), when given, is g = s·∇_{x_t} log p_φ(y | x_t) and the mean becomes
     μ_θ + σ_t²·g (classifier guidance, Dhariwal & Nichol 2021, Algorithm 1). Where σ_t² = β̃_1 = 0
     (t = 1, default variance) the shift is zero; with ``var="beta"`` it is β_1·g there.
@@ -84,14 +88,20 @@ def sampling_device(device, eps_model, x_T: torch.Tensor | None, generator: torc
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def check_shape(shape) -> tuple:
+    """A sampler's ``shape`` as a tuple of ints, batch first; anything else is a one-line ``ValueError``."""
+    if isinstance(shape, int) or not all(hasattr(n, "__index__") and not isinstance(n, bool) for n in shape):
+        raise ValueError(f"shape must be a tuple of ints with the batch first, e.g. (B, C, H, W) or (B, D), "
+                         f"got {shape!r}")
+    return tuple(shape)
+
+
 def initial_latent(shape, generator: torch.Generator | None, device, dtype: torch.dtype,
                    x_T: torch.Tensor | None, eps_model=None) -> torch.Tensor:
     """x_T of ``shape`` on ``sampling_device(device, eps_model, x_T, generator)``: ``x_T`` itself when given
     (moved there and cast to ``dtype``), else a draw from N(0, I) with ``standard_normal``."""
     device = sampling_device(device, eps_model, x_T, generator)
-    if isinstance(shape, int) or not all(hasattr(n, "__index__") and not isinstance(n, bool) for n in shape):
-        raise ValueError(f"shape must be a tuple of ints with the batch first, e.g. (B, C, H, W) or (B, D), "
-                         f"got {shape!r}")
+    shape = check_shape(shape)
     if x_T is None:
         return standard_normal(shape, generator, device, dtype)
     if tuple(x_T.shape) != tuple(shape):

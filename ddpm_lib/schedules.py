@@ -51,8 +51,8 @@ def betas_for(name: str, T: int) -> torch.Tensor:
     linear     β_t evenly spaced from 10⁻⁴·(1000/T) to 0.02·(1000/T)     (Ho et al. 2020 at T = 1000)
     quadratic  √β_t evenly spaced from √10⁻⁴ to √0.02
     sigmoid    β_t = 10⁻⁴ + (0.02 − 10⁻⁴)·sigmoid(u_t), u_t evenly spaced on [−6, 6]
-    cosine     ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + 0.008)/1.008 · π/2), β_t = min(1 − ᾱ_t/ᾱ_{t−1}, 0.999)
-               (Nichol & Dhariwal 2021)
+    cosine     β_t = min(1 − f(t)/f(t−1), 0.999), f(t) = cos²((t/T + 0.008)/1.008 · π/2) (Nichol & Dhariwal
+               2021), so ᾱ_t = f(t)/f(0) until the clip acts (at T = 1000 the last step only: ᾱ_T = 2.4·10⁻⁹, not 3.7·10⁻³³)
     """
     if name == "linear":
         scale = 1000.0 / T  # keeps ᾱ_T about the same for any T (Nichol & Dhariwal 2021)

@@ -103,7 +103,8 @@ def test_integer_data_is_refused_not_rounded():
              "q_posterior": lambda a: dl.q_posterior(s, a, x, 5)[0],
              "ddpm_step": lambda a: dl.ddpm_step(s, a, x, 5, x),
              "ddim_step": lambda a: dl.ddim_step(s, a, x, 5, 2, 0.0, x),
-             "predict_x0_from_eps": lambda a: dl.predict_x0_from_eps(s, a, 5, x)}
+             "predict_x0_from_eps": lambda a: dl.predict_x0_from_eps(s, a, 5, x),
+             "prior_term": lambda a: dl.prior_term(s, a)}
     for name, call in calls.items():
         assert torch.isfinite(call(x)).all(), name
         with pytest.raises(ValueError, match=r"is a torch.int64 tensor: the formulas need real numbers"):

@@ -95,6 +95,19 @@ def test_class_posterior_is_bayes(sched):
     torch.testing.assert_close(post.sum(1), torch.ones(8, dtype=F64), rtol=0, atol=1e-12)
 
 
+def test_log_class_posterior_is_bayes_in_log_space_even_where_p_underflows(sched):
+    """log p(k | x_t) = log w_k N_k(x_t) − logsumexp_j log w_j N_j(x_t), from scipy's log densities, also for a
+    point 1,000 units out where the far components' p(k | x_t) is 0 in float64. Catches: the log of the
+    softmax (−inf there, and a NaN gradient for exact guidance), a log-softmax over the batch axis."""
+    data = dl.GaussianMixture(**MIX)
+    x = 1.5 * torch.randn(8, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x[0] = torch.tensor([1000.0, 0.0], dtype=F64)
+    log_post = data.log_class_posterior(sched, x, T_MIXED)
+    log_joint = scipy_log_joint(sched, x, T_MIXED)
+    torch.testing.assert_close(log_post, log_joint - torch.logsumexp(log_joint, 1, keepdim=True), rtol=1e-9, atol=1e-9)
+    assert torch.isfinite(log_post).all() and (data.class_posterior(sched, x, T_MIXED)[0] == 0).any()
+
+
 def test_score_is_gradient_of_log_prob(sched):
     """score = ∇_x log q(x_t), checked with autograd of log_prob, t = 0..T mixed.
     Catches: responsibilities not normalised, (x − mean) with the wrong sign, a missing 1/v_k."""

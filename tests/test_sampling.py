@@ -332,7 +332,10 @@ def test_a_shape_that_is_not_a_tuple_of_ints_is_named():
     torch.randn, or a float silently accepted by some torch versions."""
     s = dl.make_schedule("cosine", T=5)
     eps_model = dl.ring_of_gaussians().eps_model(s)
+    generator = dl.ToyGenerator(dim=2, z_dim=2)
     for shape in (8, (8, 2.0), (True, 2)):
         with pytest.raises(ValueError, match=r"shape must be a tuple of ints with the batch first"):
             dl.sample_ddpm(eps_model, s, shape)
+        with pytest.raises(ValueError, match=r"shape must be a tuple of ints with the batch first"):
+            dl.sample_ddgan(generator, dl.ddgan_schedule(4), shape)
     assert dl.sample_ddim(eps_model, s, [4, 2], steps=2).shape == (4, 2)
