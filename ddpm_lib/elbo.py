@@ -33,11 +33,6 @@ def gaussian_log_prob(x, mean, var) -> torch.Tensor:
     return -0.5 * (math.log(2 * math.pi) + torch.log(var) + (x - mean) ** 2 / var)
 
 
-def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    """Φ(x) = ½ (1 + erf(x/√2))."""
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
 def log_normal_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(Φ(b) − Φ(a)) for a < b (±∞ allowed), elementwise, without underflow in either tail.
 
