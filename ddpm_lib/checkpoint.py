@@ -215,7 +215,8 @@ def resume_training(path: Path, trainer, batches, config, unused: tuple = (), ra
     trainer.load_state_dict(ckpt, source=str(path))
     batches.load_state_dict(ckpt["batches"])
     if len(ckpt["rng"]) != world:
-        why = f"was written by {len(ckpt['rng'])} processes and this run has {world}"
+        why = (f"was written by {len(ckpt['rng'])} process{'es' if len(ckpt['rng']) > 1 else ''} and this run "
+               f"has {world}")
     elif not restore_random_streams(ckpt["rng"][rank], trainer):
         why = "was written on another kind of device"
     else:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .bench import bench, bench_rows_file, format_table
-from .checkpoint import BEFORE_RECORDED, checkpoint_to_resume, load_checkpoint, recorded_setting
+from .checkpoint import BEFORE_RECORDED, checkpoint_to_resume, list_checkpoints, load_checkpoint, recorded_setting
 from .classifier import save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command
 from .cli_evaluate import add_evaluate_parser, run_evaluate
@@ -51,7 +51,7 @@ from .export import export_ema_weights
 from .files import prepare_output, write_json
 from .guidance_eval import (add_evaluate_guidance_parser, add_guidance_arguments, add_sampler_arguments,
                             check_sampler_flags, run_evaluate_guidance, run_sample)
-from .run_folder import RunLocked, is_locked
+from .run_folder import RunLocked, Stopped, is_locked
 from .sample_batches import kept_files
 from .schedules import SCHEDULES
 from .toy_data import TOY_SETS
@@ -90,7 +90,8 @@ def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir with "
-                   "the run's settings; only steps, logging, grids, saving and device may be given anew")
+                   "the run's settings, but not its device (--device, else this machine's GPU when there is one); "
+                   "only steps, logging, grids, saving and device may be given anew")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bar")
 
@@ -98,7 +99,8 @@ def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
 def config_from_args(config_class, args: argparse.Namespace, argv: list[str], kind: str):
     """The ``config_class`` (``TrainConfig`` or ``DDGANConfig``) of a training command of runs of ``kind``
     (``"diffusion"`` or ``"ddgan"``: a folder of the other kind is refused, naming its command). With ``--resume``
-    every setting not on the command line ``argv`` (the progress bar aside) takes the resumed run's value,
+    every setting not on the command line ``argv`` (the progress bar and the device aside: the device is
+    the machine's, --device or the GPU when there is one) takes the resumed run's value,
     not the flag's default, so ``train --out-dir D --steps N --resume`` continues the run as it was set
     up; a flag that contradicts the run is refused by the trainer (``checkpoint.check_same_run``). The
     training parsers set ``allow_abbrev=False``, so every flag on ``argv`` is spelled out as ``--name``."""
@@ -114,7 +116,8 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str], ki
             raise
         saved = load_checkpoint(found, mmap=True)["config"]                           # weights unread
         kept = {f.name: recorded_setting(saved, f) for f in fields(config_class)
-                if (f.name in saved or f.name in BEFORE_RECORDED) and f.name not in given | {"resume", "progress"}}
+                if (f.name in saved or f.name in BEFORE_RECORDED)
+                and f.name not in given | {"resume", "progress", "device"}}       # the device is this machine's
         values.update(kept)
     return config_class(**values)
 
@@ -246,8 +249,14 @@ def run_train_classifier(args: argparse.Namespace, command: str) -> dict:
     return card
 
 
-def stopped_line(args: argparse.Namespace) -> str:
-    """What a command stopped before its output was written says, naming any samples it keeps."""
+def stopped_line(args: argparse.Namespace, reason: str = "") -> str:
+    """What a command stopped before its output was written says, naming any samples or checkpoint it keeps
+    (``reason``: the stop's own words, e.g. a trainer's second Ctrl-C)."""
+    if args.command in ("train", "train-ddgan"):         # stopped before its first save, or by a second Ctrl-C
+        kept = list_checkpoints(args.out_dir)
+        return (f"interrupted{' (' + reason + ')' if reason else ''}: {args.command} stopped without saving; " +
+                (f"the latest checkpoint is {kept[-1]} (--resume continues from it)" if kept
+                 else f"no checkpoint is in {args.out_dir} yet"))
     kept = kept_files(args.out) if args.command in ("evaluate", "trilemma", "evaluate-guidance") else []
     if kept:
         return (f"interrupted: the samples kept in {', '.join(map(str, kept))} stay there; the same command "
@@ -316,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt as exc:
-        if args.command not in ("train", "train-ddgan"):         # the trainers save a checkpoint and say so
-            print(str(exc) or stopped_line(args), file=sys.stderr)
+        if not isinstance(exc, Stopped) and int(os.environ.get("RANK", "0")) == 0:   # Stopped: saved, and said so
+            trains = args.command in ("train", "train-ddgan")
+            print(stopped_line(args, str(exc)) if trains else str(exc) or stopped_line(args), file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here

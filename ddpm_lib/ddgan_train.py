@@ -43,7 +43,7 @@ from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
 from .devices import pick_device
 from .ema import ema_decay, make_ema_model, update_ema
 from .files import check_card, read_tagged_file, save_with_card
-from .run_folder import StopRequest, keep_metrics_up_to, run_lock
+from .run_folder import StopRequest, Stopped, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
 from .train_config import fill_kind_defaults
 from .training import write_training_samples
@@ -252,7 +252,7 @@ def train_ddgan(config: DDGANConfig) -> DDGANTrainer:
     One process only: under torchrun (WORLD_SIZE > 1) it raises ``ValueError``. Raises
     ``FileExistsError`` over an existing run without ``resume``, ``FloatingPointError`` naming
     the step (and the last good checkpoint) when a loss becomes NaN or infinite, and
-    ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C or SIGTERM asks it to stop.
+    ``run_folder.Stopped`` (a KeyboardInterrupt) after saving a checkpoint when Ctrl-C or SIGTERM asks it to stop.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:      # every process would train alone on the full batch and race for out_dir's lock
@@ -338,18 +338,18 @@ def _train_ddgan(config: DDGANConfig, device: torch.device) -> DDGANTrainer:
                 sums.zero_()
                 r1_count, mark, step_at_mark, paused = 0, now, step, 0.0
             side_work = time.perf_counter()
+            stopping = stop.requested
+            if step % config.save_every == 0 or last or stopping:    # before the grid: a failing grid loses no step
+                check_finite()
+                last_saved = save()
+            if stopping:
+                tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
+                raise Stopped(f"interrupted at step {step}: saved {last_saved}")
             if config.sample_every and (step % config.sample_every == 0 or last):
                 check_finite()
                 g = torch.Generator(device).manual_seed(config.seed)    # the same x_T and z: comparable grids
                 samples = sample_ddgan(trainer.G_ema, trainer.schedule, (config.n_samples, *example_shape), generator=g)
                 write_training_samples(samples, out_dir, step)
-            stopping = stop.requested
-            if step % config.save_every == 0 or last or stopping:
-                check_finite()
-                last_saved = save()
-            if stopping:
-                tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
-                raise KeyboardInterrupt
             paused += time.perf_counter() - side_work
     return trainer
 

@@ -23,6 +23,11 @@ class RunLocked(RuntimeError):
     """Another run holds the lock on ``--out-dir`` (every rank of a DDP run raises it, with rank 0's message)."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A trainer stopped by Ctrl-C or SIGTERM after saving a checkpoint, and has said so (the message names it).
+    A plain ``KeyboardInterrupt`` out of a trainer means that it stopped without saving."""
+
+
 @contextmanager
 def run_lock(out_dir: str | Path):
     """Hold an exclusive lock on ``out_dir/.lock`` while a training run writes into ``out_dir`` (created
@@ -80,7 +85,7 @@ class StopRequest:
         if not self.requested:
             self.requested, self._first = True, time.monotonic()
         elif signum == signal.SIGINT and time.monotonic() - self._first >= self.PATIENCE:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("a second Ctrl-C: stopped at once, without waiting for the save")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

@@ -44,7 +44,7 @@ from .elbo import l_simple
 from .forward import q_sample
 from .guidance import drop_labels
 from .ema import ema_decay, make_ema_model, update_ema
-from .run_folder import RunLocked, StopAgreement, StopRequest, keep_metrics_up_to, run_lock
+from .run_folder import RunLocked, StopAgreement, StopRequest, Stopped, keep_metrics_up_to, run_lock
 from .sampling import sample_ddpm
 from .schedules import Schedule, make_schedule
 from .toy_data import TOY_SETS, make_toy
@@ -238,7 +238,7 @@ def train(config: TrainConfig) -> Trainer:
 
     Under torchrun (WORLD_SIZE > 1): DistributedDataParallel with NCCL on CUDA or gloo on CPU; rank 0
     logs and saves. Raises ``FloatingPointError`` naming the step when the loss becomes NaN or
-    infinite, and ``KeyboardInterrupt`` after saving a checkpoint when Ctrl-C asks it to stop.
+    infinite, and ``run_folder.Stopped`` (a KeyboardInterrupt) after saving a checkpoint when Ctrl-C asks it to stop.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(config.device)
@@ -351,20 +351,26 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 loss_sum.zero_()
                 mark, step_at_mark, paused = now, step, 0.0
             side_work = time.perf_counter()
-            if main and config.sample_every and (step % config.sample_every == 0 or last):
-                try:                                     # a stop drops the grid: the next step saves and stops
-                    samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device, stop)
-                    write_training_samples(samples, out_dir, step, nrow)
-                except GridDropped:
-                    tqdm.write(f"stop asked for: the sample grid of step {step} is not drawn")
-            if step % config.save_every == 0 or last or stopping:
+            saved_now = step % config.save_every == 0 or last or stopping
+            if saved_now:                                # before the grid: a grid that fails loses no step
                 check_finite()
                 last_saved = save()
+            if not stopping and main and config.sample_every and (step % config.sample_every == 0 or last):
+                try:
+                    samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device, stop)
+                    write_training_samples(samples, out_dir, step, nrow)
+                except GridDropped:                      # one process stops here; several agree at the next step
+                    tqdm.write(f"stop asked for: the sample grid of step {step} is not drawn")
+                    if world == 1:
+                        stopping = True
+                        if not saved_now:
+                            check_finite()
+                            last_saved = save()
             if stopping:
                 agree.finish()
                 if main:
                     tqdm.write(f"interrupted at step {step}: saved {last_saved}; continue with --resume")
-                raise KeyboardInterrupt
+                raise Stopped(f"interrupted at step {step}: saved {last_saved}")
             paused += time.perf_counter() - side_work
     agree.finish()
     return trainer

@@ -1027,6 +1027,21 @@ def fake_resume(monkeypatch, saved: dict) -> list:
     return kinds
 
 
+@pytest.mark.parametrize("command, config_class, kind", [("train", dl.TrainConfig, "diffusion"),
+                                                         ("train-ddgan", DDGANConfig, "ddgan")])
+def test_resume_takes_the_device_of_this_machine_not_the_runs(tmp_path, monkeypatch, command, config_class, kind):
+    """A run started with ``--device cuda`` and resumed without ``--device`` gets None (this machine's GPU when it
+    has one, else the CPU), and ``--device cpu`` on the resume wins; the run's other settings are kept. Catches:
+    the recorded 'cuda' carried over, which on a machine without a GPU says "leave device out…" to a user who
+    did; a run started on the CPU that stays there when resumed on a GPU machine."""
+    saved = dataclasses.asdict(config_class(data="two_moons", T=4, device="cuda", seed=7, out_dir=str(tmp_path)))
+    fake_resume(monkeypatch, saved)
+    for extra, device in (([], None), (["--device", "cpu"], "cpu")):
+        argv = [command, "--out-dir", str(tmp_path), "--resume", *extra]
+        config = cli.config_from_args(config_class, cli.build_parser().parse_args(argv), argv, kind=kind)
+        assert (config.device, config.seed, config.T, config.data) == (device, 7, 4, "two_moons")
+
+
 def test_resume_keeps_each_multi_word_flag_given_in_either_spelling(tmp_path, monkeypatch):
     """With ``--resume``, a multi-word flag given as ``--log-every 7`` or ``--save-every=9`` keeps its value;
     every setting not given (T, data, sample_every) comes from the run's checkpoint. Catches: a flag's name
@@ -1232,3 +1247,32 @@ def test_train_noisy_classifier_records_its_whole_command_line(tmp_path, monkeyp
     argv = ["train-noisy-classifier", "--out", str(tmp_path / "my models" / "noisy.pt")]
     assert main(argv) == 0
     assert shlex.split(seen["command"]) == ["python", "-m", "ddpm_lib", *argv]
+
+
+def test_a_trainer_stopped_without_saving_says_so_and_names_the_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while ``train`` loads its data (before any save), or a second Ctrl-C during a save, ends with status
+    130 and one line saying that nothing was saved and which checkpoint --resume would take; a trainer that
+    saved (``Stopped``) has said so itself, so nothing is added; under torchrun only rank 0 speaks. Catches: a
+    silent status 130 after which the user does not know whether the last 1,000 steps were kept."""
+    from ddpm_lib.run_folder import Stopped
+    run = tmp_path / "run"
+    argv = ["train", "--data", "two_moons", "--toy-n", "64", "--T", "30", "--steps", "2", "--batch-size", "8",
+            "--sample-every", "0", "--save-every", "1", "--out-dir", str(run), "--device", "cpu", "--no-progress"]
+    stop = {"with": KeyboardInterrupt()}
+    monkeypatch.setattr(cli, "train", lambda config: (_ for _ in ()).throw(stop["with"]))
+    assert main(argv) == 130
+    assert capsys.readouterr().err == f"interrupted: train stopped without saving; no checkpoint is in {run} yet\n"
+    monkeypatch.undo()
+    assert main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "train", lambda config: (_ for _ in ()).throw(stop["with"]))
+    stop["with"] = KeyboardInterrupt("a second Ctrl-C: stopped at once, without waiting for the save")
+    assert main(argv + ["--resume"]) == 130
+    assert capsys.readouterr().err == ("interrupted (a second Ctrl-C: stopped at once, without waiting for the save): "
+                                       f"train stopped without saving; the latest checkpoint is "
+                                       f"{run / 'ckpt_00000002.pt'} (--resume continues from it)\n")
+    stop["with"] = Stopped("interrupted at step 2: saved …")
+    assert main(argv + ["--resume"]) == 130 and capsys.readouterr().err == ""
+    stop["with"] = KeyboardInterrupt()
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv + ["--resume"]) == 130 and capsys.readouterr().err == ""

@@ -15,6 +15,7 @@ from ddpm_lib import training as train_module
 from ddpm_lib.checkpoint import build_model, list_checkpoints, load_checkpoint, model_spec, resume_training
 from ddpm_lib.ema import ema_decay, make_ema_model, update_ema
 from ddpm_lib.data import EpochBatches
+from ddpm_lib.run_folder import Stopped
 from ddpm_lib.training import Trainer, TrainConfig, diffusion_loss, learning_rate, train
 from ddpm_lib.unet import PRESETS, UNet
 
@@ -385,7 +386,7 @@ def test_resuming_with_another_number_of_processes_restarts_the_random_streams_a
     capsys.readouterr()
     ckpt = resume_training(path, trainer, EpochBatches(config.toy_n, config.batch_size, config.seed, 0, 2), config,
                            train_module.unused_settings(config), rank=0, world=2)
-    assert "written by 1 processes and this run has 2" in capsys.readouterr().out
+    assert "written by 1 process and this run has 2" in capsys.readouterr().out
     assert trainer.step == ckpt["step"] == 4 and torch.equal(trainer.noise_generator.get_state(), fresh)
     assert all(torch.equal(p, ckpt["model"][k]) for k, p in trainer.model.state_dict().items())
 
@@ -705,13 +706,17 @@ def test_write_samples_saves_2d_points_as_a_scatter_plot_and_refuses_a_png_of_ot
     assert torch.equal(torch.load(tmp_path / "samples_00000012.pt", weights_only=True), points)
 
 
-def test_a_stop_during_a_sample_grid_drops_the_grid_and_saves_after_the_next_step(tmp_path, monkeypatch, capsys):
-    """Ctrl-C arrives in the first of the T = 50 steps of step 4's grid: the grid stops there (no PNG),
-    step 5 runs, is saved, and the run stops; resumed, it ends as an uninterrupted run does. Catches: a stop
-    that waits for the whole grid (minutes of T network calls on a CPU, past a sender's SIGKILL)."""
+@pytest.mark.parametrize("sample_every, saved", [(4, ["ckpt_00000004.pt"]), (3, ["ckpt_00000003.pt"])])
+def test_a_stop_during_a_sample_grid_drops_the_grid_and_stops_at_that_step_saved(tmp_path, monkeypatch, capsys,
+                                                                                   sample_every, saved):
+    """Ctrl-C arrives in the first of the T = 50 steps of the first grid (step 4, also a save step; or step 3,
+    not one): the grid stops there (no PNG), that step is saved (once) and the run stops with ``Stopped``;
+    resumed, it ends as an uninterrupted run does. Catches: a stop that waits for the whole grid (minutes of
+    T network calls on a CPU, past a sender's SIGKILL); one more step trained after the stop (the README
+    promises a stop after the step under way); a step 3 left unsaved; step 4 saved twice."""
     whole = train(toy_config(tmp_path, "whole"))
-    calls = []
-    original = train_module.sample_ddpm
+    calls, saves = [], []
+    original, original_save = train_module.sample_ddpm, train_module.save_training
 
     def ctrl_c_in_the_grid(*args, callback, **kwargs):
         def counted(t, xt):
@@ -721,12 +726,30 @@ def test_a_stop_during_a_sample_grid_drops_the_grid_and_saves_after_the_next_ste
             callback(t, xt)
         return original(*args, callback=counted, **kwargs)
 
+    def counted_save(trainer, *args, **kwargs):
+        saves.append(trainer.step)
+        return original_save(trainer, *args, **kwargs)
+
     monkeypatch.setattr(train_module, "sample_ddpm", ctrl_c_in_the_grid)
-    with pytest.raises(KeyboardInterrupt):
-        train(toy_config(tmp_path, "split", sample_every=4))
-    assert calls == [50]
-    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    monkeypatch.setattr(train_module, "save_training", counted_save)
+    with pytest.raises(Stopped, match=f"interrupted at step {sample_every}: saved"):
+        train(toy_config(tmp_path, "split", sample_every=sample_every))
+    assert calls == [50] and saves == [sample_every]
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == saved
     assert not list((tmp_path / "split").glob("samples_*"))
-    assert "the sample grid of step 4 is not drawn" in capsys.readouterr().out
+    assert f"the sample grid of step {sample_every} is not drawn" in capsys.readouterr().out
     monkeypatch.setattr(train_module, "sample_ddpm", original)
     assert_same_training_state(whole, train(toy_config(tmp_path, "split", resume=True)))
+
+
+def test_a_sample_grid_that_fails_leaves_the_checkpoint_of_its_step(tmp_path, monkeypatch):
+    """The grid of step 4 (a save step) runs out of memory: ckpt_00000004.pt is on disk, and --resume goes on
+    from it. Catches: the grid drawn before the save, which loses the save_every steps before it (by
+    default grids and saves fall on the same steps)."""
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("can't allocate memory (simulated)")
+
+    monkeypatch.setattr(train_module, "sample_ddpm", out_of_memory)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(toy_config(tmp_path, "run", sample_every=4))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_00000004.pt"]
