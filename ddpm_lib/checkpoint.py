@@ -76,7 +76,14 @@ def checkpoint_to_resume(out_dir: str | Path, resume: bool, kind: str) -> Path |
         if resume:
             raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
         return None
-    ckpt = load_checkpoint(found, mmap=True)                                # weights unread
+    try:
+        ckpt = load_checkpoint(found, mmap=True)                            # weights unread
+    except RuntimeError as exc:                          # damaged: an older checkpoint may still be whole
+        older = list_checkpoints(out_dir)[:-1]
+        if not older:
+            raise
+        raise RuntimeError(f"{exc}. The run also keeps {older[-1].name}: move {found.name} out of {out_dir} "
+                           f"and --resume continues from the older one") from exc
     held = run_kind(ckpt)
     if held != kind:
         raise ValueError(f"{out_dir} holds a {_RUN_NAMES[held]} run (model kind {ckpt['model_spec'].get('kind')!r}): "
@@ -91,8 +98,8 @@ def checkpoint_to_resume(out_dir: str | Path, resume: bool, kind: str) -> Path |
 def check_files(inputs: dict, out: str | Path | None = None, writes_card: bool = False) -> None:
     """Before any work, a one-line ``ValueError`` when an input flag names a JSON card instead of the file
     it describes, or when ``out`` (and, with ``writes_card``, its ``.json`` card) would overwrite an input
-    file or an input's card. ``inputs``: flag → path (None: not given); a run folder stands for its latest
-    checkpoint."""
+    file or an input's card, or is named like a training checkpoint (a run keeps several; only the latest
+    is an input). ``inputs``: flag → path (None: not given); a run folder stands for its latest checkpoint."""
     protected = {}
     for flag, given in inputs.items():
         if given is None:
@@ -112,6 +119,8 @@ def check_files(inputs: dict, out: str | Path | None = None, writes_card: bool =
             flag, kept = protected[written.resolve()]
             what = "card" if kept.suffix.lower() == ".json" else "file"
             raise ValueError(f"--out {out} would overwrite the {flag} {what} {kept}: write to another name")
+    if _NAME.match(out.name):                            # a run's kept checkpoint, or one it will write
+        raise ValueError(f"--out {out} is named like a training checkpoint (ckpt_<step>.pt): write to another name")
 
 
 def save_checkpoint(state: dict, out_dir: str | Path, keep: int) -> Path:
@@ -259,9 +268,9 @@ def model_spec(example_shape: tuple, preset: str, num_classes: int = 0) -> dict:
     return {"kind": "unet", "config": config}
 
 
-def build_model(spec: dict) -> nn.Module:
+def build_model(spec: dict, source: str | Path | None = None) -> nn.Module:
     """The network a ``model_spec`` describes: ``{"kind": "unet" | "conditional_unet" | "toy_mlp",
-    "config": {...}}``."""
+    "config": {...}}``. ``source``: the file the spec was read from, named in the errors."""
     kind, config = spec.get("kind"), spec.get("config", {})
     if kind == "unet":
         return UNet(**config)
@@ -272,10 +281,10 @@ def build_model(spec: dict) -> nn.Module:
         from .toy_model import ToyEpsModel              # imported when needed: images never load it
         return ToyEpsModel(**config)
     if kind == "ddgan":
-        raise ValueError("this is a DDGAN's checkpoint, not a diffusion model's: use sample-ddgan and export-ddgan "
-                         "(in Python, load_ddgan_generator)")
-    raise ValueError(f"unknown model kind {kind!r} in the checkpoint: expected 'unet', 'conditional_unet' "
-                     f"or 'toy_mlp'")
+        raise ValueError(f"{source or 'this'} is a DDGAN's checkpoint, not a diffusion model's: use sample-ddgan "
+                         f"and export-ddgan (in Python, load_ddgan_generator)")
+    raise ValueError(f"unknown model kind {kind!r} in {source or 'the checkpoint'}: expected 'unet', "
+                     f"'conditional_unet' or 'toy_mlp'")
 
 
 def example_shape_of(spec: dict) -> tuple:
@@ -293,7 +302,7 @@ def load_ema_model(path: str | Path, device="cpu"):
     """
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
-    model = build_model(ckpt["model_spec"])
+    model = build_model(ckpt["model_spec"], source=path)
     load_model_state(model, ckpt["ema"], source=str(path))
     schedule = make_schedule(ckpt["config"]["schedule"], ckpt["config"]["T"])
     return model.to(device).eval(), schedule, ckpt

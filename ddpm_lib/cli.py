@@ -63,9 +63,10 @@ from .unet import PRESETS
 CLASSIFIER_DATA = ("mnist-5k", "mnist")          # the data sets FID-MNIST's classifier knows
 OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torch says only what it asked for)
     "train": "→ train with a smaller --batch-size, more processes (torchrun) or a smaller --preset in a new "
-             "--out-dir (a run resumes only with its own batch size)",
+             "--out-dir (a run resumes only with its own batch size); if a sample grid ran out, --resume with "
+             "fewer --n-samples",
     "train-ddgan": "→ train with a smaller --batch-size or --preset in a new --out-dir (a run resumes only with "
-                   "its own batch size)",
+                   "its own batch size); if a sample grid ran out, --resume with fewer --n-samples",
     "sample": "→ draw fewer samples at once (--n)", "sample-ddgan": "→ draw fewer samples at once (--n)",
     "evaluate": "→ a smaller --batch-size (the kept batches stay valid only for the same one)",
     "evaluate-guidance": "→ a smaller --batch-size", "trilemma": "→ a smaller --batch-size",
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
         rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):   # GPU or CPU
             exc = f"{str(exc).strip().splitlines()[0]} {OUT_OF_MEMORY.get(args.command, '')}".strip()
         if rank == 0 or not isinstance(exc, SAME_ON_EVERY_RANK):
             print(f"error: {exc}" if rank == 0 else f"error (rank {rank}): {exc}", file=sys.stderr)

@@ -45,7 +45,7 @@ def export_ema_weights(checkpoint: str | Path, out: str | Path, command: str | N
 
 
 def _model_from_weights(blob: dict, source: str):
-    model = build_model(blob["model_spec"])
+    model = build_model(blob["model_spec"], source=source)
     load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in blob["ema"].items()},
                      source=source)
     return model
@@ -84,7 +84,7 @@ def load_sampling_model(path: str | Path, device="cpu", weights: str = "ema"):
         raise ValueError(f"{path} is an exported weights file, which holds θ_ema only: pass a training "
                          f"checkpoint or run folder for --weights raw")
     if blob["format"] == CHECKPOINT_FORMAT:
-        model = build_model(blob["model_spec"])
+        model = build_model(blob["model_spec"], source=path)
         load_model_state(model, blob["ema" if weights == "ema" else "model"], source=str(path))
         config, source = blob["config"], "checkpoint"
     else:

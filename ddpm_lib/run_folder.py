@@ -37,13 +37,19 @@ def run_lock(out_dir: str | Path):
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file: name a folder for the run")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / ".lock", "a")
+    except OSError as exc:                               # a file on the way, no permission, a read-only disk
+        raise ValueError(f"--out-dir {out_dir}: cannot write there ({exc.strerror or exc}"
+                         f"{': ' + str(exc.filename) if exc.filename else ''})") from None
     try:
         import fcntl
     except ImportError:
+        handle.close()
         yield
         return
-    with open(out_dir / ".lock", "w") as handle:
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

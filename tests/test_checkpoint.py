@@ -112,6 +112,36 @@ def test_a_truncated_file_gives_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_a_damaged_latest_checkpoint_on_resume_names_the_older_one_to_fall_back_on(tmp_path):
+    """A run keeps steps 4 and 8 and the latest is cut short (a disk that filled up, a copy stopped midway):
+    ``--resume`` says it is damaged and that moving it aside resumes from ckpt_00000004.pt, which it then
+    does; with no older checkpoint the error is the plain one. Catches: a dead end for the user, who may
+    not know that the run keeps older checkpoints."""
+    train(toy_config(tmp_path, steps=8))
+    latest = list_checkpoints(tmp_path / "run")[-1]
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    with pytest.raises(RuntimeError) as err:
+        train(toy_config(tmp_path, steps=10, resume=True))
+    assert "truncated" in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).endswith(f"The run also keeps ckpt_00000004.pt: move ckpt_00000008.pt out of "
+                                   f"{tmp_path / 'run'} and --resume continues from the older one")
+    latest.rename(tmp_path / "damaged.pt")
+    assert train(toy_config(tmp_path, steps=10, resume=True)).step == 10
+    only = save_checkpoint(state(1), tmp_path / "alone", keep=1)
+    only.write_bytes(only.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match="truncated") as err:
+        checkpoint.checkpoint_to_resume(tmp_path / "alone", resume=True, kind="diffusion")
+    assert "older" not in str(err.value)
+
+
+def test_an_output_named_like_a_checkpoint_is_refused(tmp_path):
+    """``sample --checkpoint run --out run/ckpt_00000004.pt``: only the latest checkpoint is the input, but the
+    older ones are the run's too. Catches: a kept checkpoint silently replaced by a tensor of samples."""
+    with pytest.raises(ValueError, match=r"--out .*ckpt_00000004.pt is named like a training checkpoint"):
+        checkpoint.check_files({"--checkpoint": None}, tmp_path / "run" / "ckpt_00000004.pt")
+    checkpoint.check_files({"--checkpoint": None}, tmp_path / "run" / "ckpt_4.pt")     # not a checkpoint's name
+
+
 def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     torch.save({"step": 1}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):

@@ -127,7 +127,8 @@ def test_outputs_and_flags_are_checked_before_sampling(tmp_path, capsys, monkeyp
               "--steps, --eta set the DDIM sampler: add --sampler ddim"),
              (["evaluate", "--checkpoint", run, "--n", "4", "--out", str(tmp_path)], "is a folder"),
              (["evaluate", "--checkpoint", str(tmp_path / "gan"), "--n", "4"], "use sample-ddgan"),
-             (["sample", "--checkpoint", str(tmp_path / "gan"), "--out", str(tmp_path / "s.pt")], "use sample-ddgan"),
+             (["sample", "--checkpoint", str(tmp_path / "gan"), "--out", str(tmp_path / "s.pt")],
+              f"{tmp_path / 'gan' / 'ckpt_00000001.pt'} is a DDGAN's checkpoint, not a diffusion model's: use sample-ddgan"),
              (["export", "--checkpoint", run, "--out", str(tmp_path / "w.json")], "must end in .pt")]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -559,8 +560,9 @@ def test_noisy_classifier_batch_of_every_digit_and_lr_zero(tmp_path, capsys, mon
 
 
 def test_an_interrupted_train_ddgan_prints_no_second_line(monkeypatch, capsys):
-    """CLI1: the DDGAN trainer saves and says so itself; the CLI adds nothing."""
-    monkeypatch.setattr(cli, "run_ddgan_command", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    """CLI1: the DDGAN trainer saves and says so itself (``Stopped``); the CLI adds nothing."""
+    from ddpm_lib.run_folder import Stopped
+    monkeypatch.setattr(cli, "run_ddgan_command", lambda *a: (_ for _ in ()).throw(Stopped("saved")))
     assert main(["train-ddgan", "--data", "two_moons", "--out-dir", "x", "--device", "cpu"]) == 130
     assert "interrupted" not in capsys.readouterr().err
 
@@ -663,6 +665,13 @@ def test_running_out_of_gpu_memory_names_the_flag_to_lower(tmp_path, capsys, mon
     monkeypatch.setattr(dl.training.Trainer, "train_step", out_of_memory)
     assert main(["train", "--out-dir", run, "--steps", "2", "--resume", "--no-progress"]) == 1
     assert "GiB → train with a smaller --batch-size" in one_error_line(capsys)
+    # The CPU's allocator says it in a RuntimeError of its own; a grid can be what ran out.
+    monkeypatch.setattr(guidance_eval, "sample_ddpm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 3932160000 bytes. Error code 12 (Cannot allocate memory)")))
+    assert main(["sample", "--checkpoint", run, "--n", "5000", "--out", str(tmp_path / "x.pt"), "--device", "cpu"]) == 1
+    assert one_error_line(capsys).endswith("(Cannot allocate memory) → draw fewer samples at once (--n)")
+    assert "if a sample grid ran out, --resume with fewer --n-samples" in cli.OUT_OF_MEMORY["train"]
 
 
 # ---- the parsers: defaults, flags wired to their fields, help (mutation run of cli.py and cli_ddgan.py) ----

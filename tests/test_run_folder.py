@@ -58,6 +58,29 @@ def test_an_out_dir_that_is_a_file_gets_a_plain_message(tmp_path):
             pass
 
 
+def test_an_out_dir_that_cannot_be_written_is_named_with_the_reason(tmp_path, monkeypatch):
+    """A folder below a file, or one where the lock cannot be written (no permission, a read-only disk; faked
+    here, since root may write anywhere): one line naming --out-dir and the reason. Catches: "[Errno 20] Not a
+    directory" or "[Errno 13] Permission denied: '…/.lock'" with no word of which setting is wrong."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError) as err:
+        with run_folder.run_lock(tmp_path / "afile" / "sub"):
+            pass
+    assert str(err.value) == f"--out-dir {tmp_path / 'afile' / 'sub'}: cannot write there (Not a directory: " \
+                             f"{tmp_path / 'afile' / 'sub'})"
+    real_open = open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    with pytest.raises(ValueError, match=r"^--out-dir .*ro: cannot write there \(Permission denied: .*ro/\.lock\)$"):
+        with run_folder.run_lock(tmp_path / "ro"):
+            pass
+
+
 def test_stop_request_turns_the_first_signal_into_a_flag_and_only_a_later_ctrl_c_into_an_interrupt(monkeypatch):
     """Inside StopRequest, SIGTERM sets ``requested`` (the loop saves, then stops). Copies of it that arrive
     at once (SIGTERM or SIGINT: make and torchrun pass on a signal that the process group already
