@@ -112,6 +112,33 @@ def test_a_truncated_file_gives_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_bytes_changed_inside_a_checkpoint_are_found_by_its_checksums(tmp_path):
+    """1,000 bytes zeroed in the middle of a checkpoint's weights: torch.load reads it without a word (the weights
+    are simply wrong), so the loader compares each part with the CRC-32 that torch.save wrote, and refuses the
+    file in one line naming the part. A file written without checksums (torch's compute_crc32 off) still
+    loads. Catches: a corrupt checkpoint resumed, then named "last good checkpoint" when the loss turns NaN."""
+    from ddpm_lib import files
+    path = save_checkpoint({"step": 1, "weights": torch.randn(100_000)}, tmp_path, keep=1)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 1000] = bytes(1000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"cannot read checkpoint {path}: the file is damaged (its part archive/data/0 "
+                              f"no longer matches the checksum written with it)")
+    try:
+        from torch.utils.serialization import config
+    except ImportError:                                  # torch before 2.6 always writes checksums
+        return
+    previous, config.save.compute_crc32 = config.save.compute_crc32, False
+    try:
+        unchecked = save_checkpoint({"step": 2, "weights": torch.ones(3)}, tmp_path / "plain", keep=1)
+    finally:
+        config.save.compute_crc32 = previous
+    assert files.damaged_member(unchecked) is None and load_checkpoint(unchecked)["step"] == 2
+
+
 def test_a_damaged_latest_checkpoint_on_resume_names_the_older_one_to_fall_back_on(tmp_path):
     """A run keeps steps 4 and 8 and the latest is cut short (a disk that filled up, a copy stopped midway):
     ``--resume`` says it is damaged and that moving it aside resumes from ckpt_00000004.pt, which it then
