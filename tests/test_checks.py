@@ -34,6 +34,7 @@ def assert_fails(capsys, check, answer, *phrases):
     assert ok is False and out.startswith("✗ "), out
     for phrase in phrases:
         assert phrase in out, f"expected {phrase!r} in the verdict: {out}"
+    return out
 
 
 # --------------------------------------------------------------------------- notebook 01
@@ -223,8 +224,10 @@ def test_gaussian_kl(capsys):
     assert_fails(capsys, checks.check_gaussian_kl, lambda *a: 2 * per_coordinate(*a).sum(1), "factor ½ is missing")
 
 
-def denoising(var="beta", root=True, swap=False):
+def denoising(var="beta", root=True, swap=False, int_t=True):
     def answer(s, x0, xt, eps_pred, t):
+        if int_t:                                    # as the lecture's stub does: an int t becomes shape (1,)
+            t = torch.as_tensor(t).reshape(-1)
         beta, alpha, ab, ab_prev = (v[:, None] for v in (s.beta[t], s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1]))
         mean_q = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * xt
         var_q = ((1 - ab_prev) / (1 - ab) * beta).expand_as(x0)
@@ -237,6 +240,7 @@ def denoising(var="beta", root=True, swap=False):
 
 def test_denoising_term(capsys):
     assert_passes(capsys, checks.check_denoising_term, denoising())
+    assert_fails(capsys, checks.check_denoising_term, denoising(int_t=False), "t may be an int or a long tensor")
     assert_fails(capsys, checks.check_denoising_term, denoising(var="beta_tilde"), "σ_t² = β̃_t")
     assert_fails(capsys, checks.check_denoising_term, denoising(root=False), "square root is missing")
     assert_fails(capsys, checks.check_denoising_term, denoising(swap=True), "arguments are swapped")
@@ -513,6 +517,10 @@ def ancestral_step(s, xt, eps_pred, t, z, coef="alpha_bar", z_at_one=False, var=
 
 def test_check_ancestral_step_passes_algorithm_2_and_names_its_mistakes(capsys):
     assert_passes(capsys, checks.check_ancestral_step, ancestral_step)
+
+    def tensor_t_only(s, xt, eps_pred, t, z):        # right for a tensor t; an int t (the stub allows one) fails
+        return ancestral_step(s, xt, eps_pred, t, z) + 0 * t.shape[0]
+    assert_fails(capsys, checks.check_ancestral_step, tensor_t_only, "t may be an int or a long tensor of shape (B,)")
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, coef="alpha"), "α_t where ᾱ_t")
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, z_at_one=True), "no noise at t = 1")
     assert_fails(capsys, checks.check_ancestral_step, lambda *a: ancestral_step(*a, var="beta_tilde"), "β̃_t")
@@ -539,6 +547,7 @@ def test_check_ddim_sigma_passes_eq_16_and_names_its_mistakes(capsys):
     assert_passes(capsys, checks.check_ddim_sigma, ddim_sigma)
     assert_fails(capsys, checks.check_ddim_sigma, lambda *a: ddim_sigma(*a, first_root=False), "ratio of variances")
     assert_fails(capsys, checks.check_ddim_sigma, lambda *a: ddim_sigma(*a, ratio=False), "1 − ᾱ_t/ᾱ_{t'}")
+    assert_fails(capsys, checks.check_ddim_sigma, lambda *a: ddim_sigma(*a) ** 2, "that is σ², the variance")
     assert_fails(capsys, checks.check_ddim_sigma, lambda s, t, tp, eta: ddim_sigma(s, t, tp, eta) * 1.01,
                  "σ² must equal β̃_t")
 
@@ -657,6 +666,8 @@ def test_check_gan_losses_passes_the_non_saturating_losses_and_names_its_mistake
                  "non-saturating")
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(f).mean(), sp(-f).mean()),
                  "minus inside")
+    assert_fails(capsys, checks.check_gan_losses,             # a halved D loss is named, not sent to the ±800 test
+                 lambda r, f: (0.5 * (sp(-r).mean() + sp(f).mean()), sp(-f).mean()), "not their average")
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(-r).sum() + sp(f).sum(), sp(-f).mean()), "not sums")
     assert_fails(capsys, checks.check_gan_losses, lambda r, f: (sp(r).mean() + sp(-f).mean(), sp(-f).mean()),
                  "both signs are flipped")
@@ -911,11 +922,22 @@ def test_q_posterior_names_its_mistakes_and_consults_the_completed_square(capsys
     check = checks.check_q_posterior
     assert_fails(capsys, check, lambda *a: answer(*a, swap=True), "the mean: the coefficients of x_0 and x_t are swapped")
     assert_fails(capsys, check, lambda *a: answer(*a, upside_down=True), "the variance: the ratio is upside down")
-    square = "disagrees with completing the square"
-    assert_fails(capsys, check, lambda *a: answer(*a, mean_prev="alpha"), f"the mean: {square}")
-    assert_fails(capsys, check, lambda *a: answer(*a, var_prev="alpha"), f"the variance: {square}")
-    assert_fails(capsys, check, lambda *a: answer(*a, mean_scale=1.001), f"the mean: {square}")
-    assert_fails(capsys, check, lambda *a: answer(*a, var_scale=1.001), f"the variance: {square}")
+    square = "the completed square disagrees with it"
+    clue = "A simpler test fails too: the completed square disagrees"
+    for wrong, part, other in (({"mean_prev": "alpha"}, "the mean", "the variance"),
+                               ({"var_prev": "alpha"}, "the variance", "the mean"),
+                               ({"mean_scale": 1.001}, "the mean", "the variance"),
+                               ({"var_scale": 1.001}, "the variance", "the mean")):
+        out = assert_fails(capsys, check, lambda *a: answer(*a, **wrong), f"{part}: differs from the library's answer",
+                           clue, square)
+        assert f"{other}:" not in out, out
+
+    def variance_off_by_one(s, x0, xt, t):           # ᾱ_t where ᾱ_{t−1} belongs: the ratio is 1, β̃_t becomes β_t
+        mean, _ = dl.q_posterior(s, x0, xt, t)
+        ab = s.alpha_bar[t].view(-1, 1, 1, 1)
+        return mean, (1 - ab) / (1 - ab) * s.beta[t].view(-1, 1, 1, 1)
+    assert_fails(capsys, check, variance_off_by_one, "the variance: you returned β_t: either ᾱ_t stands where "
+                 "ᾱ_{t−1} belongs (off by one in t")
 
     def completed_square_form(s, x0, xt, t):
         at = lambda v, k: v[k].view(-1, 1, 1, 1)
@@ -954,8 +976,9 @@ def test_power_iteration_uses_tol_and_names_the_rest(capsys):
             pi = nxt
     check = checks.check_power_iteration
     assert_fails(capsys, check, lambda P, st, tol: answer(P, st, fixed_tol=1e-12), "the number of products")
-    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, fixed_tol=1e-6), "π: the vector returned is not stationary")
-    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, normalise="l2"), "π: the vector returned is not stationary")
+    stationary = "A simpler test fails too: the vector returned is not stationary"
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, fixed_tol=1e-6), "π: differs", stationary)
+    assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, normalise="l2"), "π: differs", stationary)
     assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, dtype=torch.float32), "π:")
     assert_fails(capsys, check, lambda P, st, tol: answer(P, st, tol, uniform=True),
                  "the number of products: start from the given `start`")
@@ -994,6 +1017,7 @@ def test_denoising_term_names_its_mistakes_and_its_closed_forms_bite(capsys):
     holds t = T). Catches: a catalogue entry that no longer matches, closed forms checked loosely or not at all,
     and batches without t = T."""
     def answer(s, x0, xt, eps_pred, t, divide="alpha", factor=1.0, mean_var="p"):
+        t = torch.as_tensor(t).reshape(-1)
         beta, alpha, ab, ab_prev = (v[:, None] for v in (s.beta[t], s.alpha[t], s.alpha_bar[t], s.alpha_bar[t - 1]))
         mean_q = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * xt
         var_q = (1 - ab_prev) / (1 - ab) * beta
@@ -1006,7 +1030,7 @@ def test_denoising_term_names_its_mistakes_and_its_closed_forms_bite(capsys):
     assert_fails(capsys, check, lambda *a: answer(*a, divide="alpha_bar"), "not √ᾱ_t")
     assert_fails(capsys, check, lambda *a: answer(*a, factor=2.0), "should reduce to")
     assert_fails(capsys, check, lambda *a: answer(*a, mean_var="q"), "should grow by λ_t")
-    wrong_at_T = lambda s, x0, xt, e, t: denoising()(s, x0, xt, e, t) * (1 + 0.1 * (t == s.T).to(x0.dtype))
+    wrong_at_T = lambda s, x0, xt, e, t: denoising()(s, x0, xt, e, t) * (1 + 0.1 * (torch.as_tensor(t) == s.T).to(x0.dtype))
     assert_fails(capsys, check, wrong_at_T, "only at t = T")
 
 

@@ -11,7 +11,8 @@ from ..forward import q_sample
 from ..indexing import gather
 from ..schedules import make_schedule
 from ..toy_model import ToyEpsModel
-from .grading import Mistake, N_CASES, _generator, _grade, _same, _tensor, _timesteps, _verdict, f64
+from .grading import (Mistake, N_CASES, _generator, _grade, _one_step_per_sample, _same, _tensor, _timesteps, _verdict,
+                      f64)
 
 
 def _kl(m1, v1, m2, v2, half=0.5, minus=1.0, power=1):
@@ -69,7 +70,7 @@ def _denoise(s, x0, xt, eps_pred, t, var="beta", prev=1, sqrt_mu=True, divide="a
 
 def check_denoising_term(fn, seed=None) -> bool:
     """Exercise 4.2: ``fn(s, x0, xt, eps_pred, t)`` → L_{t−1} = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t))
-    with σ_t² = β_t, summed over D: (B,). x0, xt, eps_pred (B, D); t ≥ 2 of shape (B,)."""
+    with σ_t² = β_t, summed over D: (B,). x0, xt, eps_pred (B, D); t ≥ 2, a long tensor (B,) or an int."""
     g = _generator(seed)
     cases = []
     for k in range(N_CASES):
@@ -109,7 +110,7 @@ def check_denoising_term(fn, seed=None) -> bool:
                   [closed_forms], f"matches dl.denoising_term on {N_CASES} random batches (t = 2…T), and equals "
                   "λ_t·‖ε − ε_θ‖² plus the variance mismatch (eq. 12)",
                   shape_note=" (one value per row: sum over D)",
-                  timesteps=lambda s, x0, xt, e, t: (t, s.T))
+                  timesteps=lambda s, x0, xt, e, t: (t, s.T), requirements=[lambda fn: _one_step_per_sample(fn, cases[0], 4)])
 
 
 def _step(model, opt, s, x0, generator, draw="t_first", target="eps", reduce="mean", zero_grad=True, step=True,

@@ -69,6 +69,9 @@ def check_gan_losses(fn, seed=None) -> bool:
                 "logits are high and fake ones low", lambda r, f: F.softplus(r).mean() + F.softplus(-f).mean(), 0),
         Mistake("the losses are means over the batch, not sums",
                 lambda r, f: F.softplus(-r).sum() + F.softplus(f).sum(), 0),
+        Mistake("D's loss here is the sum of the two terms, E softplus(−D(real)) + E softplus(D(fake)), not their "
+                "average (some codes halve it; the check follows the course's d_loss)",
+                lambda r, f: 0.5 * (F.softplus(-r).mean() + F.softplus(f).mean()), 0),
         Mistake("the losses are means over the batch, not sums", lambda r, f: F.softplus(-f).sum(), 1),
     ]
     def confident_discriminator(fn):                 # logits of a D that is sure: e^800 overflows float64

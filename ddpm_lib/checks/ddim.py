@@ -40,6 +40,8 @@ def check_ddim_sigma(fn, seed=None) -> bool:
         Mistake("the second factor needs its square root too: √(1 − ᾱ_t/ᾱ_{t'})", lambda *a: _sigma(*a, inner=False)),
         Mistake("1 − α_t is right only for neighbouring steps; for a jump t → t' use 1 − ᾱ_t/ᾱ_{t'}",
                 lambda *a: _sigma(*a, ratio="alpha")),
+        Mistake("that is σ², the variance of the step's noise; return σ itself, the factor that multiplies the "
+                "noise", lambda *a: _sigma(*a) ** 2),
     ]
 
     def ddpm_limit(fn):        # η = 1 and t' = t − 1: σ² is DDPM's posterior variance β̃_t

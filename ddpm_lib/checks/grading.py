@@ -78,7 +78,7 @@ def _try(fn, args):
 
 
 def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), properties=(), passed="",
-           tol=((1e-5, 1e-7),), broadcast=(), shape_note="", timesteps=None, requirements=()) -> bool:
+           tol=((1e-9, 1e-11),), broadcast=(), shape_note="", timesteps=None, requirements=()) -> bool:
     """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict. ``requirements`` are
     checked like ``properties`` but only for right values (they never explain a wrong one)."""
     n = len(labels)
@@ -110,9 +110,11 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
     for k in wrong:
         hint = next((m.hint for m in mistakes if m.part == k and all(
             _same(o[k], _try(m.fn, args), tol[k], k in broadcast) for o, args in zip(outs, cases))), None)
-        if hint is None:
-            hint = _precision(outs, refs, k) or next(filter(None, (prop(fn) for prop in properties)), None) \
-                or _where(outs, refs, cases, k, timesteps)
+        if hint is None:                 # no known mistake: where the values differ, and a simpler test that fails
+            hint = _precision(outs, refs, k)
+            if hint is None:
+                clue = next(filter(None, (prop(fn) for prop in properties)), None)
+                hint = _where(outs, refs, cases, k, timesteps) + (f". A simpler test fails too: {clue}" if clue else "")
         hints.append(hint if n == 1 else f"{labels[k]}: {hint}")
     return _verdict(name, False, "; ".join(hints))
 
@@ -140,9 +142,9 @@ def _precision(outs, refs, k):
     if rel < 1e-2 and (low or rounding):
         got = f"your result is {', '.join(sorted(low))}; " if low else ""
         return (f"close to the library's answer but not equal (largest relative error {rel:.2g}): {got}the check "
-                "passes float64 tensors and a float64 schedule, so keep every step in float64 (.float(), "
-                "torch.tensor(a Python float) and .to(torch.float32) drop to float32, whose rounding is this "
-                "size near t = 1)")
+                "passes float64 tensors (and a float64 schedule, where there is one), so keep every step in float64 "
+                "(.float(), torch.tensor(a Python float) and .to(torch.float32) drop to float32, whose rounding "
+                "gives errors of this size)")
 
 
 def _where(outs, refs, cases, k, timesteps):

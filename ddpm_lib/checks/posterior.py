@@ -37,7 +37,8 @@ def check_q_posterior(fn, seed=None) -> bool:
                 lambda s, x0, xt, t: _posterior_mean(s, x0, xt, t, sqrt_alpha=False)),
         Mistake("the coefficients of x_0 and x_t are swapped",
                 lambda s, x0, xt, t: _posterior_mean(s, x0, xt, t, swap=True)),
-        Mistake("you returned β_t, the forward step's variance; the posterior's is "
+        Mistake("you returned β_t: either ᾱ_t stands where ᾱ_{t−1} belongs (off by one in t: s.alpha_bar[t - 1]; "
+                "the ratio is then 1), or you took the forward step's variance; the posterior's is "
                 "β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t",
                 lambda s, x0, xt, t: at("beta", s, x0, t), part=1),
         Mistake("the ratio is upside down: β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t",
@@ -56,7 +57,8 @@ def check_q_posterior(fn, seed=None) -> bool:
         mean = var * (alpha.sqrt() / beta * xt + ab_prev.sqrt() / (1 - ab_prev) * x0)
         got_mean, got_var = fn(s, x0, xt, t)
         if not (_same(got_mean, mean, (1e-6, 1e-9)) and _same(got_var, var.expand_as(x0), (1e-6, 1e-12), True)):
-            return "disagrees with completing the square (precisions add: 1/β̃_t = α_t/β_t + 1/(1 − ᾱ_{t−1}))"
+            return ("the completed square disagrees with it (precisions add: 1/β̃_t = α_t/β_t + "
+                    "1/(1 − ᾱ_{t−1}))")
 
     reference = lambda s, x0, xt, t: (q_posterior(s, x0, xt, t)[0], q_posterior(s, x0, xt, t)[1].expand_as(x0))
     return _grade("q_posterior", fn, cases, reference, mistakes, ("the mean", "the variance"), [completed_square],

@@ -7,7 +7,8 @@ from ..forward import q_sample
 from ..indexing import gather
 from ..sampling import ddpm_step
 from ..schedules import make_schedule
-from .grading import Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _same, _timesteps, f64
+from .grading import (Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _one_step_per_sample, _same,
+                      _timesteps, f64)
 
 
 def _ema(ema, theta, decay):
@@ -63,7 +64,7 @@ def _step(s, xt, eps_pred, t, z, denom="alpha_bar", root=True, sigma="beta", zer
 def check_ancestral_step(fn, seed=None) -> bool:
     """Exercise 6.2: ``fn(s, xt, eps_pred, t, z)`` → one step of Algorithm 2 with σ_t² = β_t:
     x_{t−1} = (x_t − β_t/√(1 − ᾱ_t)·ε_θ)/√α_t + σ_t·z, and no noise where t = 1.
-    xt, eps_pred, z: (B, C, H, W); t: long tensor (B,) in 1..T."""
+    xt, eps_pred, z: (B, C, H, W); t: long tensor (B,) in 1..T, or an int."""
     g = _generator(seed)
     cases = []
     for k in range(N_CASES):
@@ -89,4 +90,5 @@ def check_ancestral_step(fn, seed=None) -> bool:
     return _grade("ancestral_step", fn, cases, reference, mistakes, ("x_{t-1}",), (),
                   f"matches dl.ddpm_step(…, var='beta') on {N_CASES} random batches, t = 1 and t = T included, "
                   "and float32 stays float32",
-                  timesteps=lambda s, xt, e, t, z: (t, s.T), requirements=[lambda fn: _keeps_dtype(fn, cases[0])])
+                  timesteps=lambda s, xt, e, t, z: (t, s.T),
+                  requirements=[lambda fn: _keeps_dtype(fn, cases[0]), lambda fn: _one_step_per_sample(fn, cases[0], 3)])
