@@ -615,6 +615,24 @@ def test_answers_that_turn_float32_into_float64_are_told_to_cast(check, answer, 
     assert_fails(capsys, check, in_float64(answer), "given float32 inputs the result is torch.float64")
 
 
+def test_float32_arithmetic_fails_on_every_seed_with_the_precision_hint(capsys):
+    """A guided ε whose √(1 − ᾱ_t) went through float32 (``.float()``), and a KL computed in float32 and cast back:
+    right up to rounding, so each fails on all of ten seeds with the hint to keep float64. Catches: tolerances
+    loose enough that the verdict depends on the draw (8.1 passed 99 seeds in 100 at rtol 1e-5)."""
+    def guided_f32(s, eps, t, grad, scale):
+        t = torch.as_tensor(t)
+        return eps - (1 - s.alpha_bar[t]).float().sqrt().view(-1, 1, 1, 1).to(eps.dtype) * scale * grad
+
+    def kl_f32(m1, v1, m2, v2):
+        m1, v1, m2, v2 = (x.float() for x in (m1, v1, m2, v2))
+        return (0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)).sum(1).double()
+
+    for check, answer in ((checks.check_guided_eps, guided_f32), (checks.check_gaussian_kl, kl_f32)):
+        for seed in range(10):
+            ok, out = verdict(capsys, check, answer, seed)
+            assert ok is False and "close to the library's answer but not equal" in out and "float64" in out, out
+
+
 def test_check_guided_eps_takes_an_int_t_as_its_docstring_allows(capsys):
     """8.1's t may be a long tensor (B,) or an int: an answer that indexes a batch axis of s.alpha_bar[t] fails on
     an int t. Catches: grading on tensors t alone, which passed it."""
