@@ -463,12 +463,13 @@ def test_an_infinite_answer_is_called_so(capsys):
 
 
 def test_a_broadcast_output_of_the_wrong_shape_names_the_short_shape(capsys):
-    """q_posterior's variance may be (B, 1, 1, 1) as the exercise says; returned flat, the message offers that
-    shape too. Catches: a message that asks for the full image shape only."""
+    """q_posterior's variance may be (B, 1, 1, 1) as the exercise says; returned flat, the message asks for that
+    shape first, the data's shape second. Catches: a message that asks for the full image shape only, or first."""
     def flat_variance(s, x0, xt, t):
         mean, var = dl.q_posterior(s, x0, xt, t)
         return mean, var.flatten()
-    assert_fails(capsys, checks.check_q_posterior, flat_variance, "has shape (6,)", "such as (6, 1, 1, 1)")
+    assert_fails(capsys, checks.check_q_posterior, flat_variance, "has shape (6,) but should have shape (6, 1, 1, 1) "
+                 "(or the data's (6, ")
 
 
 # --------------------------------------------------------------------------- notebook 06

@@ -95,10 +95,12 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
                 return _verdict(name, False, f"{labels[k]} is a {kind}; return a tensor or a number")
             shape, want = tuple(_tensor(o[k]).shape), tuple(_tensor(r[k]).shape)
             if not _shape_ok(shape, want, k in broadcast):
-                least = f" (or one that broadcasts to it, such as {want[:1] + (1,) * (len(want) - 1)})" \
-                    if k in broadcast and len(want) > 1 else ""
-                return _verdict(name, False, f"{labels[k]} has shape {shape} but should have shape {want}"
-                                             f"{least}{shape_note}")
+                if k in broadcast and len(want) > 1:     # one value per sample, shaped to broadcast, comes first
+                    should = f"{want[:1] + (1,) * (len(want) - 1)} (or the data's {want})"
+                else:
+                    should = f"{want}"
+                return _verdict(name, False, f"{labels[k]} has shape {shape} but should have shape {should}"
+                                             f"{shape_note}")
     wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
     if not wrong:
         for prop in (*properties, *requirements):
