@@ -379,3 +379,41 @@ def test_bound_tightens_as_T_grows():
                      - (0.5 * math.log(2 * math.pi * v) + ((MU - m) ** 2 + SD ** 2) / (2 * v)))
     assert gaps[0] - gaps[1] > 4 * math.hypot(*ses), (gaps, ses)
     assert exact[0] > exact[1] > 0, exact
+
+
+def exact_log_normal_mass(a: float, b: float) -> float:
+    """log(Φ(b) − Φ(a)) with 400-digit arithmetic (mpmath), Φ(z) = ½ erfc(−z/√2): enough digits to hold
+    Φ(40) − Φ(39) ≈ 1e-333 as the difference of two numbers next to 1."""
+    import mpmath
+    with mpmath.workdps(400):
+        phi = lambda z: mpmath.erfc(-mpmath.mpf(z) / mpmath.sqrt(2)) / 2        # noqa: E731
+        return float(mpmath.log(phi(b) - phi(a)))
+
+
+@pytest.mark.parametrize("a, b", [(-6.3, math.inf), (-math.inf, 6.3), (-8.0, 8.0), (-5.0, 40.0), (2.0, 2.01),
+                                  (5.0, 6.0), (-6.0, -5.0), (-40.0, -39.0), (39.0, 40.0), (-0.5, 0.25)])
+def test_log_normal_mass_is_exact_to_relative_precision(a, b):
+    """log(Φ(b) − Φ(a)) to 1e-12 relative, against 400-digit arithmetic, where a plain formula loses digits:
+    almost all the mass (log p ≈ −1.5e-10 for (−6.3, ∞), which log(1 − Φ(a)/Φ(b)) = log(−expm1(r)) rounds to
+    a multiple of 1e-16, 1e-6 off), both tails out to 40σ, and an ordinary interval. Catches: log(−expm1(r))
+    used for r well below −log 2 (a switch at r = −30, say, or the two formulas swapped), and log Φ taken as
+    log(ndtr) (−inf 40σ out)."""
+    from ddpm_lib.elbo import log_normal_mass
+    got = log_normal_mass(torch.tensor([a], dtype=F64), torch.tensor([b], dtype=F64))
+    assert got.dtype == F64
+    assert got.item() == pytest.approx(exact_log_normal_mass(a, b), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("end", [1.0, -1.0])
+def test_data_a_rounding_error_from_an_end_level_is_scored_as_that_level(end):
+    """The end levels own everything beyond ±(1 − δ), so a pixel that arithmetic left 1e-7 inside or outside ±1
+    (allowed up to 1e-6 outside) still gets its end level's open tail: log(1 − Φ((x − δ − μ)/σ)) near +1 and
+    log Φ((x + δ − μ)/σ) near −1 (scipy). Catches: the tail given only to x ≥ 1 (or x ≤ −1) exactly, which
+    scores 1 − 1e-7 as an ordinary bin of width 2δ and drops the 22 % of mass above it; the range check
+    refusing 1 + 1e-7."""
+    mean, sd, delta = 0.7 * end, 0.4, 1 / 255
+    x = [end, end * (1 - 1e-7), end * (1 + 1e-7)]
+    tail = [stats.norm.logsf(v - delta, mean, sd) if end > 0 else stats.norm.logcdf(v + delta, mean, sd) for v in x]
+    x0 = torch.tensor(x, dtype=F64)
+    logp = dl.discretized_gaussian_log_likelihood(x0, torch.full_like(x0, mean), torch.full_like(x0, sd ** 2))
+    torch.testing.assert_close(logp, torch.tensor(tail, dtype=F64), rtol=1e-12, atol=0)

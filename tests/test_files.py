@@ -120,3 +120,87 @@ def test_the_card_holds_the_sha256_of_the_files_bytes_and_a_required_card_must_e
     assert check_card(path) is None
     with pytest.raises(ValueError, match="no card"):
         check_card(path, required=True)
+
+
+def test_the_bytes_are_flushed_to_the_temporary_file_before_its_fsync(tmp_path, monkeypatch):
+    """fsync makes durable what the operating system holds; bytes still in Python's write buffer are not there
+    yet. Recorded by wrapping os.fsync: at the fsync of the temporary file its size on disk is already the size
+    of the finished file. Catches: ``f.flush()`` dropped (a small card stays in the buffer, the fsync syncs an
+    empty file, and after a power cut the renamed card can be empty)."""
+    import os
+    import stat
+    sizes, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            sizes.append(info.st_size)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = files.write_json({"step": 12, "loss": 0.25}, tmp_path / "card.json")
+    assert sizes == [path.stat().st_size] and sizes[0] > 0
+
+
+def test_a_folder_given_as_the_output_names_a_file_with_the_first_suffix(tmp_path):
+    """The whole message for a folder: the name, and an example file in it with the first allowed suffix.
+    Catches: an example with another suffix than the first (``out.pt`` offered where ``.png`` comes first)."""
+    with pytest.raises(ValueError) as err:
+        prepare_output(tmp_path, (".png", ".pt"))
+    assert str(err.value) == f"--out {tmp_path} is a folder: name a file in it, e.g. {tmp_path / 'out.png'}"
+
+
+def test_a_card_is_refused_wherever_its_weights_file_is_expected(tmp_path):
+    """A card (``.json``, in any case) named where the weights file belongs is refused by name, with the file
+    to pass, by refuse_a_card (the message starts with the path when no flag named it), by check_card and by
+    read_tagged_file. Catches: ``W.JSON`` let through; a message starting with a space; check_card comparing
+    the card with its own sha256 ("does not match … the file is damaged", blaming an intact file);
+    read_tagged_file handing the JSON to torch.load ("truncated, damaged or not a PyTorch file")."""
+    from pathlib import Path
+    upper = Path("w.JSON")
+    with pytest.raises(ValueError) as err:
+        files.refuse_a_card(upper)
+    assert str(err.value) == "w.JSON is a JSON card: pass the file it describes, w.pt"
+    with pytest.raises(ValueError, match=r"^--classifier w\.JSON is a JSON card"):
+        files.refuse_a_card(upper, "--classifier")
+    path = tmp_path / "w.pt"
+    save_with_card({"format": checkpoint.FORMAT, "x": torch.zeros(2)}, path, {"step": 1})
+    card = path.with_suffix(".json")
+    with pytest.raises(ValueError, match=f"^{card} is a JSON card: pass the file it describes, {path}$"):
+        check_card(card)
+    with pytest.raises(ValueError, match=f"^{card} is a JSON card: pass the file it describes, {path}$"):
+        files.read_tagged_file(card, checkpoint.FORMAT, "checkpoint")
+
+
+def test_the_card_names_its_file_by_name_alone_and_is_what_was_written(tmp_path):
+    """The card beside ``runs/x/w.pt`` says ``"file": "w.pt"`` (a shipped card holds no machine's folders,
+    and stays true when the pair is moved), and the card returned is the card on disk. Catches: the full
+    path recorded, or a returned card that differs from the one written."""
+    import json
+    path = tmp_path / "sub" / "w.pt"
+    card = save_with_card({"x": torch.arange(3.0)}, path, {"step": 4, "data": "mnist-5k"})
+    assert card["file"] == "w.pt" and card["step"] == 4 and card["data"] == "mnist-5k"
+    assert json.loads(path.with_suffix(".json").read_text()) == card
+
+
+def test_a_required_card_of_a_missing_file_is_left_to_the_loader(tmp_path):
+    """check_card(required=True) when the weights file itself is missing returns None, so the loader reports
+    the missing file. Catches: "w.pt has no card w.json to check its sha256 against" for a file that is not
+    there at all (the user looks for a card, not for the file)."""
+    assert check_card(tmp_path / "w.pt", required=True) is None
+    save_with_card({"x": torch.zeros(1)}, tmp_path / "w.pt", {})
+    (tmp_path / "w.pt").unlink()
+    assert check_card(tmp_path / "w.pt", required=True) is None
+
+
+def test_a_missing_file_or_a_folder_is_not_found_named_by_its_kind(tmp_path):
+    """read_tagged_file of a path that is no file: FileNotFoundError "no checkpoint file at …", and for a kind
+    named "… file" no doubled word ("no weights file at …"); a folder is no file either. Catches: "no weights
+    file file at", and a folder handed to torch.load (reported as a damaged PyTorch file)."""
+    with pytest.raises(FileNotFoundError, match=f"^no checkpoint file at {tmp_path / 'none.pt'}$"):
+        files.read_tagged_file(tmp_path / "none.pt", checkpoint.FORMAT, "checkpoint")
+    with pytest.raises(FileNotFoundError, match=f"^no weights file at {tmp_path / 'none.pt'}$"):
+        files.read_tagged_file(tmp_path / "none.pt", checkpoint.FORMAT, "weights file")
+    (tmp_path / "run.pt").mkdir()
+    with pytest.raises(FileNotFoundError, match="^no checkpoint file at"):
+        files.read_tagged_file(tmp_path / "run.pt", checkpoint.FORMAT, "checkpoint")

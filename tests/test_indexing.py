@@ -122,3 +122,25 @@ def test_a_numpy_integer_t_is_refused_with_the_conversion():
         dl.check_t(s, np.int64(3))
     with pytest.raises(ValueError, match=r"got list$"):
         dl.check_t(s, [3])
+
+
+def test_the_range_check_on_the_device_is_1_to_T(monkeypatch):
+    """Inside torch.compile (and on a GPU) check_t checks 1 <= t <= T with torch._assert_async instead of
+    reading t back; on a CPU tensor that assert fires at once, so the device-side check is tested here by
+    making check_t believe it is being compiled. Catches: a device-side range of 0..T or 1..T+1 (t = 0 would
+    read the clean-data pad of every schedule, t = T + 1 past its end), and the check left out."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    s = dl.make_schedule("cosine", T=T)
+    assert dl.check_t(s, torch.tensor([1, T, 7]), batch=3) is None
+    for bad in ([0, 5, 7], [1, T + 1, 7], [-3, 2, 2]):
+        with pytest.raises(RuntimeError, match=r"t must lie in 1\.\.T = 1\.\.20"):
+            dl.check_t(s, torch.tensor(bad), batch=3)
+    with pytest.raises(ValueError, match="t has 2 timesteps"):           # the host checks still come first
+        dl.check_t(s, torch.tensor([1, 2]), batch=3)
+
+
+def test_a_complex_t_is_refused_by_its_dtype():
+    """Catches: a complex tensor of timesteps let through the dtype check to fail in ``t.min()`` with torch's
+    "min is not supported for complex" (or to index a schedule by its real part)."""
+    with pytest.raises(ValueError, match=r"^t must hold integer timesteps 1\.\.20, got a torch.complex64 tensor$"):
+        dl.check_t(dl.make_schedule("cosine", T=T), torch.tensor([1, 2], dtype=torch.complex64))

@@ -167,3 +167,51 @@ def test_metrics_are_cut_back_by_replacing_the_file_and_a_missing_file_is_left_m
     assert (tmp_path / "before.jsonl").read_text() == text
     run_folder.keep_metrics_up_to(tmp_path / "none.jsonl", 1)
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_stop_agreement_returns_the_agreed_flag_of_the_call_before(monkeypatch):
+    """StopAgreement's protocol, with torch.distributed replaced by a stand-in for the other rank: a gloo group
+    is made once (world > 1), each call starts an asynchronous all-reduce of this rank's flag on that group
+    and returns the agreed flag of the call before, read after waiting for it (the stand-in reduces with the
+    op it is given, and lands the other rank's flag only in ``wait``); ``finish`` waits for the last one. With
+    one process no group is made and the flag comes back as it is. Catches: a group only from 3 processes on,
+    the default backend (NCCL on a GPU run, which cannot reduce this CPU tensor) or the global group, the
+    rank's own flag returned instead of the agreed one, the flag read without waiting, a synchronous
+    all-reduce, MIN for MAX (one rank's signal ignored), the last all-reduce left running."""
+    import torch.distributed as dist
+    made, started = [], []
+
+    reduce = {dist.ReduceOp.MAX: max, dist.ReduceOp.MIN: min, dist.ReduceOp.SUM: lambda a, b: a + b}
+
+    class Work:
+        def __init__(self, tensor, op, theirs):
+            self.tensor, self.op, self.theirs, self.waited = tensor, op, theirs, False
+
+        def wait(self):
+            self.tensor.fill_(reduce[self.op](float(self.tensor.item()), self.theirs))
+            self.waited = True
+
+    def new_group(**kwargs):
+        made.append(kwargs)
+        return "the gloo group"
+
+    def all_reduce(tensor, op=None, group=None, async_op=False):
+        assert (group, async_op) == ("the gloo group", True) and tensor.shape == ()
+        started.append(Work(tensor, op, theirs.pop(0)))
+        return started[-1]
+
+    monkeypatch.setattr(run_folder.dist, "new_group", new_group)
+    monkeypatch.setattr(run_folder.dist, "all_reduce", all_reduce)
+    alone = run_folder.StopAgreement(world=1)
+    assert made == [] and alone(True) is True and alone(False) is False and started == []
+    alone.finish()
+
+    agree = run_folder.StopAgreement(world=2)
+    assert made == [{"backend": "gloo"}]
+    theirs = [0.0, 1.0, 0.0, 0.0, 0.0]                      # the other rank is asked to stop at call 1
+    mine = [False, False, False, True, False]               # this one at call 3
+    assert [agree(flag) for flag in mine] == [False, False, True, False, True]
+    assert all(work.waited for work in started[:-1]) and not started[-1].waited
+    agree.finish()
+    assert started[-1].waited and len(started) == 5
+    agree.finish()                                          # nothing left to wait for

@@ -110,3 +110,39 @@ def test_swiss_roll_spiral():
     torch.testing.assert_close(torch.cos(polar - theta), torch.ones(n, dtype=F64), rtol=0, atol=1e-9)
     noisy = dl.swiss_roll(n, gen(7))                           # same θ draws, plus N(0, 0.05²) noise
     assert abs((noisy - x).std().item() - 0.05) < 0.002
+
+
+def test_eight_gaussians_is_eight_components_of_std_0_1_on_the_circle_of_radius_2():
+    """make_toy("eight_gaussians"): label j ∈ 0..7 is drawn uniformly and its point is N(2(cos 2πj/8,
+    sin 2πj/8), 0.1² I), checked against those formulas written out: each component's residual has mean 0
+    and standard deviation 0.1 in both coordinates, to 5 standard errors. Catches: a default radius, std or
+    number of components other than the documented 2, 0.1 and 8 (the set every toy lecture shows), and
+    make_toy passing other parameters than the defaults."""
+    n, k = 16_000, 8
+    x, y = dl.make_toy("eight_gaussians", n, gen(11))
+    assert int(y.min()) == 0 and int(y.max()) == k - 1
+    counts = torch.bincount(y, minlength=k).double()
+    assert ((counts - n / k).abs() < 5 * math.sqrt(n * (1 / k) * (1 - 1 / k))).all()
+    angle = 2 * math.pi * y.double() / k
+    residual = x - 2.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    for j in range(k):
+        r = residual[y == j]
+        assert (r.mean(0).abs() < 5 * 0.1 / math.sqrt(len(r))).all(), j
+    assert abs(residual.std().item() - 0.1) < 5 * 0.1 / math.sqrt(2 * residual.numel())
+
+
+@pytest.mark.parametrize("data, words", [
+    (torch.zeros(4, 2, 1, dtype=F64), r"\(N, D\) points with N >= 1 .*got shape \(4, 2, 1\)"),
+    (torch.zeros(0, 2, dtype=F64), r"got shape \(0, 2\)"),
+    (torch.tensor([[0.0, 1.0], [2.0, math.nan], [1.0, 1.0]], dtype=F64), "NaN or infinite"),
+    (torch.tensor([[0.0, 1.0], [2.0, 3.0], [-math.inf, 1.0]], dtype=F64), "NaN or infinite")])
+def test_check_points_refuses_what_is_not_a_finite_cloud_of_points(data, words):
+    """check_points (the toy trainers' guard) refuses images or any array of more than two dimensions, no points,
+    and a single NaN or ±∞ among finite points, and takes one point in one dimension. Catches: ``ndim < 2`` for
+    ``ndim != 2`` (a (B, C, H, W) batch taken as points), ``isfinite(...).any()`` for ``.all()`` (one bad value
+    among good ones let through to a NaN loss)."""
+    from ddpm_lib.toy_data import check_points
+    with pytest.raises(ValueError, match=words):
+        check_points(data)
+    assert check_points(torch.zeros(1, 1, dtype=F64)) is None
+    assert check_points(torch.randn(5, 3, dtype=torch.float32)) is None

@@ -753,3 +753,58 @@ def test_a_sample_grid_that_fails_leaves_the_checkpoint_of_its_step(tmp_path, mo
     with pytest.raises(RuntimeError, match="simulated"):
         train(toy_config(tmp_path, "run", sample_every=4))
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_00000004.pt"]
+
+
+@pytest.mark.parametrize("name", ["toy_n", "T", "steps", "batch_size", "log_every", "n_samples", "save_every", "keep"])
+def test_every_count_setting_must_be_at_least_1(name):
+    """Each count of TrainConfig is refused below 1 in one line naming it and the value given, and 1 is taken.
+    Catches: a count left out of the check (toy_n = 0 draws no points, keep = 0 deletes every checkpoint,
+    n_samples = 0 makes an empty grid), and a message that reports another value than the one given."""
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=f"^{name} must be at least 1, got {bad}$"):
+            TrainConfig(**{name: bad})
+    assert getattr(TrainConfig(**{name: 1}), name) == 1
+
+
+def test_num_classes_is_a_whole_number_and_p_uncond_may_be_0():
+    """num_classes is an int ≥ 0 (True and 2.0 are refused, not read as 1 and 2 classes), a toy set takes no
+    class at all (not even 1), and p_uncond = 0 (never drop a label: a purely conditional model) is allowed.
+    Catches: a bool taken for an int, ``num_classes > 1`` as the toy test, ``0 < p_uncond`` for ``0 <= p_uncond``."""
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match=f"^num_classes must be 0 .*got {bad!r}$"):
+            TrainConfig(num_classes=bad)
+    with pytest.raises(ValueError, match="takes no labels"):
+        TrainConfig(data="two_moons", num_classes=1)
+    assert TrainConfig(num_classes=10, p_uncond=0.0).p_uncond == 0.0
+
+
+@pytest.mark.parametrize("changes, unused", [({}, ("toy_n", "p_uncond")),
+                                             ({"num_classes": 10}, ("toy_n",)),
+                                             ({"data": "two_moons"}, ("preset", "p_uncond")),
+                                             ({"data": "cifar10", "num_classes": 10}, ("toy_n",))])
+def test_unused_settings_are_the_ones_the_run_never_reads(changes, unused):
+    """An image run never reads toy_n, a toy run never reads the U-Net preset, an unconditional run never
+    reads p_uncond; a resume may change exactly these. Catches: toy_n missing for image sets (a resumed
+    image run refused over the number of toy points), p_uncond listed for a class-conditional run."""
+    assert train_module.unused_settings(TrainConfig(**changes)) == unused
+
+
+def test_the_defaults_are_the_papers_settings():
+    """Unset, a run trains the DDPM paper's model (Ho et al. 2020): T = 1000 steps of the linear schedule,
+    gradients clipped to norm 1, Adam without weight decay, θ_ema with decay 0.9999; and with labels, the
+    classifier-free guidance paper's label dropout p_uncond = 0.1 (Ho & Salimans 2022).
+    Catches: a changed default that silently changes every run and every shipped command's meaning."""
+    config = TrainConfig()
+    assert (config.T, config.schedule, config.grad_clip, config.weight_decay, config.ema_decay, config.p_uncond) \
+        == (1000, "linear", 1.0, 0.0, 0.9999, 0.1)
+
+
+def test_an_ema_copy_of_another_network_is_refused_by_its_parameter_count():
+    """update_ema on an EMA copy made of another network (a checkpoint's θ_ema loaded beside a different
+    model) is refused with a ValueError naming both counts, and leaves the copy untouched. Catches: the count
+    check dropped, leaving torch's "Tensor lists must have the same number of tensors" RuntimeError."""
+    ema = make_ema_model(nn.Linear(3, 2))
+    before = [p.clone() for p in ema.parameters()]
+    with pytest.raises(ValueError, match="^the EMA copy has 2 parameters but the model has 1$"):
+        update_ema(ema, nn.Linear(3, 2, bias=False), 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.parameters()))
