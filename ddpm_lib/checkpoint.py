@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import read_tagged_file, refuse_a_card, save_atomic
+from .files import check_checksums, read_tagged_file, refuse_a_card, save_atomic
 from .schedules import make_schedule
 from .unet import PRESETS, UNet
 
@@ -77,7 +77,9 @@ def checkpoint_to_resume(out_dir: str | Path, resume: bool, kind: str) -> Path |
             raise FileNotFoundError(f"--resume: no checkpoint (ckpt_*.pt) in {out_dir} to continue from")
         return None
     try:
-        ckpt = load_checkpoint(found, mmap=True)                            # weights unread
+        ckpt = load_checkpoint(found, mmap=True)                            # weights unread, but
+        if resume:                                                          # checked (whole file, ~0.1 s)
+            check_checksums(found, "checkpoint")
     except RuntimeError as exc:                          # damaged: an older checkpoint may still be whole
         older = list_checkpoints(out_dir)[:-1]
         if not older:

@@ -91,8 +91,8 @@ def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
     p.add_argument("--keep", type=int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--device", default=d.device, help="cuda, cuda:1, cpu, … (None: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir with "
-                   "the run's settings, but not its device (--device, else this machine's GPU when there is one); "
-                   "only steps, logging, grids, saving and device may be given anew")
+                   "the run's settings (its device too, when this machine has one); only steps, logging, grids, saving "
+                   "and device may be given anew")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bar")
 
@@ -100,8 +100,8 @@ def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
 def config_from_args(config_class, args: argparse.Namespace, argv: list[str], kind: str):
     """The ``config_class`` (``TrainConfig`` or ``DDGANConfig``) of a training command of runs of ``kind``
     (``"diffusion"`` or ``"ddgan"``: a folder of the other kind is refused, naming its command). With ``--resume``
-    every setting not on the command line ``argv`` (the progress bar and the device aside: the device is
-    the machine's, --device or the GPU when there is one) takes the resumed run's value,
+    every setting not on the command line ``argv`` (the progress bar aside) takes the resumed run's value
+    (a device this machine lacks: this machine's default, said in one line),
     not the flag's default, so ``train --out-dir D --steps N --resume`` continues the run as it was set
     up; a flag that contradicts the run is refused by the trainer (``checkpoint.check_same_run``). The
     training parsers set ``allow_abbrev=False``, so every flag on ``argv`` is spelled out as ``--name``."""
@@ -117,8 +117,15 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str], ki
             raise
         saved = load_checkpoint(found, mmap=True)["config"]                           # weights unread
         kept = {f.name: recorded_setting(saved, f) for f in fields(config_class)
-                if (f.name in saved or f.name in BEFORE_RECORDED)
-                and f.name not in given | {"resume", "progress", "device"}}       # the device is this machine's
+                if (f.name in saved or f.name in BEFORE_RECORDED) and f.name not in given | {"resume", "progress"}}
+        if kept.get("device") is not None:              # the run's --device: kept, if this machine has one
+            try:
+                pick_device(kept["device"])
+            except ValueError:
+                if int(os.environ.get("RANK", "0")) == 0:
+                    print(f"the run was trained with --device {kept['device']}, which this machine lacks: it "
+                          f"continues on {pick_device(None)} (give --device to choose)")
+                kept["device"] = None
         values.update(kept)
     return config_class(**values)
 
@@ -255,7 +262,7 @@ def stopped_line(args: argparse.Namespace, reason: str = "") -> str:
     (``reason``: the stop's own words, e.g. a trainer's second Ctrl-C)."""
     if args.command in ("train", "train-ddgan"):         # stopped before its first save, or by a second Ctrl-C
         kept = list_checkpoints(args.out_dir)
-        return (f"interrupted{' (' + reason + ')' if reason else ''}: {args.command} stopped without saving; " +
+        return (f"interrupted{' (' + reason + ')' if reason else ''}: {args.command} stopped; " +
                 (f"the latest checkpoint is {kept[-1]} (--resume continues from it)" if kept
                  else f"no checkpoint is in {args.out_dir} yet"))
     kept = kept_files(args.out) if args.command in ("evaluate", "trilemma", "evaluate-guidance") else []

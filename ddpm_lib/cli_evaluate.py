@@ -40,22 +40,22 @@ def add_evaluate_parser(commands) -> None:
                     f"command continues from them.",
         formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                                 help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
-    p.add_argument("--n", type=int, default=10_000, help="number of samples (a GPU's job; "
-                                 "on a CPU start with a few hundred)")
-    p.add_argument("--classifier", default=None, help="the MNIST classifier whose features "
-                                 "FID-MNIST uses (default: the course's data/mnist_classifier.pt)")
+                   help="a ckpt_*.pt file, a run folder (latest) or an exported weights file")
+    p.add_argument("--n", type=int, default=10_000,
+                   help="number of samples (a GPU's job; on a CPU start with a few hundred)")
+    p.add_argument("--classifier", default=None, help="the MNIST classifier whose features FID-MNIST uses "
+                   "(default: the course's data/mnist_classifier.pt)")
     p.add_argument("--batch-size", type=int, default=500, help="samples drawn (and classified) at once")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise")
     p.add_argument("--device", default=None, help="None: cuda when available")
     p.add_argument("--out", default="results.json", help="JSON file for the results")
     p.add_argument("--weights", default="ema", choices=("ema", "raw"),
-                                 help="θ_ema (what the course samples with) or a checkpoint's raw θ, to compare")
+                   help="θ_ema (what the course samples with) or a checkpoint's raw θ, to compare")
     p.add_argument("--bf16", action="store_true",
-                                 help="run the network in bf16 autocast while sampling (CUDA only; about 2× faster)")
+                   help="run the network in bf16 autocast while sampling (CUDA only; about 2× faster)")
     p.add_argument("--compile", action="store_true",
-                                 help="sample with the network compiled for the batch shape (a GPU replays it as a "
-                                      "CUDA graph; compiling takes a while first: worth it for many batches)")
+                   help="sample with the network compiled for the batch shape (a GPU replays it as a CUDA graph; "
+                        "compiling takes a while first: worth it for many batches)")
     add_sampler_arguments(p)
 
 

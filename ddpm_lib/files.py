@@ -141,10 +141,8 @@ def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location
         blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: torch raises several types
         raise RuntimeError(f"cannot read {what} {path}: {_unreadable_because(path, exc)}") from exc
-    damaged = damaged_member(path)
-    if damaged is not None:
-        raise RuntimeError(f"cannot read {what} {path}: the file is damaged (its part {damaged} no longer matches "
-                           f"the checksum written with it)")
+    if not mmap:                                          # a mapped read is a peek: whoever loads it checks
+        check_checksums(path, what)
     formats = fmt if isinstance(fmt, tuple) else (fmt,)
     found = blob.get("format") if isinstance(blob, dict) else None
     if found not in formats:
@@ -157,11 +155,23 @@ def read_tagged_file(path: str | Path, fmt: str | tuple, what: str, map_location
 def damaged_member(path: str | Path) -> str | None:
     """The first member of a ``torch.save`` archive whose bytes no longer match the CRC-32 written with them
     (bytes changed on disk or in a copy: torch.load reads them without looking), or None. A file written
-    without checksums (torch's ``serialization.config.save.compute_crc32 = False`` records 0) is not checked."""
-    with zipfile.ZipFile(path) as archive:
-        if any(info.CRC == 0 and info.file_size > 0 for info in archive.infolist()):
-            return None
-        return archive.testzip()
+    without checksums (torch's ``serialization.config.save.compute_crc32 = False`` records 0), or in the
+    legacy format (``_use_new_zipfile_serialization=False``: no zip archive), is not checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if any(info.CRC == 0 and info.file_size > 0 for info in archive.infolist()):
+                return None
+            return archive.testzip()
+    except (zipfile.BadZipFile, NotImplementedError):
+        return None
+
+
+def check_checksums(path: str | Path, what: str) -> None:
+    """A one-line ``RuntimeError`` when ``damaged_member`` finds a part of the file ``path`` (a ``what``) changed."""
+    damaged = damaged_member(path)
+    if damaged is not None:
+        raise RuntimeError(f"cannot read {what} {path}: the file is damaged (its part {damaged} no longer matches "
+                           f"the checksum written with it)")
 
 
 def _unreadable_because(path: Path, exc: Exception) -> str:

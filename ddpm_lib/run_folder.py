@@ -25,7 +25,7 @@ class RunLocked(RuntimeError):
 
 class Stopped(KeyboardInterrupt):
     """A trainer stopped by Ctrl-C or SIGTERM after saving a checkpoint, and has said so (the message names it).
-    A plain ``KeyboardInterrupt`` out of a trainer means that it stopped without saving."""
+    A plain ``KeyboardInterrupt`` out of a trainer means that it has not said what it kept."""
 
 
 @contextmanager

@@ -359,9 +359,9 @@ def _train(config: TrainConfig, device: torch.device, rank: int, world: int) -> 
                 try:
                     samples, nrow = training_samples(trainer, config, tuple(x0_data.shape[1:]), device, stop)
                     write_training_samples(samples, out_dir, step, nrow)
-                except GridDropped:                      # one process stops here; several agree at the next step
+                except GridDropped:                      # one process stops here; several agree a step or two later
                     tqdm.write(f"stop asked for: the sample grid of step {step} is not drawn")
-                    if world == 1:
+                    if world == 1 and not last:          # at the last step the run is complete: it just ends
                         stopping = True
                         if not saved_now:
                             check_finite()

@@ -139,6 +139,26 @@ def test_bytes_changed_inside_a_checkpoint_are_found_by_its_checksums(tmp_path):
     assert files.damaged_member(unchecked) is None and load_checkpoint(unchecked)["step"] == 2
 
 
+def test_a_file_in_torchs_legacy_format_loads_without_a_checksum_check(tmp_path):
+    """``torch.save(..., _use_new_zipfile_serialization=False)`` writes no zip archive, so there are no checksums
+    to compare: the file loads as before. A mapped read (a peek at the config) does not read the weights to check
+    them; the full load does. Catches: zipfile's BadZipFile escaping as a traceback (it is no RuntimeError or
+    ValueError, which the command line turns into one line); every peek reading a 600 MB file."""
+    from ddpm_lib import files
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"format": checkpoint.FORMAT, "step": 3}, legacy, _use_new_zipfile_serialization=False)
+    assert files.damaged_member(legacy) is None and load_checkpoint(legacy)["step"] == 3
+    path = save_checkpoint({"step": 1, "weights": torch.randn(100_000)}, tmp_path / "run", keep=1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert load_checkpoint(path, mmap=True)["step"] == 1
+    with pytest.raises(RuntimeError, match="the file is damaged"):
+        load_checkpoint(path)
+    with pytest.raises(RuntimeError, match="the file is damaged"):          # --resume checks what it peeks at
+        checkpoint.checkpoint_to_resume(tmp_path / "run", resume=True, kind="diffusion")
+
+
 def test_a_damaged_latest_checkpoint_on_resume_names_the_older_one_to_fall_back_on(tmp_path):
     """A run keeps steps 4 and 8 and the latest is cut short (a disk that filled up, a copy stopped midway):
     ``--resume`` says it is damaged and that moving it aside resumes from ckpt_00000004.pt, which it then

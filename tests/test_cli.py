@@ -1038,17 +1038,30 @@ def fake_resume(monkeypatch, saved: dict) -> list:
 
 @pytest.mark.parametrize("command, config_class, kind", [("train", dl.TrainConfig, "diffusion"),
                                                          ("train-ddgan", DDGANConfig, "ddgan")])
-def test_resume_takes_the_device_of_this_machine_not_the_runs(tmp_path, monkeypatch, command, config_class, kind):
-    """A run started with ``--device cuda`` and resumed without ``--device`` gets None (this machine's GPU when it
-    has one, else the CPU), and ``--device cpu`` on the resume wins; the run's other settings are kept. Catches:
-    the recorded 'cuda' carried over, which on a machine without a GPU says "leave device out…" to a user who
-    did; a run started on the CPU that stays there when resumed on a GPU machine."""
-    saved = dataclasses.asdict(config_class(data="two_moons", T=4, device="cuda", seed=7, out_dir=str(tmp_path)))
-    fake_resume(monkeypatch, saved)
-    for extra, device in (([], None), (["--device", "cpu"], "cpu")):
+def test_resume_keeps_the_runs_device_when_this_machine_has_it(tmp_path, monkeypatch, capsys, command, config_class,
+                                                               kind):
+    """A run started with ``--device cpu`` resumes on the CPU (bit for bit, no autocast switched on by a GPU);
+    one started with ``--device cuda`` on a machine without CUDA continues on this machine's default (None), in
+    one line saying so, printed by rank 0 only; ``--device`` on the resume wins; the run's other settings are
+    kept. Catches: the recorded 'cuda' refused with "leave device out…" to a user who did; an explicit
+    --device cpu (or cuda:1) dropped on resume, moving the run to another device."""
+    def resolved(saved_device, extra=()):
+        saved = dataclasses.asdict(config_class(data="two_moons", T=4, device=saved_device, seed=7,
+                                                out_dir=str(tmp_path)))
+        fake_resume(monkeypatch, saved)
         argv = [command, "--out-dir", str(tmp_path), "--resume", *extra]
         config = cli.config_from_args(config_class, cli.build_parser().parse_args(argv), argv, kind=kind)
-        assert (config.device, config.seed, config.T, config.data) == (device, 7, 4, "two_moons")
+        assert (config.seed, config.T, config.data) == (7, 4, "two_moons")
+        return config.device
+
+    assert resolved("cpu") == "cpu" and resolved(None) is None and capsys.readouterr().out == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved("cuda") is None
+    assert capsys.readouterr().out == ("the run was trained with --device cuda, which this machine lacks: it continues "
+                                       "on cpu (give --device to choose)\n")
+    assert resolved("cuda", ["--device", "cpu"]) == "cpu"
+    monkeypatch.setenv("RANK", "1")
+    assert resolved("cuda") is None and capsys.readouterr().out == ""
 
 
 def test_resume_keeps_each_multi_word_flag_given_in_either_spelling(tmp_path, monkeypatch):
@@ -1270,7 +1283,7 @@ def test_a_trainer_stopped_without_saving_says_so_and_names_the_checkpoint_to_re
     stop = {"with": KeyboardInterrupt()}
     monkeypatch.setattr(cli, "train", lambda config: (_ for _ in ()).throw(stop["with"]))
     assert main(argv) == 130
-    assert capsys.readouterr().err == f"interrupted: train stopped without saving; no checkpoint is in {run} yet\n"
+    assert capsys.readouterr().err == f"interrupted: train stopped; no checkpoint is in {run} yet\n"
     monkeypatch.undo()
     assert main(argv) == 0
     capsys.readouterr()
@@ -1278,7 +1291,7 @@ def test_a_trainer_stopped_without_saving_says_so_and_names_the_checkpoint_to_re
     stop["with"] = KeyboardInterrupt("a second Ctrl-C: stopped at once, without waiting for the save")
     assert main(argv + ["--resume"]) == 130
     assert capsys.readouterr().err == ("interrupted (a second Ctrl-C: stopped at once, without waiting for the save): "
-                                       f"train stopped without saving; the latest checkpoint is "
+                                       f"train stopped; the latest checkpoint is "
                                        f"{run / 'ckpt_00000002.pt'} (--resume continues from it)\n")
     stop["with"] = Stopped("interrupted at step 2: saved …")
     assert main(argv + ["--resume"]) == 130 and capsys.readouterr().err == ""

@@ -24,6 +24,7 @@ from ddpm_lib.ddgan import ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, s
 from ddpm_lib.ddgan_nets import DDGAN_PRESETS, DDGANDiscriminator, DDGANGenerator, build_ddgan, ddgan_spec
 from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, load_ddgan_generator, train_ddgan
 from ddpm_lib.embedding import timestep_embedding
+from ddpm_lib.run_folder import Stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_G = dict(DDGAN_PRESETS["tiny"]["generator"])
@@ -315,7 +316,7 @@ def test_ctrl_c_saves_and_resume_is_bit_exact_on_images(tmp_path, monkeypatch, m
         return out
 
     monkeypatch.setattr(DDGANTrainer, "train_step", step_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped, match="interrupted at step 3: saved"):       # saved, and said so
         train_ddgan(image_config(tmp_path, "split", steps=5, lazy_r1=2))
     assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt_00000003.pt"]
     monkeypatch.setattr(DDGANTrainer, "train_step", original)
@@ -323,6 +324,16 @@ def test_ctrl_c_saves_and_resume_is_bit_exact_on_images(tmp_path, monkeypatch, m
     assert_same_state(whole, resumed)
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_a_ddgan_grid_that_fails_leaves_the_checkpoint_of_its_step(tmp_path, monkeypatch, micro_images):
+    """The grid of step 2 (a save step) fails: ckpt_00000002.pt is on disk. Catches: the grid drawn before the
+    save, which loses the steps since the last save."""
+    monkeypatch.setattr(ddgan_train_module, "sample_ddgan",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("can't allocate memory (simulated)")))
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_ddgan(image_config(tmp_path, "run", steps=4, save_every=2, sample_every=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_00000002.pt"]
 
 
 @pytest.mark.parametrize("d_steps", [1, 2])

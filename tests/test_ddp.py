@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ddpm_lib.checkpoint import build_model, list_checkpoints, load_checkpoint
+from ddpm_lib.run_folder import Stopped
 from ddpm_lib.training import TrainConfig, train
 
 WORLD = 2
@@ -114,8 +115,40 @@ def run_rank_signalled(rank: int, port: int, out_dir: str, copies: int) -> None:
                          save_every=100, sample_every=0, out_dir=out_dir, device="cpu", progress=False)
     try:
         train(config)
-    except KeyboardInterrupt:
+    except Stopped:                                   # saved, and said so: not a bare KeyboardInterrupt
         open(os.path.join(out_dir, f"stopped{rank}"), "w").close()
+
+
+def run_rank_stopped_in_a_grid(rank: int, port: int, out_dir: str) -> None:
+    """Rank 0 is asked to stop (SIGTERM) while it draws the sample grid of step 2; rank 1 never is."""
+    import signal
+    import ddpm_lib.training as training
+    as_torchrun_rank(rank, port)
+    draw = training.sample_ddpm
+
+    def grid_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return draw(*args, **kwargs)
+
+    training.sample_ddpm = grid_then_sigterm
+    config = TrainConfig(data="two_moons", toy_n=512, T=50, steps=50, batch_size=32, warmup=0, log_every=100,
+                         save_every=100, sample_every=2, n_samples=8, out_dir=out_dir, device="cpu", progress=False)
+    try:
+        train(config)
+    except Stopped as stop:
+        open(os.path.join(out_dir, f"stopped{rank}"), "w").write(str(stop))
+
+
+def test_a_stop_during_rank_0s_grid_stops_every_rank_together_with_a_checkpoint(tmp_path):
+    """Rank 0 alone draws grids; a stop that reaches it inside one drops the grid, and the ranks agree on the stop
+    a step or two later, both stopping after the same step with one checkpoint. Catches: rank 0 stopping at
+    once, as a single process does (it would save, a collective the other rank never joins: a hang)."""
+    run_ranks(run_rank_stopped_in_a_grid, str(tmp_path))
+    said = [(tmp_path / f"stopped{r}").read_text() for r in range(WORLD)]
+    saved = [p.name for p in list_checkpoints(tmp_path)]
+    assert len(saved) == 1 and said[0] == said[1] == f"interrupted at step {int(saved[0][5:13])}: saved " \
+                                                     f"{tmp_path / saved[0]}"
+    assert 3 <= int(saved[0][5:13]) <= 4 and not list(tmp_path.glob("samples_*"))
 
 
 @pytest.mark.parametrize("copies", [1, 2])

@@ -742,6 +742,25 @@ def test_a_stop_during_a_sample_grid_drops_the_grid_and_stops_at_that_step_saved
     assert_same_training_state(whole, train(toy_config(tmp_path, "split", resume=True)))
 
 
+def test_a_stop_during_the_last_steps_grid_ends_the_run_as_complete(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the grid of the last step (8 of 8, saved before the grid): the grid is dropped and ``train``
+    returns as a finished run does. Catches: ``Stopped`` with "continue with --resume" for a run that has
+    nothing left to train."""
+    original = train_module.sample_ddpm
+
+    def ctrl_c_in_the_grid(*args, callback, **kwargs):
+        def signalled(t, xt):
+            os.kill(os.getpid(), signal.SIGINT)
+            callback(t, xt)
+        return original(*args, callback=signalled, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_ddpm", ctrl_c_in_the_grid)
+    assert train(toy_config(tmp_path, "run", sample_every=8)).step == 8
+    assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "ckpt_00000008.pt"
+    out = capsys.readouterr().out
+    assert "the sample grid of step 8 is not drawn" in out and "continue with --resume" not in out
+
+
 def test_a_sample_grid_that_fails_leaves_the_checkpoint_of_its_step(tmp_path, monkeypatch):
     """The grid of step 4 (a save step) runs out of memory: ckpt_00000004.pt is on disk, and --resume goes on
     from it. Catches: the grid drawn before the save, which loses the save_every steps before it (by

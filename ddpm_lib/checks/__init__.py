@@ -5,11 +5,11 @@
 
 How a check grades. It calls the answer on fresh random inputs, float64 (float32 for the training
 step), new at every call (``seed=`` repeats a draw), and compares every result with the library's
-reference at a tight tolerance (relative 1e-5 for most). When they agree it also tests a property that
+reference at a tight tolerance (relative 1e-9 for most: an answer computed in float32 fails). When they agree it also tests a property that
 does not use the reference: moments over many draws of ε, a closed form, π P = π. When they disagree it
 evaluates the common wrong answers listed with the check (α_t for ᾱ_t, a missing square root, an
 off-by-one in t, …) on the same inputs and names the one the answer matches; failing that, it says which
-output is wrong, by how much, and whether only t = 1 or t = T is. An exception raised inside the answer
+output is wrong, by how much, and whether only t = 1 or t = T is, with a failing property as a clue. An exception raised inside the answer
 is not caught, so its traceback points at the line to fix (in a student notebook, the
 NotImplementedError of the unsolved exercise).
 """
