@@ -9,7 +9,8 @@ from .data import IMAGE_SETS, load_images, mnist_5k_split, random_hflip, to_mode
 from .ddgan import (ToyDiscriminator, ToyGenerator, d_loss, ddgan_schedule, g_loss, posterior_sample,
                     q_sample_pairs, r1_penalty, sample_ddgan, train_ddgan_toy)
 from .ddgan_nets import DDGANDiscriminator, DDGANGenerator
-from .ddgan_train import DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .ddgan_export import export_ddgan, load_ddgan_generator
+from .ddgan_train import DDGANConfig, train_ddgan
 from .ddim import GRIDS, ddim_invert, ddim_step, sample_ddim, slerp, step_grid
 from .elbo import (denoising_term, discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_prob,
                    l_simple, l_simple_weight, normal_kl, prior_term, reconstruction_term)

@@ -23,7 +23,8 @@ from .cli_help import HelpFormatter
 from .data import IMAGE_SETS
 from .ddgan import sample_ddgan
 from .ddgan_nets import DDGAN_PRESETS
-from .ddgan_train import KIND_DEFAULTS, DDGANConfig, export_ddgan, load_ddgan_generator, train_ddgan
+from .ddgan_export import export_ddgan, load_ddgan_generator
+from .ddgan_train import KIND_DEFAULTS, DDGANConfig, train_ddgan
 from .devices import pick_device
 from .files import prepare_output
 from .toy_data import TOY_SETS

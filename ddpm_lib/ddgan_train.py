@@ -19,14 +19,12 @@ small, so mixed precision is not worth its risk.
 Around it, as the diffusion trainer (``training.py``) does: automatic device, a tqdm bar with the
 losses and images/s, metrics.jsonl, sample grids from G_ema, atomic keep-last-k checkpoints that
 continue bit for bit with ``resume``, Ctrl-C / SIGTERM save-then-stop, and a stop naming the step
-when a loss becomes NaN. ``load_ddgan_generator`` and ``export_ddgan`` are for sampling and shipping.
+when a loss becomes NaN. ``ddgan_export`` reads and ships the generator it trains.
 """
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,14 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import (FORMAT as CHECKPOINT_FORMAT, check_files, check_same_run, checkpoint_to_resume,
-                         load_checkpoint, load_model_state, resolve_checkpoint, restore_random_streams, save_checkpoint)
+from .checkpoint import (check_same_run, checkpoint_to_resume, load_checkpoint, load_model_state,
+                         restore_random_streams, save_checkpoint)
 from .data import IMAGE_SETS, EpochBatches, check_hflip, load_images, random_hflip
 from .ddgan import _fake_prev, d_loss, ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
-from .ddgan_nets import DDGAN_PRESETS, build_ddgan, build_generator, ddgan_spec
+from .ddgan_nets import DDGAN_PRESETS, build_ddgan, ddgan_spec
 from .devices import pick_device
 from .ema import ema_decay, make_ema_model, update_ema
-from .files import check_card, read_tagged_file, save_with_card
 from .run_folder import StopRequest, Stopped, keep_metrics_up_to, run_lock
 from .toy_data import TOY_SETS, make_toy
 from .train_config import fill_kind_defaults
@@ -352,54 +349,3 @@ def _train_ddgan(config: DDGANConfig, device: torch.device) -> DDGANTrainer:
                 write_training_samples(samples, out_dir, step)
             paused += time.perf_counter() - side_work
     return trainer
-
-
-def _read_ddgan_file(path: Path) -> dict:
-    """A DDGAN training checkpoint or exported weights file, read onto the CPU, as a dict with its ``format`` tag."""
-    blob = read_tagged_file(path, (CHECKPOINT_FORMAT, WEIGHTS_FORMAT),
-                            "DDGAN checkpoint or exported DDGAN weights file")
-    if blob["format"] == CHECKPOINT_FORMAT:
-        _check_ddgan_checkpoint(blob, path)
-    return blob
-
-
-def load_ddgan_generator(path: str | Path, device="cpu", check_sha256: bool = True):
-    """``(G_ema, schedule, info)`` from a DDGAN run folder (its latest checkpoint), a checkpoint file or
-    a file written by ``export_ddgan``: G_ema in float32 and eval mode on ``device``, the run's schedule
-    and ``info`` (source, format, step, config, example_shape, model_spec).
-
-    An exported file must match the sha256 of its JSON card when the card exists (``check_sha256``).
-    A diffusion checkpoint or any other file → ``ValueError``; a damaged one → ``RuntimeError``.
-    """
-    path = resolve_checkpoint(path)
-    blob = _read_ddgan_file(path)                 # onto the CPU, then G.to(device): a bad device is named as such
-    exported = blob["format"] == WEIGHTS_FORMAT
-    if exported and check_sha256:
-        check_card(path)
-    G = build_generator(blob["model_spec"])
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in blob["generator_ema"].items()}
-    load_model_state(G, weights, source=str(path))
-    config = blob["config"]
-    schedule = ddgan_schedule(config["T"], config["beta_min"], config["beta_max"])
-    info = {"source": str(path), "format": "export" if exported else "checkpoint", "step": blob["step"],
-            "config": config, "example_shape": tuple(blob["example_shape"]), "model_spec": blob["model_spec"]}
-    return G.to(device).eval().requires_grad_(False), schedule, info
-
-
-def export_ddgan(checkpoint: str | Path, out: str | Path, command: str | None = None) -> dict:
-    """Write G_ema of a DDGAN checkpoint (file or run folder) as fp16 to ``out`` and a JSON card
-    ``out.with_suffix('.json')`` (sha256, step, training seconds, config, architecture, command);
-    returns the card. ``load_ddgan_generator(out)`` reads it back (in float32)."""
-    check_files({"--checkpoint": checkpoint}, out, writes_card=True)
-    path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
-    _check_ddgan_checkpoint(ckpt, path)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["generator_ema"].items()}
-    blob = {"format": WEIGHTS_FORMAT, "model_spec": ckpt["model_spec"], "generator_ema": half,
-            "config": ckpt["config"], "step": ckpt["step"], "example_shape": ckpt["example_shape"]}
-    return save_with_card(blob, out, {"format": WEIGHTS_FORMAT, "step": ckpt["step"],
-                                      "training_seconds": ckpt.get("elapsed"), "config": ckpt["config"],
-                                      "model_spec": ckpt["model_spec"], "example_shape": list(ckpt["example_shape"]),
-                                      "source": str(path),
-                                      "command": command or shlex.join(["python", "-m", "ddpm_lib", *sys.argv[1:]])})
-

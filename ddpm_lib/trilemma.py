@@ -31,7 +31,7 @@ from .classifier import classifier_path, load_classifier
 from .cli_help import HelpFormatter
 from .data import load_images
 from .ddgan import sample_ddgan
-from .ddgan_train import load_ddgan_generator
+from .ddgan_export import load_ddgan_generator
 from .ddim import sample_ddim
 from .devices import pick_device
 from .export import load_sampling_model

@@ -22,7 +22,8 @@ from ddpm_lib.cli import main
 from ddpm_lib.data import EpochBatches
 from ddpm_lib.ddgan import ddgan_schedule, g_loss, q_sample_pairs, r1_penalty, sample_ddgan
 from ddpm_lib.ddgan_nets import DDGAN_PRESETS, DDGANDiscriminator, DDGANGenerator, build_ddgan, ddgan_spec
-from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, load_ddgan_generator, train_ddgan
+from ddpm_lib.ddgan_export import load_ddgan_generator
+from ddpm_lib.ddgan_train import DDGANConfig, DDGANTrainer, train_ddgan
 from ddpm_lib.embedding import timestep_embedding
 from ddpm_lib.run_folder import Stopped
 

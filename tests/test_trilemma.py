@@ -383,7 +383,7 @@ def test_the_command_hands_its_settings_to_the_rows_and_names_its_inputs(tiny_mo
 
     from ddpm_lib.files import file_sha256
     from ddpm_lib.classifier import classifier_path
-    from ddpm_lib.ddgan_train import load_ddgan_generator
+    from ddpm_lib.ddgan_export import load_ddgan_generator
     from ddpm_lib.export import load_sampling_model
     ddpm, gan = tiny_models
     seen = {}
