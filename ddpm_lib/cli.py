@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from .bench import bench, bench_rows_file, format_table
+from .bench import bench, bench_rows_file
+from .bench_table import format_table
 from .checkpoint import BEFORE_RECORDED, checkpoint_to_resume, list_checkpoints, load_checkpoint, recorded_setting
 from .classifier import save_classifier, train_classifier
 from .cli_ddgan import DDGAN_COMMANDS, add_ddgan_commands, run_ddgan_command

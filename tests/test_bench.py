@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import ddpm_lib.bench as bench_module
-from ddpm_lib.bench import ROWS, bench, format_table, forward_flops, ratios
+from ddpm_lib.bench import ROWS, bench, forward_flops
+from ddpm_lib.bench_table import format_table, ratios
 from ddpm_lib.bench_diffusers import DiffusersEps, diffusers_available, diffusers_config, diffusers_unet
 from ddpm_lib.cli import main
 from ddpm_lib.embedding import timestep_embedding
@@ -556,7 +557,7 @@ def test_format_table_and_row_line_print_the_ddgan_the_target_and_the_peak_memor
     ddpm_lib optimised / diffusers compiled sampling ratio against its target of 1.5; a row's line shows its
     peak training memory when there is one. Catches: a missing DDGAN left unexplained, the target line
     dropped or with another target, the peak memory never printed."""
-    from ddpm_lib.bench import row_line
+    from ddpm_lib.bench_table import row_line
     rows = [{**fake_row("ddpm_lib optimised"), "sample_img_per_s": 30.0},
             {**fake_row("diffusers compiled"), "sample_img_per_s": 20.0}]
     for row in rows:
