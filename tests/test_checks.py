@@ -213,6 +213,12 @@ def test_x0_from_posterior_mean(capsys):
     assert_fails(capsys, check, lambda *a: answer(*a, root=False), "square root is missing")
     assert_fails(capsys, check, lambda s, m, xt, t: answer(s, m, -xt, t), "the sign of the x_t part")
 
+    def beta_tilde_for_beta(s, mean, xt, t):         # β̃_t where β_t belongs: β̃_1 = 0 divides by zero at t = 1
+        ab, ab_prev = s.alpha_bar[t, None], s.alpha_bar[t - 1, None]
+        return (mean - s.alpha[t, None].sqrt() * (1 - ab_prev) / (1 - ab) * xt) / (
+            ab_prev.sqrt() * s.beta_tilde[t, None] / (1 - ab))
+    assert_fails(capsys, check, beta_tilde_for_beta, "gives inf or NaN", "0 at t = 1 (β̃_1 = 0)")
+
 
 # --------------------------------------------------------------------------- notebook 04
 def test_gaussian_kl(capsys):
@@ -352,6 +358,8 @@ def test_resblock_forward(capsys):
     assert_fails(capsys, checks.check_resblock_forward, resblock(skip=False), "residual path is missing")
     assert_fails(capsys, checks.check_resblock_forward, resblock(dropout=False), "dropout is missing")
     assert_fails(capsys, checks.check_resblock_forward, resblock(swap=True), "first half")
+    float32 = lambda block, x, temb: resblock()(block, x, temb).float()      # right values, float32 back
+    assert_fails(capsys, checks.check_resblock_forward, float32, "your result is float32 for float64 inputs")
 
 
 def test_resblock_dropout_is_off_in_eval_mode(capsys):
@@ -492,6 +500,18 @@ def test_ema_update_that_overwrites_theta_is_told_so(capsys):
     verdict names that. Catches: a message about the gap shrinking by dⁿ, which the formula already does."""
     assert_fails(capsys, checks.check_ema_update, lambda ema, theta, d: theta.mul_(1 - d).add_(ema, alpha=d),
                  "changed θ in place")
+
+
+def test_an_ema_with_a_float32_decay_is_told_it_is_rounding(capsys):
+    """``torch.tensor(d)`` makes the decay float32 (0.9 becomes 0.899999976…): the result is float64 and exact for
+    d = 0 and d = ½, so only some cases differ, each by float32's rounding. Catches: the precision hint
+    withheld because exact cases pulled the share of differing entries below 90 %, leaving "compare it with the
+    equation term by term" for a right formula."""
+    def float32_decay(ema, theta, d):
+        d = torch.tensor(d)
+        return d * ema + (1 - d) * theta
+    assert_fails(capsys, checks.check_ema_update, float32_decay, "close to the library's answer but not equal",
+                 "torch.tensor(a Python float)")
 
 
 def test_an_answer_that_updates_its_inputs_in_place_is_graded_on_its_result(capsys):

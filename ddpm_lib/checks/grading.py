@@ -102,6 +102,13 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
                 return _verdict(name, False, f"{labels[k]} has shape {shape} but should have shape {should}"
                                              f"{shape_note}")
     wrong = [k for k in range(n) if not all(_same(o[k], r[k], tol[k], k in broadcast) for o, r in zip(outs, refs))]
+    if not wrong:                        # values within tolerance, but a float64 result came back in float32
+        low = {str(o[k].dtype).removeprefix("torch.") for o, r in zip(outs, refs) for k in range(n)
+               if isinstance(o[k], torch.Tensor) and isinstance(r[k], torch.Tensor) and r[k].dtype == f64
+               and o[k].dtype in (torch.float32, torch.float16, torch.bfloat16)}
+        if low:
+            return _verdict(name, False, f"your result is {', '.join(sorted(low))} for float64 inputs: keep every "
+                                         f"step in float64 and return the inputs' dtype")
     if not wrong:
         for prop in (*properties, *requirements):
             message = prop(fn)
@@ -136,10 +143,12 @@ def _precision(outs, refs, k):
         if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
             return None
         rel = max(rel, float((a - b).abs().max()) / max(1.0, float(b.abs().max())))
-        errors.append(((a - b).abs() / b.abs().clamp(min=1e-300)).flatten())
+        case = ((a - b).abs() / b.abs().clamp(min=1e-300)).flatten()
+        if bool((case > 1e-13).any()):          # a case computed exactly (d = 0, d = ½ in float32) says nothing
+            errors.append(case)
         if isinstance(o[k], torch.Tensor) and o[k].dtype in (torch.float32, torch.float16, torch.bfloat16):
             low.add(str(o[k].dtype).removeprefix("torch."))
-    errors = torch.cat(errors)
+    errors = torch.cat(errors) if errors else torch.zeros(1, dtype=f64)
     rounding = float((errors > 1e-13).double().mean()) >= 0.9 and float(errors.median()) < 1e-5
     if rel < 1e-2 and (low or rounding):
         got = f"your result is {', '.join(sorted(low))}; " if low else ""
@@ -165,7 +174,8 @@ def _where(outs, refs, cases, k, timesteps):
     where = {frozenset({"1"}): " only at t = 1", frozenset({"T"}): " only at t = T"}.get(frozenset(bad_t), "")
     if err == float("inf"):
         return (f"gives inf or NaN{where} where the library's answer is finite: look for a division by zero "
-                "or the log or square root of a negative number, e.g. from an index off by one in t")
+                "or the log or square root of a negative number, e.g. from an index off by one in t, or from a "
+                "schedule value that is 0 at t = 1 (β̃_1 = 0) where another one belongs")
     return (f"differs from the library's answer{where} (largest error {err:.3g}); "
             "compare it with the equation term by term")
 
