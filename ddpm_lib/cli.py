@@ -79,6 +79,11 @@ OUT_OF_MEMORY = {    # what to lower when a command runs out of GPU memory (torc
 SAME_ON_EVERY_RANK = (ValueError, FloatingPointError, FileExistsError, FileNotFoundError, RunLocked)
 
 
+def torchrun_rank() -> int:
+    """This process's rank under torchrun (its RANK variable); 0 for a plain process."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def add_run_arguments(p: argparse.ArgumentParser, d, kinds: dict) -> None:
     """The flags every training command shares (seed, output folder, logging, grids, checkpoints, device,
     resume, progress bar), with the defaults of the config ``d`` (``TrainConfig`` or ``DDGANConfig``) and
@@ -123,7 +128,7 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str], ki
             try:
                 pick_device(kept["device"])
             except ValueError:
-                if int(os.environ.get("RANK", "0")) == 0:
+                if torchrun_rank() == 0:
                     print(f"the run was trained with --device {kept['device']}, which this machine lacks: it "
                           f"continues on {pick_device(None)} (give --device to choose)")
                 kept["device"] = None
@@ -334,12 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_train_classifier(args, command=shlex.join(["python", "-m", "ddpm_lib", *argv]))
     except KeyboardInterrupt as exc:
-        if not isinstance(exc, Stopped) and int(os.environ.get("RANK", "0")) == 0:   # Stopped: saved, and said so
+        if not isinstance(exc, Stopped) and torchrun_rank() == 0:   # Stopped: saved, and said so
             trains = args.command in ("train", "train-ddgan")
             print(stopped_line(args, str(exc)) if trains else str(exc) or stopped_line(args), file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError, FloatingPointError) as exc:
-        rank = int(os.environ.get("RANK", "0"))          # under torchrun every rank gets here
+        rank = torchrun_rank()                           # under torchrun every rank gets here
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(exc):   # GPU or CPU
             exc = f"{str(exc).strip().splitlines()[0]} {OUT_OF_MEMORY.get(args.command, '')}".strip()
         if rank == 0 or not isinstance(exc, SAME_ON_EVERY_RANK):
