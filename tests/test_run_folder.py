@@ -61,7 +61,8 @@ def test_an_out_dir_that_is_a_file_gets_a_plain_message(tmp_path):
 def test_an_out_dir_that_cannot_be_written_is_named_with_the_reason(tmp_path, monkeypatch):
     """A folder below a file, or one where the lock cannot be written (no permission, a read-only disk; faked
     here, since root may write anywhere): one line naming --out-dir and the reason. Catches: "[Errno 20] Not a
-    directory" or "[Errno 13] Permission denied: '…/.lock'" with no word of which setting is wrong."""
+    directory" or "[Errno 13] Permission denied: '…/.lock'" with no word of which setting is wrong, and a
+    folder whose old .lock is still writable accepted, to fail later on a hidden temporary metrics file."""
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError) as err:
         with run_folder.run_lock(tmp_path / "afile" / "sub"):
@@ -79,6 +80,19 @@ def test_an_out_dir_that_cannot_be_written_is_named_with_the_reason(tmp_path, mo
     with pytest.raises(ValueError, match=r"^--out-dir .*ro: cannot write there \(Permission denied: .*ro/\.lock\)$"):
         with run_folder.run_lock(tmp_path / "ro"):
             pass
+    monkeypatch.setattr("builtins.open", real_open)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".lock").touch()                 # a folder made read-only after a first run
+
+    def no_new_files(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", f"{dir}/tmpab12cd")
+
+    monkeypatch.setattr(run_folder.tempfile, "TemporaryFile", no_new_files)
+    with pytest.raises(ValueError) as err:
+        with run_folder.run_lock(tmp_path / "locked"):
+            pass
+    assert str(err.value) == f"--out-dir {tmp_path / 'locked'}: cannot write there (Permission denied: " \
+                             f"{tmp_path / 'locked'})"
 
 
 def test_stop_request_turns_the_first_signal_into_a_flag_and_only_a_later_ctrl_c_into_an_interrupt(monkeypatch):
