@@ -192,7 +192,8 @@ def test_evaluate_guidance_end_to_end_with_a_noisy_classifier(models, tmp_path, 
     assert r["real_heldout"]["n"] == 1000 and r["real_heldout"]["accuracy"] > 0.95
     for row in r["results"]:
         assert set(row) == {"scale", "accuracy", "per_class_accuracy", "confidence", "target_probability",
-                            "diversity", "fid_mnist_within_class", "fid_mnist", "sampling_seconds"}
+                            "diversity", "diversity_judged", "fid_mnist_within_class", "fid_mnist",
+                            "sampling_seconds"}
         assert 0 <= row["accuracy"] <= 1 and len(row["per_class_accuracy"]) == 10
         assert row["accuracy"] == pytest.approx(np.mean(row["per_class_accuracy"]))
         assert row["fid_mnist_within_class"] is None                 # 2 per class ≤ 128 features
@@ -209,6 +210,11 @@ def test_evaluate_guidance_end_to_end_with_a_noisy_classifier(models, tmp_path, 
     pairs = [np.mean([np.linalg.norm(f[i] - f[j]) for i in np.flatnonzero(labels == k)
                       for j in np.flatnonzero(labels == k) if i != j]) for k in range(10)]
     assert unguided["diversity"] == pytest.approx(np.mean(pairs), rel=1e-6)
+    seen = probs.argmax(1).numpy()
+    judged = [np.mean([np.linalg.norm(f[i] - f[j]) for i in np.flatnonzero(seen == k)
+                       for j in np.flatnonzero(seen == k) if i != j]) for k in range(10) if (seen == k).sum() >= 2]
+    assert unguided["diversity_judged"] == pytest.approx(np.mean(judged), rel=1e-6)
+    assert r["real_heldout"]["diversity_judged"] > 0
     heldout, _ = dl.load_images("mnist-5k", train=False, pad_to_32=True)
     assert unguided["fid_mnist"] == pytest.approx(fid_mnist(x, heldout, clean), rel=1e-6)
     assert r["results"][0]["fid_mnist"] != unguided["fid_mnist"]          # s = 30 changed the samples
@@ -259,9 +265,28 @@ def test_class_statistics_against_brute_force(gen):
     pairs = [np.mean([np.linalg.norm(a - b) for i, a in enumerate(f[labels.numpy() == k])
                       for j, b in enumerate(f[labels.numpy() == k]) if i != j]) for k in range(2)]
     assert stats["diversity"] == pytest.approx(np.mean(pairs), rel=1e-9)
+    seen = probs.argmax(1).numpy()
+    judged = [np.mean([np.linalg.norm(a - b) for i, a in enumerate(f[seen == k]) for j, b in enumerate(f[seen == k])
+                       if i != j]) for k in range(2) if (seen == k).sum() >= 2]
+    assert stats["diversity_judged"] == pytest.approx(np.mean(judged), rel=1e-9)
     assert mean_pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
     few = class_statistics(features, probs, labels, 2, real[:6], real_labels[:6])     # 3 real per class ≤ D = 3
     assert few["fid_mnist_within_class"] is None
+
+
+def test_judged_diversity_groups_by_the_digit_seen_not_the_digit_asked_for():
+    """Features 0, 1, 10, 11 asked to be digits 0, 1, 0, 1 and seen as 0, 0, 1, 1: grouped by the digit asked
+    for, each group spans 10; grouped by the digit seen, each is 1 wide. Then six samples, seen as 0, 0, 1,
+    1, 2, 0: digit 2, seen once, has no pair and is left out, so the judged figure is the mean of digit 0's
+    {0, 1, 60} (mean distance (1 + 60 + 59)/3 = 40) and digit 1's {10, 11} (1). Catches: grouping by the
+    labels, a digit seen once counted as 0 or crashing the command."""
+    features = torch.tensor([[0.0], [1.0], [10.0], [11.0]], dtype=torch.float64)
+    seen_as = lambda *digits: torch.eye(3, dtype=torch.float64)[list(digits)] * 0.8 + 0.2 / 3   # noqa: E731
+    stats = class_statistics(features[:, :], seen_as(0, 0, 1, 1)[:, :2], torch.tensor([0, 1, 0, 1]), 2)
+    assert stats["diversity"] == pytest.approx(10.0) and stats["diversity_judged"] == pytest.approx(1.0)
+    features = torch.tensor([[0.0], [1.0], [10.0], [11.0], [50.0], [60.0]], dtype=torch.float64)
+    stats = class_statistics(features, seen_as(0, 0, 1, 1, 2, 0), torch.tensor([0, 1, 2, 0, 1, 2]), 3)
+    assert stats["diversity_judged"] == pytest.approx((40.0 + 1.0) / 2)
 
 
 def test_default_noise_levels_of_the_accuracy_card():
