@@ -17,8 +17,9 @@ Two kinds of guidance (``guidance.py`` holds the math):
 ``evaluate-guidance`` measures the trade-off of the scale: for each scale it draws ``--n-per-class``
 samples of every digit from the same x_T (common random numbers: only the scale changes) and reports
 the accuracy and confidence of the SEPARATE clean classifier of FID-MNIST (``classifier.py``) on the
-target labels, the diversity within a class (mean pairwise distance of FID-MNIST features), the
-within-class FID-MNIST where enough digits exist, and the overall FID-MNIST.
+target labels, the diversity within a digit (mean pairwise distance of FID-MNIST features, with the samples
+grouped by the digit asked for and by the digit the clean classifier sees), the within-class FID-MNIST where
+enough digits exist, and the overall FID-MNIST.
 Each scale keeps its samples in ``<out>.row<i>.partial.pt`` as they come (``sample_batches.py``): a stopped
 command continues from them when run again, and they go once the results are written.
 """
