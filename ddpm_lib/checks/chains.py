@@ -66,7 +66,7 @@ def _unit_variance_step(beta, var0):
 
 
 def check_steps_to_unit_variance(fn, seed=None) -> bool:
-    """Exercise 1.2: ``fn(beta, var0)`` → the smallest t ≥ 0 with |v_t − 1| ≤ 0.01 for the chain (3.6); a start
+    """Exercise 1.2: ``fn(beta, var0)`` → the smallest t ≥ 0 with |v_t − 1| ≤ 0.01 for the chain (1.14); a start
     within 0.01 of 1 needs t = 0."""
     g = _generator(seed)
     for beta, var0 in ((0.02, 1.0), (0.02, 1.005)):      # a start already within 0.01 of 1
@@ -95,7 +95,7 @@ def check_steps_to_unit_variance(fn, seed=None) -> bool:
                 lambda beta, var0: bound(beta, var0)),
         Mistake("you replaced log(1 − β) by −β, which is only accurate for small β: use math.log(1 - beta)",
                 lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / -beta)),
-        Mistake("the gap v_t − 1 shrinks by a² = 1 − β per step (3.6), not by a = √(1 − β)",
+        Mistake("the gap v_t − 1 shrinks by a² = 1 − β per step (1.14), not by a = √(1 − β)",
                 lambda beta, var0: math.ceil(math.log(0.01 / abs(var0 - 1)) / math.log(math.sqrt(1 - beta)))),
         Mistake("the gap to the fixed point is |v_0 − 1|, not |v_0|",
                 lambda beta, var0: math.ceil(math.log(0.01 / abs(var0)) / math.log(1 - beta))),
