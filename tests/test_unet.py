@@ -70,8 +70,8 @@ def hand_group_norm(x, norm):
 @pytest.mark.parametrize("time_cond", ["scale_shift", "add"])
 def test_resblock_matches_its_equations_written_out(time_cond):
     """In float64, eval mode (dropout off), 8 → 16 channels: h = conv₁(SiLU(GN₁(x))); with scale_shift
-    (s, b) are the two halves of W_t SiLU(t_emb) and h ← GN₂(h)·(1 + s) + b, with add h ← GN₂(h + W_t
-    SiLU(t_emb)); out = conv₂(SiLU(h)) + skip(x), skip a 1×1 conv. Catches: ·s for ·(1 + s), the time
+    (a, b) are the two halves of W_t SiLU(t_emb) and h ← GN₂(h)·(1 + a) + b, with add h ← GN₂(h + W_t
+    SiLU(t_emb)); out = conv₂(SiLU(h)) + skip(x), skip a 1×1 conv. Catches: ·a for ·(1 + a), the time
     added after GN₂, a norm or the residual dropped, SiLU missing before the time projection."""
     torch.manual_seed(0)
     block = ResBlock(8, 16, temb_dim=12, dropout=0.5, time_cond=time_cond).double().eval()
