@@ -268,6 +268,16 @@ def mean_pairwise_distance(features: torch.Tensor) -> float:
     return float(torch.cdist(f, f).sum() / (n * (n - 1)))
 
 
+def judged_diversity(features: torch.Tensor, probs: torch.Tensor) -> float:
+    """Diversity within a digit, the digit being the one the classifier sees (arg-max of ``probs``): the mean
+    pairwise feature distance within each digit seen at least twice, averaged over those digits."""
+    judged = probs.argmax(1)
+    seen = [k for k in judged.unique() if int((judged == k).sum()) >= 2]
+    if not seen:
+        raise ValueError("no digit is seen twice: a within-digit distance needs two samples of one digit")
+    return sum(mean_pairwise_distance(features[judged == k]) for k in seen) / len(seen)
+
+
 def class_statistics(features: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      real_features: torch.Tensor | None = None, real_labels: torch.Tensor | None = None) -> dict:
     """Accuracy (arg-max = label), mean confidence (max softmax), mean p(label), per-class accuracy, the
@@ -275,20 +285,17 @@ def class_statistics(features: torch.Tensor, probs: torch.Tensor, labels: torch.
     the within-class FID-MNIST (mean over classes; else None).
 
     Two diversities: ``diversity`` groups the samples by ``labels`` (the digit asked for), so a group of
-    unguided samples holds all ten digits and scores the spread between digits; ``diversity_judged`` groups
-    them by the digit the classifier sees (arg-max), averaged over the digits seen at least twice (with two
-    samples of each of K digits, some digit is seen twice), so it measures the variety within one digit at
-    any accuracy."""
-    judged = probs.argmax(1)
-    hit = judged == labels
+    unguided samples holds all ten digits and scores the spread between digits; ``diversity_judged``
+    (``judged_diversity``) groups them by the digit the classifier sees (with two samples of each of K
+    digits, some digit is seen twice), so it measures the variety within one digit at any accuracy."""
+    hit = probs.argmax(1) == labels
     classes = range(num_classes)
-    seen = [k for k in classes if int((judged == k).sum()) >= 2]
     result = {"accuracy": float(hit.double().mean()),
               "per_class_accuracy": [float(hit[labels == k].double().mean()) for k in classes],
               "confidence": float(probs.max(1).values.double().mean()),
               "target_probability": float(probs.gather(1, labels[:, None]).double().mean()),
               "diversity": sum(mean_pairwise_distance(features[labels == k]) for k in classes) / num_classes,
-              "diversity_judged": sum(mean_pairwise_distance(features[judged == k]) for k in seen) / len(seen)}
+              "diversity_judged": judged_diversity(features, probs)}
     if real_features is not None:
         D = features.shape[1]
         counts = [min(int((labels == k).sum()), int((real_labels == k).sum())) for k in classes]

@@ -38,17 +38,14 @@ def run_lock(out_dir: str | Path):
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file: name a folder for the run")
-    handle = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(out_dir / ".lock", "a")
-        try:                                             # new files too (a .lock left writable in a locked folder)
+        try:                                             # new files, not only an old .lock (a folder locked later)
             tempfile.TemporaryFile(dir=out_dir).close()
         except OSError as exc:                           # named by the folder, not by the probe's random name
             raise OSError(exc.errno, exc.strerror, str(out_dir)) from None
+        handle = open(out_dir / ".lock", "a")
     except OSError as exc:                               # a file on the way, no permission, a read-only disk
-        if handle is not None:
-            handle.close()
         raise ValueError(f"--out-dir {out_dir}: cannot write there ({exc.strerror or exc}"
                          f"{': ' + str(exc.filename) if exc.filename else ''})") from None
     try:

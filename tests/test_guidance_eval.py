@@ -14,7 +14,7 @@ from ddpm_lib.classifier import load_classifier
 from ddpm_lib.cli import main
 from ddpm_lib.export import export_ema_weights
 from ddpm_lib.cli_noisy_classifier import default_eval_t
-from ddpm_lib.guidance_eval import class_statistics, mean_pairwise_distance
+from ddpm_lib.guidance_eval import class_statistics, judged_diversity, mean_pairwise_distance
 from ddpm_lib.metrics import classifier_outputs, fid_mnist
 from ddpm_lib.noisy_classifier import NoisyClassifier, load_noisy_classifier, save_noisy_classifier
 
@@ -287,6 +287,8 @@ def test_judged_diversity_groups_by_the_digit_seen_not_the_digit_asked_for():
     features = torch.tensor([[0.0], [1.0], [10.0], [11.0], [50.0], [60.0]], dtype=torch.float64)
     stats = class_statistics(features, seen_as(0, 0, 1, 1, 2, 0), torch.tensor([0, 1, 2, 0, 1, 2]), 3)
     assert stats["diversity_judged"] == pytest.approx((40.0 + 1.0) / 2)
+    with pytest.raises(ValueError, match="no digit is seen twice"):
+        judged_diversity(features[:3], seen_as(0, 1, 2))
 
 
 def test_default_noise_levels_of_the_accuracy_card():
