@@ -14,14 +14,14 @@ is not caught, so its traceback points at the line to fix (in a student notebook
 NotImplementedError of the unsolved exercise).
 """
 from .bound import check_denoising_term, check_gaussian_kl, check_training_step
-from .ddim import check_ddim_sigma, check_ddim_update
-from .guidance import check_cfg_combine, check_guided_eps
-from .ddgan import check_ddgan_step, check_gan_losses
+from .ddim import check_ddim_sigma, check_ddim_update, check_gaussian_flow
+from .guidance import check_cfg_combine, check_guided_eps, check_windowed
+from .ddgan import check_ddgan_step, check_gan_losses, check_reverse_step_mixture
 from .chains import check_power_iteration, check_steps_to_unit_variance
 from .forward import check_q_sample, check_snr_crossing
 from .grading import N_CASES, Mistake
 from .posterior import check_q_posterior, check_x0_from_posterior_mean
-from .training import check_ancestral_step, check_ema_update
+from .training import check_ancestral_step, check_ema_update, check_linear_denoiser_loss
 from .unet import check_interleaved_embedding, check_resblock_forward
 
 # One import line per notebook's checks module; __all__ is every check imported above, so a new check needs one edit.

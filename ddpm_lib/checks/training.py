@@ -1,6 +1,8 @@
 """Checks for the exercises of notebook 06 (training and sampling with the package)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..forward import q_sample
@@ -8,7 +10,7 @@ from ..indexing import gather
 from ..sampling import ddpm_step
 from ..schedules import make_schedule
 from .grading import (Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _one_step_per_sample, _same,
-                      _timesteps, f64)
+                      _tensor, _timesteps, f64)
 
 
 def _ema(ema, theta, decay):
@@ -92,3 +94,72 @@ def check_ancestral_step(fn, seed=None) -> bool:
                   "and float32 stays float32",
                   timesteps=lambda s, xt, e, t, z: (t, s.T),
                   requirements=[lambda fn: _keeps_dtype(fn, cases[0]), lambda fn: _one_step_per_sample(fn, cases[0], 3)])
+
+
+def _linear_loss(s, t, eigvals, signal="alpha_bar", part="residual", reduce=torch.mean):
+    """ℓ_lin(t) of eq. (6.5) and its common wrong versions: the mean over i of ᾱ_t·λ_i/(ᾱ_t·λ_i + 1 − ᾱ_t)."""
+    alpha_bar_t = s.alpha_bar[torch.as_tensor(t)].unsqueeze(-1)         # ᾱ_t: () → (1,), (B,) → (B, 1)
+    scale = {"alpha_bar": alpha_bar_t, "sqrt": alpha_bar_t.sqrt(), "none": torch.ones_like(alpha_bar_t)}[signal]
+    var_signal, var_noise = scale * eigvals, 1 - alpha_bar_t            # variances of √ᾱ_t·x_0 and √(1 − ᾱ_t)·ε along e_i
+    kept = var_signal if part == "residual" else var_noise
+    return reduce(kept / (var_signal + var_noise), -1)
+
+
+def _affine_denoiser_mc(s, t, cov, mean, root, n, generator):
+    """Monte-Carlo L_simple per dimension of the best affine predictor of ε from x_t, built from matrices only:
+    x_0 = mean + root·z ~ N(mean, cov) with cov = root·rootᵀ (root: (D, K)), ε̂ = C·(x_t − √ᾱ_t·mean) with
+    C = Cov(ε, x_t)·Cov(x_t)⁻¹ = √(1 − ᾱ_t)·(ᾱ_t·cov + (1 − ᾱ_t)·I)⁻¹. Returns (estimate, standard error)."""
+    D, alpha_bar_t = len(mean), float(s.alpha_bar[t])
+    x0 = mean + torch.randn(n, root.shape[1], generator=generator, dtype=f64) @ root.T
+    eps = torch.randn(n, D, generator=generator, dtype=f64)
+    xt = math.sqrt(alpha_bar_t) * x0 + math.sqrt(1 - alpha_bar_t) * eps                       # eq. (4)
+    C = math.sqrt(1 - alpha_bar_t) * torch.linalg.inv(alpha_bar_t * cov + (1 - alpha_bar_t) * torch.eye(D, dtype=f64))
+    per_draw = ((eps - (xt - math.sqrt(alpha_bar_t) * mean) @ C.T) ** 2).mean(1)             # ‖ε − ε̂‖²/D
+    return float(per_draw.mean()), float(per_draw.std()) / math.sqrt(n)
+
+
+def check_linear_denoiser_loss(fn, seed=None) -> bool:
+    """Exercise 6.3: ``fn(s, t, eigvals)`` → ℓ_lin(t) = (1/D)·Σ_i ᾱ_t·λ_i/(ᾱ_t·λ_i + 1 − ᾱ_t), eq. (6.5): the
+    L_simple per dimension (Ho et al. 2020, eq. 14) of the best affine predictor of ε from x_t (eq. 4) for data whose
+    covariance has eigenvalues ``eigvals`` (D,), float64, some of them 0. t: an int in 1..T (returns one number) or a
+    long tensor (B,) (returns (B,), one value per t)."""
+    g = _generator(seed)
+    cases = []
+    for k in range(N_CASES):
+        s = (make_schedule("linear", 1000), make_schedule("cosine", 1000), make_schedule("cosine", 200))[k % 3]
+        D = int(torch.randint(7, 41, (1,), generator=g))                       # never the batch's 6
+        eigvals = 10 ** (7 * torch.rand(D, generator=g, dtype=f64) - 5)        # 1e-5 … 1e2
+        eigvals[torch.randperm(D, generator=g)[:1 + k % 3]] = 0.0              # directions the data never vary in
+        t_int = (1, s.T, int(torch.randint(2, s.T, (1,), generator=g)))[k % 3]     # an int t: 1, T or one between
+        cases += [(s, _timesteps(g, s, 6), eigvals), (s, t_int, eigvals)]
+    mistakes = [
+        Mistake("that is the explained part (1 − ᾱ_t)/(ᾱ_t·λ_i + 1 − ᾱ_t), i.e. 1 − ℓ_lin; the loss is what the "
+                "predictor cannot explain, ᾱ_t·λ_i/(ᾱ_t·λ_i + 1 − ᾱ_t)", lambda *a: _linear_loss(*a, part="explained")),
+        Mistake("x_0 enters x_t scaled by √ᾱ_t, so its variance along e_i is ᾱ_t·λ_i, not λ_i",
+                lambda *a: _linear_loss(*a, signal="none")),
+        Mistake("√ᾱ_t scales x_0, so it scales its variance by ᾱ_t: the signal's variance is ᾱ_t·λ_i, not √ᾱ_t·λ_i",
+                lambda *a: _linear_loss(*a, signal="sqrt")),
+        Mistake("L_simple is per dimension: take the mean over the D directions, not the sum",
+                lambda *a: _linear_loss(*a, reduce=torch.sum)),
+    ]
+    n = 40_000
+
+    def affine_oracle(fn):      # the Monte-Carlo loss of C = √(1 − ᾱ_t)(ᾱ_t Σ + (1 − ᾱ_t) I)⁻¹, no eigenvalues used
+        for s, t in ((make_schedule("linear", 1000), 1), (make_schedule("cosine", 1000), 300),
+                     (make_schedule("linear", 1000), 1000)):
+            ab = float(s.alpha_bar[t])
+            eigvals = (1 - ab) / ab * 10 ** (3 * torch.rand(4, generator=g, dtype=f64) - 1.5)   # λ_i near the noise level
+            eigvals[0] = 0.0
+            Q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=f64)).Q                 # random orthonormal basis
+            root = Q * eigvals.sqrt()                                                          # Σ = Q diag(λ) Qᵀ
+            est, se = _affine_denoiser_mc(s, t, root @ root.T, torch.randn(4, generator=g, dtype=f64), root, n, g)
+            got = float(_tensor(fn(s, t, eigvals)).reshape(-1)[0])
+            if abs(got - est) > 4 * se:                                                        # 4 standard errors
+                return (f"with Σ = Q·diag(λ)·Qᵀ in D = 4 (λ = {', '.join(f'{v:.3g}' for v in eigvals)}, t = {t}) the "
+                        f"affine predictor C·(x_t − √ᾱ_t·μ), C = √(1 − ᾱ_t)(ᾱ_t·Σ + (1 − ᾱ_t)·I)⁻¹, has a Monte-Carlo "
+                        f"loss of {est:.4g} ± {se:.2g} per dimension ({n:,} draws), but your function gives {got:.4g}")
+
+    return _grade("linear_denoiser_loss", fn, cases, _linear_loss, mistakes, ("ℓ_lin",), [affine_oracle],
+                  f"matches eq. (6.5) on {len(cases)} cases (linear and cosine, t = 1…T, an int t or a tensor (B,), "
+                  f"zero eigenvalues included) and the Monte-Carlo loss of the best affine predictor built from Σ",
+                  timesteps=lambda s, t, eigvals: (torch.as_tensor(t).reshape(-1), s.T))
