@@ -7,23 +7,7 @@ import torch
 import ddpm_lib as dl
 from ddpm_lib import checks
 from ddpm_lib.checks.training import _affine_denoiser_mc
-
-SEEDS = (0, 1)
-
-
-def verdict(capsys, answer, seed=0):
-    ok = checks.check_linear_denoiser_loss(answer, seed=seed)
-    out = capsys.readouterr().out.strip()
-    assert out.count("\n") == 0, f"a verdict is one line, got:\n{out}"
-    return ok, out
-
-
-def assert_fails(capsys, answer, *phrases):
-    ok, out = verdict(capsys, answer)
-    assert ok is False and out.startswith("✗ "), out
-    for phrase in phrases:
-        assert phrase in out, f"expected {phrase!r} in the verdict: {out}"
-
+from test_checks import SEEDS, assert_fails, verdict
 
 def linear_loss(s, t, eigvals, signal="alpha_bar", explained=False, reduce="mean"):
     """Eq. (6.5) written out per t, the way a student might (a loop over t, the residual as 1 − explained part)."""
@@ -40,19 +24,19 @@ def linear_loss(s, t, eigvals, signal="alpha_bar", explained=False, reduce="mean
 
 def test_check_linear_denoiser_loss_passes_eq_6_5_and_names_its_mistakes(capsys):
     for seed in SEEDS:
-        ok, out = verdict(capsys, linear_loss, seed)
+        ok, out = verdict(capsys, checks.check_linear_denoiser_loss, linear_loss, seed)
         assert ok is True and out.startswith("✓ "), out
-    assert_fails(capsys, lambda *a: linear_loss(*a, explained=True), "explained part", "1 − ℓ_lin")
-    assert_fails(capsys, lambda *a: linear_loss(*a, signal="none"), "ᾱ_t·λ_i, not λ_i")
-    assert_fails(capsys, lambda *a: linear_loss(*a, signal="sqrt"), "not √ᾱ_t·λ_i")
-    assert_fails(capsys, lambda *a: linear_loss(*a, reduce="sum"), "mean over the D directions")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a, explained=True), "explained part", "1 − ℓ_lin")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a, signal="none"), "ᾱ_t·λ_i, not λ_i")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a, signal="sqrt"), "not √ᾱ_t·λ_i")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a, reduce="sum"), "mean over the D directions")
 
 
 def test_check_linear_denoiser_loss_wants_one_value_per_t_in_float64(capsys):
     """A tensor t (B,) gives (B,); an answer that keeps a trailing axis, or computes in float32, is told so.
     Catches: cases with int t only, or shapes accepted that broadcast."""
-    assert_fails(capsys, lambda *a: linear_loss(*a)[..., None], "should have shape (6,)")
-    assert_fails(capsys, lambda *a: linear_loss(*a).float(), "keep every step in float64")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a)[..., None], "should have shape (6,)")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: linear_loss(*a).float(), "keep every step in float64")
 
 
 def test_the_oracle_runs_after_a_match_and_catches_an_answer_wrong_elsewhere(capsys):
@@ -60,13 +44,13 @@ def test_the_oracle_runs_after_a_match_and_catches_an_answer_wrong_elsewhere(cap
     reference and must still fail, with the oracle's message. Catches: a property that is only used as a clue."""
     def right_for_large_d_only(s, t, eigvals):
         return linear_loss(s, t, eigvals) * (1.0 if len(eigvals) > 4 else 1.1)
-    assert_fails(capsys, right_for_large_d_only, "Monte-Carlo loss", "C = √(1 − ᾱ_t)(ᾱ_t·Σ + (1 − ᾱ_t)·I)⁻¹")
+    assert_fails(capsys, checks.check_linear_denoiser_loss, right_for_large_d_only, "Monte-Carlo loss", "C = √(1 − ᾱ_t)(ᾱ_t·Σ + (1 − ᾱ_t)·I)⁻¹")
 
 
 def test_an_answer_off_by_5_percent_is_told_by_the_oracle_too(capsys):
     """No named mistake matches 1.05·ℓ_lin; the verdict gives the generic message and the oracle's (the Monte-Carlo
     standard error is about 0.5 % of the loss, so 5 % is many standard errors). Catches: an oracle too noisy to see 5 %."""
-    assert_fails(capsys, lambda *a: 1.05 * linear_loss(*a), "differs from the library's answer",
+    assert_fails(capsys, checks.check_linear_denoiser_loss, lambda *a: 1.05 * linear_loss(*a), "differs from the library's answer",
                  "A simpler test fails too", "Monte-Carlo loss")
 
 

@@ -13,32 +13,9 @@ import torch
 import ddpm_lib as dl
 from ddpm_lib import checks
 from ddpm_lib.checks.ddim import _agrees_with_rk4, _keeps_marginal, _rk4_gain
+from test_checks import assert_fails, assert_passes
 
 f64 = torch.float64
-SEEDS = (0, 1)
-
-
-def verdict(capsys, check, answer, seed=0):
-    ok = check(answer, seed=seed)
-    out = capsys.readouterr().out.strip()
-    assert out.count("\n") == 0, f"a verdict is one line, got:\n{out}"
-    return ok, out
-
-
-def assert_passes(capsys, check, answer):
-    for seed in SEEDS:
-        ok, out = verdict(capsys, check, answer, seed)
-        assert ok is True and out.startswith("✓ "), out
-
-
-def assert_fails(capsys, check, answer, *phrases):
-    ok, out = verdict(capsys, check, answer)
-    assert ok is False and out.startswith("✗ "), out
-    for phrase in phrases:
-        assert phrase in out, f"expected {phrase!r} in the verdict: {out}"
-    return out
-
-
 def variance(s, t, x, v):
     """V_t = ᾱ_t·v + 1 − ᾱ_t, shaped like dl.gather's output."""
     alpha_bar_t = dl.gather(s.alpha_bar, t, x)

@@ -9,24 +9,7 @@ import torch
 import ddpm_lib as dl
 from ddpm_lib import checks
 from ddpm_lib.checks.guidance import HAND_ROWS, HAND_T, _hand_mask, _sampler_oracle
-
-SEEDS = (0, 1)
-
-
-def verdict(capsys, answer, seed=0):
-    ok = checks.check_windowed(answer, seed=seed)
-    out = capsys.readouterr().out.strip()
-    assert out.count("\n") == 0, f"a verdict is one line, got:\n{out}"
-    return ok, out
-
-
-def assert_fails(capsys, answer, *phrases):
-    ok, out = verdict(capsys, answer)
-    assert ok is False and out.startswith("✗ "), out
-    for phrase in phrases:
-        assert phrase in out, f"expected {phrase!r} in the verdict: {out}"
-    return out
-
+from test_checks import SEEDS, assert_fails, verdict
 
 def windowed(grad_fn, t_lo, t_hi, lo=lambda t, a: t >= a, hi=lambda t, b: t <= b, first_only=False, keep=True):
     """A student's answer; the keyword arguments turn it into the usual wrong ones."""
@@ -51,21 +34,21 @@ def test_check_windowed_passes_a_mask_and_a_where_that_skips_empty_batches(capsy
 
     for answer in (windowed, skipping):
         for seed in SEEDS:
-            ok, out = verdict(capsys, answer, seed)
+            ok, out = verdict(capsys, checks.check_windowed, answer, seed)
             assert ok is True and out.startswith("✓ "), out
 
 
 def test_check_windowed_names_its_mistakes(capsys):
-    assert_fails(capsys, lambda g, a, b: windowed(g, a, b, lo=lambda t, a: t > a), "t = t_lo is left out")
-    assert_fails(capsys, lambda g, a, b: windowed(g, a, b, hi=lambda t, b: t < b), "t = t_hi is left out")
-    assert_fails(capsys, lambda g, a, b: windowed(g, a, b, first_only=True), "first sample's t[0]")
-    assert_fails(capsys, lambda g, a, b: windowed(g, a, b, keep=False), "the window is inverted")
+    assert_fails(capsys, checks.check_windowed, lambda g, a, b: windowed(g, a, b, lo=lambda t, a: t > a), "t = t_lo is left out")
+    assert_fails(capsys, checks.check_windowed, lambda g, a, b: windowed(g, a, b, hi=lambda t, b: t < b), "t = t_hi is left out")
+    assert_fails(capsys, checks.check_windowed, lambda g, a, b: windowed(g, a, b, first_only=True), "first sample's t[0]")
+    assert_fails(capsys, checks.check_windowed, lambda g, a, b: windowed(g, a, b, keep=False), "the window is inverted")
 
 
 def test_an_unknown_mistake_fails_with_the_hand_made_batch_as_a_clue(capsys):
     """The window ignored altogether matches no named mistake: the verdict says where it differs and adds the
     hand-made batch, whose rows show the gradient kept outside [4, 7]."""
-    out = assert_fails(capsys, lambda g, a, b: g, "differs from the library's answer", f"t = {HAND_T}")
+    out = assert_fails(capsys, checks.check_windowed, lambda g, a, b: g, "differs from the library's answer", f"t = {HAND_T}")
     assert "got [3.0, 4.0, 5.0, 7.0, 8.0, 1.0, 10.0, 6.0]" in out
 
 
@@ -91,7 +74,7 @@ def test_the_check_fails_the_fast_path_answer_through_its_oracle(capsys):
         return lambda xt, t: (grad_fn(xt, t) if t_lo <= int(t[0]) < t_hi else torch.zeros_like(xt)) \
             if bool((t == t[0]).all()) else mixed(xt, t)
 
-    assert_fails(capsys, fast_path, "window [1, T]")
+    assert_fails(capsys, checks.check_windowed, fast_path, "window [1, T]")
 
 
 def test_the_sampler_oracle_catches_a_skip_that_returns_the_gradient(capsys):
@@ -105,7 +88,7 @@ def test_the_sampler_oracle_catches_a_skip_that_returns_the_gradient(capsys):
 
     assert _hand_mask(botched_skip) is None
     assert "unguided samples" in _sampler_oracle(botched_skip)
-    assert_fails(capsys, botched_skip, "no step reaches")
+    assert_fails(capsys, checks.check_windowed, botched_skip, "no step reaches")
 
 
 def test_the_oracles_themselves_are_right():
