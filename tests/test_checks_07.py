@@ -52,7 +52,7 @@ def test_check_gaussian_flow_asks_for_float64_and_gives_a_clue_for_an_unknown_mi
     check = checks.check_gaussian_flow
     assert_fails(capsys, check, lambda *a: gaussian_flow(*a).float(), "float32")
     assert_fails(capsys, check, lambda s, x, t, tp, v: x, "differs from the library's answer",
-                 "variance 0.99")                  # v forgotten (V_t = 1): the identity, caught by the marginal
+                 "variance is 0.99")               # v forgotten (V_t = 1): the identity, caught by the marginal
     assert_fails(capsys, check, lambda *a: 1.01 * gaussian_flow(*a), "must be N(0, V_{t'})")
 
 
@@ -72,6 +72,15 @@ def test_the_runge_kutta_property_catches_an_answer_right_only_for_int_steps(cap
     assert _keeps_marginal(first_step_for_all) is None     # the marginal (ints) cannot tell; the oracle can
     assert "Runge–Kutta" in _agrees_with_rk4(lambda *a: gaussian_flow(*a, root=False))
     assert "variance" in _keeps_marginal(lambda *a: gaussian_flow(*a, swap=True))
+
+
+def test_the_runge_kutta_property_blames_batching_only_when_int_steps_are_right():
+    """A sign error keeps the variance (the marginal property cannot see it) and is as wrong with int steps as
+    with tensors: the oracle must say so, not send the student to look for a batching bug."""
+    flipped = lambda *a: -gaussian_flow(*a)
+    message = _agrees_with_rk4(flipped)
+    assert "Runge–Kutta" in message and "called with the ints" in message and "its own step" not in message
+    assert _keeps_marginal(flipped) is None
 
 
 @pytest.mark.parametrize("schedule, T", [("linear", 1000), ("cosine", 200)])

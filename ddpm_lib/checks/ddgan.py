@@ -154,7 +154,7 @@ def _gaussian_conditional(s, xt, t, mean, var):
 
 
 def check_reverse_step_mixture(fn, seed=None) -> bool:
-    """Exercise 9.3: ``fn(s, xt, t, means, var, weights)`` → ``(weights, means, var)`` of q(x_{t−1} | x_t), eq. (9.4),
+    """Exercise 9.3: ``fn(s, xt, t, means, var, weights)`` → ``(pi, mu, S)`` of q(x_{t−1} | x_t), eq. (9.4),
     for 1-D data Σ_k w_k N(m_k, σ²): x_t a 0-d tensor or a batch (B,), t an int in 1..T, means and weights (K,)
     (weights summing to 1), var = σ² a number. Returns π (K,) or (B, K), μ_k of the same shape, and the shared S."""
     g = _generator(seed)

@@ -158,7 +158,8 @@ def _keeps_marginal(fn):
             got, want = gain ** 2 * float(_variance_at(s, t, one, v)), float(_variance_at(s, t_prev, one, v))
             if not math.isclose(got, want, rel_tol=1e-9):
                 return (f"if x_t ~ N(0, V_t), x_{{t'}} must be N(0, V_{{t'}}) (V_t = ᾱ_t·v + 1 − ᾱ_t); for v = {v}, "
-                        f"t = {t} → t' = {t_prev} the answer gives variance {got:.6g} instead of {want:.6g}")
+                        f"t = {t} → t' = {t_prev} the answer's variance is {got:.10g} instead of {want:.10g} "
+                        f"(relative error {abs(got / want - 1):.2g})")
 
 
 def _agrees_with_rk4(fn, g=None):
@@ -171,6 +172,8 @@ def _agrees_with_rk4(fn, g=None):
     for v in (0.1, 3.0):
         try:
             out = torch.as_tensor(fn(s, x.clone(), t, t_prev, v))
+            one_by_one = torch.cat([torch.as_tensor(fn(s, x[b:b + 1].clone(), int(t[b]), int(t_prev[b]), v))
+                                    for b in range(len(t))])
         except Exception as err:
             return (f"t and t_prev may be long tensors of shape (B,), one step per sample; that failed with "
                     f"{type(err).__name__}: {err}")
@@ -181,9 +184,12 @@ def _agrees_with_rk4(fn, g=None):
             gain = _rk4_gain(float(rho[tb]), float(rho[pb]), v)    # x̄_{t'} = gain·x̄_t, x̄ = x/√ᾱ
             want = math.sqrt(float(s.alpha_bar[pb]) / float(s.alpha_bar[tb])) * gain * x[b]
             if not torch.allclose(out[b].to(f64), want, rtol=1e-8, atol=1e-12):
+                alone = torch.allclose(one_by_one[b].to(f64), want, rtol=1e-8, atol=1e-12)   # right with int t?
                 return (f"sample {b} (t = {tb} → t' = {pb}, v = {v}) disagrees with a Runge–Kutta solution of "
-                        f"dx̄/dρ = ρx̄/(v + ρ²) by up to {float((out[b] - want).abs().max()):.3g}: with tensors t, "
-                        f"t_prev of shape (B,), sample b must take its own step t[b] → t_prev[b]")
+                        f"dx̄/dρ = ρx̄/(v + ρ²) by up to {float((out[b] - want).abs().max()):.3g}"
+                        + (": with tensors t, t_prev of shape (B,), sample b must take its own step t[b] → t_prev[b], "
+                           "as the call with the ints t[b], t_prev[b] does" if alone else
+                           ", called with the ints t[b], t_prev[b] too"))
 
 
 def check_gaussian_flow(fn, seed=None) -> bool:
