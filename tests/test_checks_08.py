@@ -48,8 +48,16 @@ def test_check_windowed_names_its_mistakes(capsys):
 def test_an_unknown_mistake_fails_with_the_hand_made_batch_as_a_clue(capsys):
     """The window ignored altogether matches no named mistake: the verdict says where it differs and adds the
     hand-made batch, whose rows show the gradient kept outside [4, 7]."""
-    out = assert_fails(capsys, checks.check_windowed, lambda g, a, b: g, "differs from the library's answer", f"t = {HAND_T}")
+    out = assert_fails(capsys, checks.check_windowed, lambda g, a, b: g, "wrong at 0 samples inside the window",
+                       "outside it (where it must be exactly 0)", f"t = {HAND_T}")
     assert "got [3.0, 4.0, 5.0, 7.0, 8.0, 1.0, 10.0, 6.0]" in out
+
+
+def test_a_gradient_changed_inside_the_window_is_told_so(capsys):
+    """Twice the gradient in the window, 0 outside: the verdict counts the wrong samples inside and none outside."""
+    doubled = lambda g, a, b: windowed(lambda xt, t: 2 * g(xt, t), a, b)
+    out = assert_fails(capsys, checks.check_windowed, doubled, "grad_fn's value, unchanged", "and at 0 outside it")
+    assert "wrong at 0 samples inside" not in out
 
 
 def test_the_sampler_oracle_catches_an_answer_right_on_every_random_batch():

@@ -78,9 +78,11 @@ def _try(fn, args):
 
 
 def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), properties=(), passed="",
-           tol=((1e-9, 1e-11),), broadcast=(), shape_note="", timesteps=None, requirements=()) -> bool:
+           tol=((1e-9, 1e-11),), broadcast=(), shape_note="", timesteps=None, requirements=(), where=None) -> bool:
     """Run ``fn`` on every case, compare with ``reference``, diagnose, print the verdict. ``requirements`` are
-    checked like ``properties`` but only for right values (they never explain a wrong one)."""
+    checked like ``properties`` but only for right values (they never explain a wrong one). ``where(outs, refs,
+    cases)`` replaces the generic account of a wrong answer that matches no mistake (``_where``) where a check
+    can say more (which samples differ)."""
     n = len(labels)
     tol = tol * n if len(tol) == 1 else tol
     split = lambda v: (v,) if n == 1 else (tuple(v) if isinstance(v, (tuple, list)) and len(v) == n else None)
@@ -123,7 +125,8 @@ def _grade(name, fn, cases, reference, mistakes=(), labels=("the result",), prop
             hint = _precision(outs, refs, k)
             if hint is None:
                 clue = next(filter(None, (prop(fn) for prop in properties)), None)
-                hint = _where(outs, refs, cases, k, timesteps) + (f". A simpler test fails too: {clue}" if clue else "")
+                account = where(outs, refs, cases) if where else _where(outs, refs, cases, k, timesteps)
+                hint = account + (f". A simpler test fails too: {clue}" if clue else "")
         hints.append(hint if n == 1 else f"{labels[k]}: {hint}")
     return _verdict(name, False, "; ".join(hints))
 

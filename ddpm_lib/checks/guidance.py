@@ -8,8 +8,8 @@ from ..indexing import gather
 from ..oracle import GaussianMixture
 from ..sampling import sample_ddpm
 from ..schedules import make_schedule
-from .grading import (Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _one_step_per_sample, _timesteps,
-                      f64)
+from .grading import (Mistake, N_CASES, _generator, _grade, _images, _keeps_dtype, _one_step_per_sample, _tensor,
+                      _timesteps, f64)
 
 
 def _guided_eps(s, eps_pred, t, grad, scale, root=True, sign=-1.0, coef="alpha_bar", shift=0):
@@ -140,6 +140,19 @@ def _sampler_oracle(windowed):
         return "through a window that no step reaches ([T + 1, 2T]) the sampler must give the unguided samples"
 
 
+def _where_in_window(outs, refs, cases):
+    """How a wrong windowed gradient differs: at how many samples inside the window (where it must be grad_fn's
+    value) and outside it (where it must be 0), over all cases."""
+    inside = outside = 0
+    for out, ref, (_, t_lo, t_hi, _, t) in zip(outs, refs, cases):
+        a, b = _tensor(out[0]), _tensor(ref[0])
+        wrong = (torch.broadcast_to(a, b.shape) - b).abs().reshape(len(t), -1).amax(1) > 1e-12
+        in_window = (t >= t_lo) & (t <= t_hi)
+        inside, outside = inside + int((wrong & in_window).sum()), outside + int((wrong & ~in_window).sum())
+    return (f"wrong at {inside} samples inside the window (where it must be grad_fn's value, unchanged) and at "
+            f"{outside} outside it (where it must be exactly 0)")
+
+
 def check_windowed(fn, seed=None) -> bool:
     """Exercise 8.3: ``fn(grad_fn, t_lo, t_hi)`` → a guidance function f(x_t, t) with grad_fn's signature that
     returns grad_fn(x_t, t) for the samples whose t lies in t_lo ≤ t ≤ t_hi and exactly 0 for the others
@@ -167,4 +180,4 @@ def check_windowed(fn, seed=None) -> bool:
                   [lambda _: _hand_mask(fn), lambda _: _sampler_oracle(fn)],
                   f"keeps the gradient exactly where t_lo ≤ t ≤ t_hi and gives 0 elsewhere on {N_CASES} random batches "
                   f"and on t = {HAND_T} by hand; the window [1, T] reproduces the fully guided sampler and an empty "
-                  "one the unguided sampler, draw for draw")
+                  "one the unguided sampler, draw for draw", where=_where_in_window)
