@@ -53,6 +53,19 @@ def test_an_unknown_mistake_fails_with_the_hand_made_batch_as_a_clue(capsys):
     assert "got [3.0, 4.0, 5.0, 7.0, 8.0, 1.0, 10.0, 6.0]" in out
 
 
+def test_nan_outside_the_window_is_counted_as_wrong(capsys):
+    """An answer that leaves uninitialised (here NaN) entries outside the window: the count must include them."""
+    def leaves_nan(grad_fn, t_lo, t_hi):
+        def cond_fn(xt, t):
+            out = torch.full_like(xt, float("nan"))
+            inside = (t >= t_lo) & (t <= t_hi)
+            out[inside] = grad_fn(xt, t)[inside]
+            return out
+        return cond_fn
+    out = assert_fails(capsys, checks.check_windowed, leaves_nan, "wrong at 0 samples inside", "outside it")
+    assert "and at 0 outside" not in out
+
+
 def test_a_gradient_changed_inside_the_window_is_told_so(capsys):
     """Twice the gradient in the window, 0 outside: the verdict counts the wrong samples inside and none outside."""
     doubled = lambda g, a, b: windowed(lambda xt, t: 2 * g(xt, t), a, b)

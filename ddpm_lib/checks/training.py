@@ -154,7 +154,7 @@ def check_linear_denoiser_loss(fn, seed=None) -> bool:
             root = Q * eigvals.sqrt()                                                          # Σ = Q diag(λ) Qᵀ
             est, se = _affine_denoiser_mc(s, t, root @ root.T, torch.randn(4, generator=g, dtype=f64), root, n, g)
             got = float(_tensor(fn(s, t, eigvals)).reshape(-1)[0])
-            if abs(got - est) > 5 * se:          # 5 standard errors: a right answer fails once in ~10⁶ calls
+            if abs(got - est) > 5 * se:          # 5 s.e.: a right answer fails ~6·10⁻⁷ per comparison
                 return (f"with Σ = Q·diag(λ)·Qᵀ in D = 4 (λ = {', '.join(f'{v:.3g}' for v in eigvals)}, t = {t}) the "
                         f"affine predictor C·(x_t − √ᾱ_t·μ), C = √(1 − ᾱ_t)(ᾱ_t·Σ + (1 − ᾱ_t)·I)⁻¹, has a Monte-Carlo "
                         f"loss of {est:.4g} ± {se:.2g} per dimension ({n:,} draws), but your function gives {got:.4g}")
