@@ -72,7 +72,8 @@ def precision_name(amp_dtype: torch.dtype | None) -> str:
 
 def diffusion_loss(eps_model, s: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                    y: torch.Tensor | None = None) -> torch.Tensor:
-    """L_simple (eq. 14) at x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4): lines 4–5 of Algorithm 1.
+    """L_simple (eq. 14) at x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (eq. 4): line 5 of Algorithm 1,
+    the loss of the gradient step (ε, drawn in line 4, comes as an argument).
 
     ``s`` lives on x0's device (``Schedule.to``) so that nothing in the step waits for the GPU.
     With labels y (B,) the network is class-conditional and is called as ``eps_model(xt, t, y)``.
@@ -101,7 +102,7 @@ class Trainer:
         net = model if world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = net
-        # Lines 4–5 of Algorithm 1 as one function (x_t by eq. 4, ε_θ, L_simple). ``compile`` compiles it
+        # Line 5 of Algorithm 1 as one function (x_t by eq. 4, ε_θ, L_simple). ``compile`` compiles it
         # whole, so q_sample and the loss fuse into the network's first and last kernels (and its backward).
         self.loss_fn = torch.compile(self._loss, backend=compile_backend) if config.compile else self._loss
         self.noise_generator = torch.Generator(device).manual_seed(config.seed + 1000 * (rank + 1))

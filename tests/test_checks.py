@@ -259,7 +259,7 @@ def training_step(zero_grad=True, target="eps", reduce="mean", use_generator=Tru
         eps = torch.randn(x0.shape, generator=g)
         ab = s.alpha_bar[t].float()[:, None]
         err = ((eps if target == "eps" else x0) - model(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t)) ** 2
-        loss = err.mean() if reduce == "mean" else err.sum()
+        loss = {"mean": err.mean, "sum": err.sum, "row_sum": lambda: err.sum(1).mean()}[reduce]()
         if zero_grad:
             opt.zero_grad()
         loss.backward()
@@ -274,6 +274,7 @@ def test_training_step(capsys):
                  "the weights after two steps", "opt.zero_grad()")
     assert_fails(capsys, checks.check_training_step, training_step(target="x0"), "the target is ε, not x_0")
     assert_fails(capsys, checks.check_training_step, training_step(reduce="sum"), "not the sum")
+    assert_fails(capsys, checks.check_training_step, training_step(reduce="row_sum"), "D × dl.l_simple")   # (4.21) literally
     assert_fails(capsys, checks.check_training_step, training_step(t_low=0), "off by one in t")
     assert_fails(capsys, checks.check_training_step, training_step(use_generator=False), "generator=generator")
 

@@ -126,7 +126,7 @@ def _step(model, opt, s, x0, generator, draw="t_first", target="eps", reduce="me
     c = getattr(s, coef)[t].to(x0.dtype)[:, None]
     eps_pred = model(c.sqrt() * x0 + (1 - c).sqrt() * eps, t)
     err = ((x0 if target == "x0" else eps) - eps_pred) ** 2
-    loss = err.mean() if reduce == "mean" else err.sum()
+    loss = {"mean": err.mean, "sum": err.sum, "row_sum": lambda: err.sum(1).mean()}[reduce]()
     if zero_grad:
         opt.zero_grad()
     loss.backward()
@@ -179,6 +179,8 @@ def check_training_step(fn, seed=None) -> bool:
         ("draw t first, then ε, both from `generator` (the check replays that order)", dict(draw="eps_first")),
         ("the network predicts the noise: the target is ε, not x_0", dict(target="x0")),
         ("L_simple is the mean of the squared error over all elements (dl.l_simple), not the sum", dict(reduce="sum")),
+        ("(4.21)'s ‖ε − ε_θ‖² sums over the D coordinates, so this is D × dl.l_simple: take the mean over every "
+         "element, as dl.l_simple does", dict(reduce="row_sum")),
         ("looks like you used α_t where ᾱ_t is needed in x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε",
          dict(coef="alpha")),
     ] for part in (0, 1)] + [
