@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,18 @@ def test_shipped_result_files_name_no_machine_folders():
     for path in files:
         found = absolute.search(path.read_text())
         assert found is None, f"{path.relative_to(ROOT)} records the machine path {found.group(0)}"
+
+
+@pytest.mark.parametrize("lecture", ["06", "07", "08", "09"])
+def test_the_rehearsal_finds_every_check_it_switches_off(tmp_path, lecture):
+    """notebooks/rehearse.sh copies 06–09 with the checks only a trained model passes turned into ``pass``; it
+    names them by their whole line and refuses a lecture where one is missing. Its Python, run here on each
+    lecture as the script runs it. Catches: a check edited in a lecture but not in the script's list (the
+    rehearsal then stops before that lecture runs, which no other test sees)."""
+    script = (ROOT / "notebooks" / "rehearse.sh").read_text()
+    code = script.split("<<'EOF'", 1)[1].split("\n", 1)[1].split("\nEOF\n", 1)[0]      # the heredoc's lines
+    src = next((ROOT / "notebooks").glob(f"{lecture}_*.ipynb"))
+    dst = tmp_path / src.name
+    result = subprocess.run([sys.executable, "-c", code, str(src), str(dst)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert dst.read_text().count("pass  # rehearsal: assert") >= 1
