@@ -30,9 +30,17 @@ def stationary_by_power_iteration(P: torch.Tensor, start: torch.Tensor | None = 
 
 
 def stationary_by_eigenvector(P: torch.Tensor) -> torch.Tensor:
-    """The left eigenvector of P for eigenvalue 1 (Pᵀ v = v), normalised to sum to 1."""
+    """The left eigenvector of P for eigenvalue 1 (Pᵀ v = v), normalised to sum to 1.
+
+    It is unique when the eigenvalue 1 is simple, as for an irreducible chain; a P with several (a reducible
+    chain, such as the identity) has many stationary distributions, and is refused with a ValueError.
+    """
     check_transition_matrix(P)
     vals, vecs = torch.linalg.eig(P.T)
+    ones = int(((vals - 1).abs() < 1e-9).sum())
+    if ones > 1:
+        raise ValueError(f"P has the eigenvalue 1 {ones} times: the chain is reducible and has more than one "
+                         f"stationary distribution")
     k = torch.argmin((vals - 1).abs())
     v = vecs[:, k].real.to(P.dtype)
     return v / v.sum()

@@ -45,6 +45,15 @@ def test_power_iteration_stops_at_once_on_a_stationary_start():
     assert n_iter == 1
 
 
+def test_a_reducible_chain_is_refused_by_the_eigenvector_method():
+    """Two closed classes {0, 1} and {2}: every mixture of their stationary laws is stationary, and eig returns an
+    arbitrary vector of the 2-D eigenspace (entries of either sign). Catches: one of them returned silently."""
+    P = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    for reducible in (P, torch.eye(3, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="reducible"):
+            dl.stationary_by_eigenvector(reducible)
+
+
 def test_periodic_chain():
     flip = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(dl.stationary_by_eigenvector(flip), torch.tensor([0.5, 0.5], dtype=torch.float64))
