@@ -22,7 +22,9 @@ for src in "$here"/0[6-9]_*.ipynb; do
   "$py" - "$src" "$out/$name.ipynb" <<'EOF' || { failed=1; continue; }
 import sys, nbformat
 only_a_trained_model_passes = {         # per lecture, whole lines of its code
-    "06": ["assert loss_t[0] < 0.5 and loss_t[1:].max() < 0.1, loss_t      # far below 1 (ε̂ = 0) at every t, lowest at large t"],
+    "06": ["assert loss_t[0] < 0.5 and loss_t[1:].max() < 0.1, loss_t      # far below 1 (ε̂ = 0) at every t, lowest at large t",
+           "assert (gain[middle] > 5 * net_se[middle]).all(), gain / net_se",
+           "assert max(lin[-2:].max(), net_loss[-2:].max()) < 0.01 * lin[0]"],
     "07": ["assert errors[20] > errors[50] > errors[100] and errors[100] < 0.15"],
     "08": ["assert acc[min(acc)] > 0.9 and acc[max(acc)] < 0.3",
            'assert rows[0]["accuracy"] < rows[-1]["accuracy"] and rows[-1]["diversity_judged"] < rows[0]["diversity_judged"]',
