@@ -18,12 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("bash") is None, reason="needs GNU make and bash")
 def test_notebooks_06_to_09_accept_the_files_of_the_results_pipeline(tmp_path):
     results, out = tmp_path / "r", tmp_path / "rehearsal"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # one core: the
+                                                                           # other test worker has the second
     make = subprocess.run(["make", "results", "RESULTS_SCALE=smoke", "T=100", "DDIM_STEPS=10 20 50 100", f"R={results}",
                            f"RUNS={results}/runs", f"DL={sys.executable} -m ddpm_lib"],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, env=env)
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-3000:]
     rehearsal = subprocess.run(["bash", "notebooks/rehearse.sh", str(results), str(out)], cwd=ROOT, capture_output=True,
-                               text=True, env={**os.environ, "PYTHON": sys.executable})
+                               text=True, env=env)
     logs = "".join(f"\n--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(out.glob("*.log")))
     assert rehearsal.returncode == 0, rehearsal.stdout + rehearsal.stderr + logs
     assert rehearsal.stdout.count("exit 0") == 4, rehearsal.stdout
