@@ -9,7 +9,7 @@ import torch
 def pytest_collection_modifyitems(items):
     """The CPU rehearsal of the results pipeline (minutes on one core) first, so that pytest-xdist's other worker runs
     the rest of the suite beside it instead of after it."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_rehearsal.py")
+    items.sort(key=lambda item: item.path.name != "test_rehearsal.py")
 
 
 @pytest.fixture
