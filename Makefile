@@ -76,7 +76,7 @@ COMPILE :=
 BENCH  := --batch-size 4 --sample-batch 4 --iters 2 --warmup 1 --ddim-steps 2 --compile-backend eager
 BENCH_PRESETS := tiny
 else ifeq ($(RESULTS_SCALE),laptop)
-# A stand-in made on a 2-core laptop CPU in about three hours, for the lectures to run before the GPU run:
+# A stand-in made on a 2-core laptop CPU in about three and a half hours, for the lectures to run before the GPU run:
 # the tiny U-Net, a short run, few samples. Its numbers are the laptop's, not the GPU's (README).
 PRESET := tiny
 NC_PRESET := tiny

@@ -66,10 +66,10 @@ class DDGANConfig:
     Seeds: G's and D's initialisation and the data order use ``seed``; t, the pairs' noise, z, the posterior
     noise and the hflip coins come from one generator seeded with ``seed + 1000``. T, the β range and γ are the
     paper's CIFAR-10 settings. The optimisers are not: with the paper's (lr_g 1.6e-4, lr_d 1.25e-4, betas 0.5,
-    0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 540 on 500
+    0.9) the ``tiny`` preset's samples on MNIST were still strokes after 1,500 steps (FID-MNIST 475 on 500
     samples). For images D here learns 4× faster than G (the two time-scale update rule of Heusel et al.
     2017) and Adam's β1 is 0, as in StyleGAN2; the same preset then reached FID-MNIST 232–263 from step 2,400
-    on. At step 1,500 the ratio alone gave 253 and β1 = 0 alone 396 (paper's settings: 475): the ratio
+    on. At step 1,500 the ratio alone gave 253 and β1 = 0 alone 396: the ratio
     matters. Two D updates per step (``d_steps = 2``, which the Makefile's recipe passes) gave 145 at step
     1,500 and 75 at step 4,000, for about 1.4× the time per step; for images ``d_steps`` stays 1 by default,
     as in Algorithm 1. 2-D toy sets have their own defaults (KIND_DEFAULTS above).
