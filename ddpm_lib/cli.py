@@ -110,10 +110,13 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str], ki
     (a device this machine lacks: this machine's default, said in one line),
     not the flag's default, so ``train --out-dir D --steps N --resume`` continues the run as it was set
     up; a flag that contradicts the run is refused by the trainer (``checkpoint.check_same_run``). The
-    training parsers set ``allow_abbrev=False``, so every flag on ``argv`` is spelled out as ``--name``."""
+    training parsers set ``allow_abbrev=False``, so every flag on ``argv`` is spelled out as ``--name``.
+    ``train`` without ``--compile`` or ``--no-compile`` (a new run) compiles its step when it computes on a CUDA
+    GPU: the default command is the fast one (TrainConfig itself, for the notebooks, keeps compile off)."""
     values = {f.name: getattr(args, f.name) for f in fields(config_class)}
     if args.resume:
-        given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+        given = {token[2:].split("=")[0].replace("-", "_").removeprefix("no_") for token in argv
+                 if token.startswith("--")}                                   # --no-compile gives compile
         try:
             found = checkpoint_to_resume(args.out_dir, resume=True, kind=kind)
         except FileNotFoundError:                       # none yet: is a run still writing its first one?
@@ -133,6 +136,9 @@ def config_from_args(config_class, args: argparse.Namespace, argv: list[str], ki
                           f"continues on {pick_device(None)} (give --device to choose)")
                 kept["device"] = None
         values.update(kept)
+    if values.get("compile", False) is None:            # train's --compile not given: compiled on a CUDA GPU
+        device = values["device"]
+        values["compile"] = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     return config_class(**values)
 
 
@@ -159,7 +165,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="decay of the weights' EMA")
     p.add_argument("--hflip", action="store_true", help="mirror each training image with probability 1/2, as "
                    "the DDPM paper's CIFAR-10 runs did (cifar10 and fashion_mnist only: a mirrored digit is none)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the forward (x_t, ε_θ, L_simple) and backward")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the forward (x_t, ε_θ, L_simple) and backward: on by default when the run "
+                        "computes on a CUDA GPU (the fast training command), off elsewhere")
     add_run_arguments(p, d, KIND_DEFAULTS)
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="0: unconditional; K: class-conditional "
                    "U-Net for classifier-free guidance (10 for MNIST)")

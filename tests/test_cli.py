@@ -223,7 +223,7 @@ def test_help_gives_each_default_once_and_none_for_flags_or_required_options(com
     if command != "export":
         assert helps["--seed"].endswith("(default: 0)")
     if command in ("train", "train-ddgan"):
-        assert "(default:" not in helps["--compile" if command == "train" else "--resume"]
+        assert "(default:" not in helps["--no-compile" if command == "train" else "--resume"]
         assert "(default:" not in helps["--no-progress"] and "(default:" not in helps["--device"]
         assert "None: cuda" in helps["--device"]
     if command in ("evaluate", "export"):
@@ -717,6 +717,46 @@ def test_training_flags_default_to_the_config_and_each_sets_its_own_field(comman
     config = cli.config_from_args(config_class, parser.parse_args([command, *argv]), [command, *argv], kind=kind)
     got = dataclasses.asdict(config)
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == values
+
+
+def test_train_compiles_by_default_on_a_cuda_gpu_only(monkeypatch):
+    """``train`` without --compile / --no-compile compiles its step when the run computes on a CUDA GPU (the
+    default command is the fast one), not on the CPU; either flag decides; a resumed run keeps its setting unless
+    --no-compile is given. Catches: compile off by default on a GPU, on for --device cpu, --no-compile ignored,
+    --no-compile not counted as given on --resume."""
+    parser = cli.build_parser()
+
+    def compile_for(argv, cuda):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        return cli.config_from_args(dl.TrainConfig, parser.parse_args(["train", *argv]), ["train", *argv],
+                                    kind="diffusion").compile
+    assert compile_for([], cuda=True) is True and compile_for(["--device", "cuda:0"], cuda=True) is True
+    assert compile_for(["--device", "cpu"], cuda=True) is False and compile_for([], cuda=False) is False
+    assert compile_for(["--no-compile"], cuda=True) is False and compile_for(["--compile"], cuda=False) is True
+    assert dl.TrainConfig().compile is False                               # the library's own default: eager
+
+
+def test_resume_keeps_the_runs_compile_setting_unless_no_compile_is_given(tmp_path, monkeypatch):
+    """A run saved with compile on continues compiled when --resume names nothing (also on a machine without a
+    GPU); --no-compile on the resume line turns it off. Catches: "--no-compile" not read as the compile setting."""
+    out = str(tmp_path / "run")
+    config = dl.TrainConfig(data="two_moons", steps=2, batch_size=8, lr=1e-3, warmup=1, out_dir=out, compile=True,
+                            device="cpu", progress=False, sample_every=0, log_every=1, save_every=1)
+    from ddpm_lib.training import Trainer
+    monkeypatch.setattr(Trainer, "__init__", _eager_trainer_init(Trainer.__init__))
+    dl.train(config)
+    parser = cli.build_parser()
+    for argv, expected in ((["--out-dir", out, "--resume"], True),
+                           (["--out-dir", out, "--resume", "--no-compile"], False)):
+        args = parser.parse_args(["train", *argv])
+        assert cli.config_from_args(dl.TrainConfig, args, ["train", *argv], kind="diffusion").compile is expected
+
+
+def _eager_trainer_init(init):
+    """Trainer.__init__ with torch.compile's backend set to "eager" (a saved run's compile flag, no compiler)."""
+    def eager_init(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, "compile_backend": "eager"})
+    return eager_init
 
 
 def test_by_kind_help_names_each_commands_own_defaults_images_first(capsys):
