@@ -70,7 +70,8 @@ def _torchvision(name: str, root: Path, train: bool):
         ds = cls(str(root), train=train, download=True)
     except Exception as exc:  # torchvision raises URLError, RuntimeError or OSError when offline
         raise RuntimeError(f"could not load {name!r} from {root} or download it ({type(exc).__name__}); "
-                           f"offline, use the shipped subset instead: load_images('mnist-5k')") from exc
+                           f"offline, use the shipped subset instead: --data mnist-5k on the command line, "
+                           f"load_images('mnist-5k') in Python") from exc
     data = torch.as_tensor(ds.data)
     images = data.permute(0, 3, 1, 2) if data.ndim == 4 else data[:, None]   # (N, C, H, W)
     return images.to(torch.uint8).contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)

@@ -158,7 +158,8 @@ def test_an_online_only_data_set_offline_gives_the_data_modules_message(tmp_path
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
     assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "run"),
                  "--device", "cpu"]) == 1
-    assert "offline, use the shipped subset instead: load_images('mnist-5k')" in one_error_line(capsys)
+    assert ("offline, use the shipped subset instead: --data mnist-5k on the command line, load_images('mnist-5k') "
+            "in Python") in one_error_line(capsys)
 
 
 def test_resume_takes_the_runs_settings_unless_a_flag_is_given(tmp_path, capsys):

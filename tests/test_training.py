@@ -562,6 +562,46 @@ def test_the_compiled_step_computes_the_eager_steps_loss_and_gradients(backend):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+def test_the_optimised_step_computes_the_plain_steps_loss_and_gradients_within_bf16_tolerance():
+    """Issue 7's equivalence: the step as a recent GPU runs it (bf16 autocast, channels_last weights and batch,
+    the loss function compiled; here ``aot_eager`` on the CPU, whose autocast also runs bf16) against the plain
+    float32 eager step, from the same weights, batch, t and ε. The loss must agree to bf16 rounding (relative
+    1e-2; measured about 1e-4) and the whole gradient to 5 % in norm (measured about 1 %). Catches: an optimised
+    path that drops the noise, the schedule or a block (losses and gradients then differ by tens of per cent),
+    GroupNorm statistics lost to bf16 rounding."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = UNet(**{**MICRO, "dropout": 0.0, "attn_res": (8,)})
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.where(torch.rand(8, 1, 16, 16, generator=g) > 0.5, 1.0, -1.0)
+    t, eps = torch.randint(1, 51, (8,), generator=g), torch.randn(8, 1, 16, 16, generator=g)
+    plain = Trainer(copy.deepcopy(model), TrainConfig(T=50, lr=1e-3, warmup=0), torch.device("cpu"))
+    fast = Trainer(copy.deepcopy(model).to(memory_format=torch.channels_last), TrainConfig(T=50, lr=1e-3, warmup=0,
+                   compile=True), torch.device("cpu"), compile_backend="aot_eager")
+    results = []
+    for trainer, amp in ((plain, None), (fast, torch.bfloat16)):
+        x, e = (x0, eps) if amp is None else (x0.contiguous(memory_format=torch.channels_last),
+                                              eps.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = trainer.loss_fn(x, t, e, None)
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in trainer.model.parameters()])))
+    (loss_plain, grad_plain), (loss_fast, grad_fast) = results
+    assert loss_fast == pytest.approx(loss_plain, rel=1e-2)
+    assert ((grad_fast - grad_plain).norm() / grad_plain.norm()).item() < 0.05
+
+
+def test_autocast_dtype_is_bf16_from_compute_capability_8_fp16_below_and_none_on_the_cpu(monkeypatch):
+    """bf16 where the GPU computes it natively (A100, H100: capability 8 and up), fp16 with the gradient scaler
+    on a T4 (7.5) or V100 (7.0), float32 on the CPU. Catches: bf16 asked of a T4, fp16 kept on an H100."""
+    from ddpm_lib.training import autocast_dtype
+    for capability, expected in (((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16),
+                                 ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert autocast_dtype(torch.device("cuda")) == expected, capability
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
 @pytest.mark.parametrize("device, preset, num_classes", [("cpu", "tiny", 0), ("cpu", "tiny", 10), ("meta", "mnist", 0),
                                                          ("meta", "ddpm-cifar10", 0), ("meta", "mnist", 10)])
 def test_the_compiled_steps_forward_is_one_graph_with_no_host_sync(device, preset, num_classes):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ddpm_lib.unet import Attention, LinearAttention, ResBlock, UNet, count_parameters, timestep_embedding
+from ddpm_lib.unet import PRESETS, Attention, LinearAttention, ResBlock, UNet, count_parameters, timestep_embedding
 
 SMALL = dict(base_width=16, width_mult=(1, 2, 2), blocks_per_level=1, attn_res=(8,), linear_attn_res=(16,),
              heads=2, dropout=0.0)
@@ -289,7 +289,6 @@ def test_the_tiny_preset_is_the_architecture_of_the_shipped_ddpm():
     depth, attention resolution or head count of the tiny preset."""
     import json
     from pathlib import Path
-    from ddpm_lib.unet import PRESETS
     card = json.loads((Path(__file__).resolve().parent.parent / "data" / "laptop" / "ddpm_mnist.json").read_text())
     assert "--preset tiny" in card["command"]
     shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in card["model_spec"]["config"].items()}
@@ -324,3 +323,27 @@ def test_the_unet_refuses_a_time_input_that_is_not_integer_timesteps_for_the_bat
     with torch.no_grad():
         assert torch.equal(m(x, 7), m(x, torch.tensor([7, 7])))
         assert torch.equal(m(x, torch.tensor([7])), m(x, torch.tensor([7, 7])))
+
+
+@pytest.mark.parametrize("preset", ["mnist", "ddpm-cifar10", "tiny"])
+def test_each_attention_kind_sits_at_the_resolutions_its_preset_names(preset):
+    """Forward hooks record the side of the feature map each attention layer sees: full attention exactly at
+    ``attn_res`` (and in the middle block, at the lowest resolution), linear attention exactly at
+    ``linear_attn_res``, after each ResBlock of those levels (blocks_per_level down, one more up). Catches:
+    the mnist preset's 16×16 linear attention silently dropped or swapped for full attention, attention at the
+    wrong level."""
+    config = PRESETS[preset]
+    model = UNet(**config).eval()
+    seen = {"full": [], "linear": []}
+    for module in model.modules():
+        kind = "full" if isinstance(module, Attention) else "linear" if isinstance(module, LinearAttention) else None
+        if kind:
+            module.register_forward_hook(lambda m, args, out, kind=kind: seen[kind].append(args[0].shape[-1]))
+    with torch.no_grad():
+        model(torch.zeros(1, config["in_channels"], 32, 32), torch.tensor([10]))
+    per_res = 2 * config["blocks_per_level"] + 1                       # down blocks, then one more up
+    lowest = 32 // 2 ** (len(config["width_mult"]) - 1)
+    assert sorted(seen["full"]) == sorted([r for r in config["attn_res"] for _ in range(per_res)] + [lowest])
+    assert sorted(seen["linear"]) == sorted(r for r in config["linear_attn_res"] for _ in range(per_res))
+    if preset == "mnist":
+        assert seen["linear"] and set(seen["linear"]) == {16}
