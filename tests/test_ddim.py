@@ -538,3 +538,19 @@ def test_ddim_invert_names_integer_data_as_x0():
     with pytest.raises(ValueError, match=r"^x0 is a torch.int64 tensor"):
         dl.ddim_invert(lambda x, t: calls.append(t) or torch.zeros_like(x), s, torch.ones(3, 2, dtype=torch.long), steps=4)
     assert calls == []
+
+
+def test_sample_ddim_passes_clip_x0_to_every_step():
+    """With data far outside [−1, 1] (N(3, 0.5²), exact ε), ``sample_ddim(clip_x0=1.0)`` hands every step a
+    predicted x̂_0 inside [−1, 1] (seen by the callback) and returns samples inside it (the last step returns
+    x̂_0 itself), while the unclipped sampler returns the data's mean. Catches: clip_x0 accepted by
+    sample_ddim but not passed on to ddim_step."""
+    s = dl.make_schedule("linear", T=100)
+    data = dl.GaussianMixture(means=[3.0], stds=[0.5], weights=[1.0])
+    seen = []
+    clipped = dl.sample_ddim(data.eps_model(s), s, (500, 1), steps=20, generator=torch.Generator().manual_seed(0),
+                             dtype=torch.float64, clip_x0=1.0, callback=lambda t, xt, x0: seen.append(x0.abs().max()))
+    free = dl.sample_ddim(data.eps_model(s), s, (500, 1), steps=20, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    assert len(seen) == 20 and max(seen) <= 1.0 and clipped.abs().max() <= 1.0
+    assert free.mean().item() == pytest.approx(3.0, abs=0.1)
